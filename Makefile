@@ -1,0 +1,48 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Everything else is their parts.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+TOOLS := $(CURDIR)/.tools
+UV := $(TOOLS)/bin/uv
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+export AIRFLOW_HOME ?= $(CURDIR)/.airflow
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: setup test demo lint typecheck docs unit lock clean
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+# The lock file pins every package; --frozen refuses to install anything it does not name.
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --extra dev --python $(PYTHON)
+	touch $@
+
+setup: $(VENV)/.installed
+
+lock: | $(UV)
+	$(UV) lock --python $(PYTHON)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+docs: setup
+	$(BIN)/sphinx-build -q -W --keep-going -b html docs docs/_build/html
+
+unit: setup
+	$(BIN)/pytest tests/unit
+
+test: setup lint docs
+	$(BIN)/pytest
+
+demo: setup
+	$(BIN)/python -m airflow_provider_smart.demo
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .airflow docs/_build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""SMART Backend Services authorization with no Airflow import: keys, assertions, discovery, tokens."""

@@ -1,0 +1,1 @@
+"""FHIR and Bulk Data protocol logic with no Airflow import: pure functions and small classes."""

@@ -1,0 +1,83 @@
+"""Errors raised by the FHIR layer, and readable text from OperationOutcome resources."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+_MAX_BODY_IN_MESSAGE = 500
+
+
+class FhirError(Exception):
+    """A FHIR server answered with an error. The message is safe to log: it never holds a token."""
+
+    def __init__(self, message: str, *, status: int | None = None, outcome: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.outcome = outcome
+
+
+class TransientFhirError(FhirError):
+    """An error worth trying again (throttling, 5xx, an OperationOutcome with code ``transient``)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        outcome: dict[str, Any] | None = None,
+        retry_after: float | None = None,
+    ):
+        super().__init__(message, status=status, outcome=outcome)
+        self.retry_after = retry_after
+
+
+def operation_outcome_issues(outcome: dict[str, Any]) -> list[dict[str, Any]]:
+    issues = outcome.get("issue") if isinstance(outcome, dict) else None
+    return [i for i in issues if isinstance(i, dict)] if isinstance(issues, list) else []
+
+
+def issue_text(issue: dict[str, Any]) -> str:
+    """One line for one OperationOutcome.issue: ``severity/code: text``."""
+    severity = issue.get("severity", "error")
+    code = issue.get("code", "unknown")
+    details = issue.get("details") if isinstance(issue.get("details"), dict) else {}
+    text = issue.get("diagnostics") or (details or {}).get("text")
+    if not text:
+        codings = (details or {}).get("coding") or []
+        text = next((c.get("display") or c.get("code") for c in codings if isinstance(c, dict)), None)
+    where = issue.get("expression") or issue.get("location")
+    suffix = f" (at {', '.join(map(str, where))})" if isinstance(where, list) and where else ""
+    return f"{severity}/{code}: {text or 'no details given'}{suffix}"
+
+
+def operation_outcome_text(outcome: dict[str, Any]) -> str:
+    """All issues of an OperationOutcome joined into one readable string."""
+    issues = operation_outcome_issues(outcome)
+    if not issues:
+        return "OperationOutcome with no issues"
+    return "; ".join(issue_text(i) for i in issues)
+
+
+def is_transient_outcome(outcome: dict[str, Any]) -> bool:
+    """True when every error issue is marked ``transient`` (Bulk Data: the client may retry)."""
+    issues = [i for i in operation_outcome_issues(outcome) if i.get("severity") in ("error", "fatal")]
+    return bool(issues) and all(i.get("code") == "transient" for i in issues)
+
+
+def describe_error_body(body: bytes | str, content_type: str | None = None) -> str:
+    """Best readable text of an error body: OperationOutcome text, OAuth error, or a short excerpt."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        if data.get("resourceType") == "OperationOutcome":
+            return operation_outcome_text(data)
+        if "error" in data and isinstance(data["error"], str):
+            desc = data.get("error_description")
+            return f"{data['error']}: {desc}" if desc else data["error"]
+    excerpt = " ".join(text.split())[:_MAX_BODY_IN_MESSAGE]
+    kind = f" ({content_type})" if content_type else ""
+    return f"non-JSON answer{kind}: {excerpt!r}" if excerpt else f"empty answer{kind}"

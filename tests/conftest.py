@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+import pytest
 
 _HOME = Path(tempfile.mkdtemp(prefix="smart-airflow-home-"))
 os.environ.setdefault("AIRFLOW_HOME", str(_HOME))
@@ -13,3 +18,25 @@ os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
+
+AIRFLOW_BIN = str(Path(sys.executable).with_name("airflow"))
+
+
+def run_airflow(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``airflow`` command with the test AIRFLOW_HOME and the repo's dags/ folder."""
+    full_env = dict(os.environ)
+    full_env.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
+    full_env.update(env or {})
+    return subprocess.run(
+        [AIRFLOW_BIN, *args], env=full_env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Iterator[Path]:
+    """A migrated SQLite metadata DB in the session's AIRFLOW_HOME (for `airflow dags test` and friends)."""
+    result = run_airflow("db", "migrate")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    yield Path(os.environ["AIRFLOW_HOME"])

@@ -1,0 +1,180 @@
+"""The settings of a ``smart_fhir`` connection, read from its plain fields (no Airflow import).
+
+Shared by the hook, the ``smart-fhir`` command and the JWKS plugin so all three read a connection alike.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from airflow_provider_smart.auth.client import DEFAULT_SCOPE
+from airflow_provider_smart.auth.errors import KeyLoadError
+from airflow_provider_smart.auth.keys import KeySet, load_key_file, load_keys
+from airflow_provider_smart.fhir.urls import fhir_base
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+class ConnectionSettingsError(ValueError):
+    """A smart_fhir connection field is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class SmartConnectionSettings:
+    conn_id: str
+    base_url: str
+    client_id: str
+    key_text: str | None = field(default=None, repr=False)
+    private_key_file: str | None = None
+    kid: str | None = None
+    algorithm: str | None = None
+    scope: str = DEFAULT_SCOPE
+    token_url: str | None = None
+    verify: bool | str = True
+    timeout: float = 60.0
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_fields(
+        cls,
+        conn_id: str,
+        *,
+        host: str | None,
+        login: str | None,
+        password: str | None,
+        extra: Mapping[str, Any] | str | None,
+    ) -> SmartConnectionSettings:
+        extras = _extras(conn_id, extra)
+        host = (host or "").strip()
+        if not host:
+            raise ConnectionSettingsError(
+                f"connection {conn_id!r} has no host: set it to the FHIR base URL, e.g. https://fhir.example.org/r4"
+            )
+        if "://" not in host:
+            raise ConnectionSettingsError(
+                f"connection {conn_id!r}: host {host!r} has no scheme: set it to the full FHIR base URL with "
+                "http:// or https:// and its path"
+            )
+        if not login:
+            raise ConnectionSettingsError(
+                f"connection {conn_id!r} has no login: set it to the client_id the FHIR server registered"
+            )
+        key_file = _optional_str(extras.get("private_key_file"))
+        if not password and not key_file:
+            raise ConnectionSettingsError(
+                f"connection {conn_id!r} has no private key: put the key (PEM, JWK or JWKS) in the password "
+                "or a path in the private_key_file extra"
+            )
+        return cls(
+            conn_id=conn_id,
+            base_url=fhir_base(host),
+            client_id=login.strip(),
+            key_text=password or None,
+            private_key_file=key_file,
+            kid=_optional_str(extras.get("kid")),
+            algorithm=_optional_str(extras.get("algorithm")),
+            scope=_optional_str(extras.get("scope")) or DEFAULT_SCOPE,
+            token_url=_optional_str(extras.get("token_url")),
+            verify=_verify(conn_id, extras.get("verify", True)),
+            timeout=_timeout(conn_id, extras.get("timeout", 60.0)),
+            headers=_headers(conn_id, extras.get("headers")),
+        )
+
+    def load_keys(self) -> KeySet:
+        """The connection's keys; the password wins over ``private_key_file`` when both are set."""
+        try:
+            if self.key_text:
+                return load_keys(
+                    self.key_text,
+                    kid=self.kid,
+                    algorithm=self.algorithm,
+                    source=f"private key of connection {self.conn_id!r}",
+                )
+            assert self.private_key_file is not None
+            return load_key_file(self.private_key_file, kid=self.kid, algorithm=self.algorithm)
+        except KeyLoadError as exc:
+            if self.conn_id in str(exc):
+                raise
+            raise KeyLoadError(f"connection {self.conn_id!r}: {exc}") from None
+
+    def read_key_file(self) -> str | None:
+        """The key file's text (for the secret masker), or None."""
+        if not self.private_key_file:
+            return None
+        try:
+            return Path(self.private_key_file).expanduser().read_text("utf-8", "replace")
+        except OSError:
+            return None
+
+
+def _extras(conn_id: str, extra: Mapping[str, Any] | str | None) -> dict[str, Any]:
+    if extra is None or extra == "":
+        return {}
+    if isinstance(extra, str):
+        try:
+            parsed = json.loads(extra)
+        except ValueError:
+            raise ConnectionSettingsError(f"connection {conn_id!r}: extra is not valid JSON") from None
+        extra = parsed
+    if not isinstance(extra, Mapping):
+        raise ConnectionSettingsError(f"connection {conn_id!r}: extra must be a JSON object")
+    return dict(extra)
+
+
+def _optional_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _verify(conn_id: str, value: Any) -> bool | str:
+    if isinstance(value, bool):
+        return value
+    if value is None:
+        return True
+    text = str(value).strip()
+    if text.lower() in _TRUE or not text:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    if not Path(text).expanduser().exists():
+        raise ConnectionSettingsError(
+            f"connection {conn_id!r}: verify {text!r} is neither true/false nor an existing CA bundle path"
+        )
+    return str(Path(text).expanduser())
+
+
+def _timeout(conn_id: str, value: Any) -> float:
+    try:
+        timeout = float(value)
+    except (TypeError, ValueError):
+        raise ConnectionSettingsError(f"connection {conn_id!r}: timeout {value!r} is not a number of seconds") from None
+    if not timeout > 0:
+        raise ConnectionSettingsError(f"connection {conn_id!r}: timeout must be positive, got {value!r}")
+    return timeout
+
+
+def _headers(conn_id: str, value: Any) -> dict[str, str]:
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ConnectionSettingsError(
+                f'connection {conn_id!r}: headers must be a JSON object such as {{"Epic-Client-ID": "..."}}'
+            ) from None
+    if not isinstance(value, Mapping):
+        raise ConnectionSettingsError(f"connection {conn_id!r}: headers must be a JSON object of header: value")
+    headers = {str(k): str(v) for k, v in value.items()}
+    if any(k.lower() == "authorization" for k in headers):
+        raise ConnectionSettingsError(
+            f"connection {conn_id!r}: headers must not set Authorization; the hook sends the SMART access token"
+        )
+    return headers

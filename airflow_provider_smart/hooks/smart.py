@@ -1,0 +1,191 @@
+"""Airflow hook for FHIR servers protected by SMART Backend Services."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk.bases.hook import BaseHook
+
+from airflow_provider_smart.auth.client import SmartAuthClient
+from airflow_provider_smart.auth.discovery import SmartConfiguration
+from airflow_provider_smart.auth.settings import SmartConnectionSettings
+from airflow_provider_smart.auth.tokens import AccessToken, scope_report
+from airflow_provider_smart.fhir.http import FhirHttpClient
+
+if TYPE_CHECKING:
+    import requests
+
+
+def mask(secret: str | None) -> None:
+    """Register ``secret`` with Airflow's secret maskers so no log line can show it.
+
+    Both the task SDK's masker (task logs, also told to the supervisor) and the core one (CLI and
+    server processes) get it. Multi-line secrets (PEM keys) are also masked line by line, because a
+    log line can only ever hold one line of them.
+    """
+    if not secret:
+        return
+    lines = (line.strip() for line in secret.splitlines())
+    values = [secret, *(line for line in lines if len(line) >= 16 and not line.startswith("-----"))]
+    from airflow.sdk.log import mask_secret as sdk_mask_secret
+
+    for value in values:
+        sdk_mask_secret(value)
+    try:
+        from airflow._shared.secrets_masker import mask_secret as core_mask_secret
+    except ImportError:  # pragma: no cover - a worker without airflow-core
+        return
+    for value in values:
+        core_mask_secret(value)
+
+
+class SmartFhirHook(BaseHook):
+    """Talk to a FHIR server with SMART Backend Services authorization.
+
+    The connection's host is the FHIR base URL, its login the client_id and its password the private key
+    (PEM, JWK or JWKS; several keys for rotation). Extras: ``private_key_file``, ``kid``, ``algorithm``,
+    ``scope``, ``token_url``, ``verify``, ``timeout``, ``headers``.
+
+    :param smart_fhir_conn_id: the ``smart_fhir`` connection to use.
+    :param scope: overrides the connection's ``scope`` extra.
+    :param max_retries: retries after connection errors, 429 and 5xx for each request.
+    """
+
+    conn_name_attr = "smart_fhir_conn_id"
+    default_conn_name = "smart_fhir_default"
+    conn_type = "smart_fhir"
+    hook_name = "SMART on FHIR (Backend Services)"
+
+    def __init__(
+        self,
+        smart_fhir_conn_id: str = default_conn_name,
+        *,
+        scope: str | None = None,
+        max_retries: int = 5,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.smart_fhir_conn_id = smart_fhir_conn_id
+        self.scope_override = scope
+        self.max_retries = max_retries
+        self._settings: SmartConnectionSettings | None = None
+        self._auth: SmartAuthClient | None = None
+        self._client: FhirHttpClient | None = None
+        self._build_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SmartFhirHook(smart_fhir_conn_id={self.smart_fhir_conn_id!r})"
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        from airflow_provider_smart.get_provider_info import get_provider_info
+
+        types = get_provider_info()["connection-types"]
+        return dict(next(t for t in types if t["connection-type"] == cls.conn_type)["ui-field-behaviour"])
+
+    # --- connection ------------------------------------------------------------------------------------
+
+    @property
+    def settings(self) -> SmartConnectionSettings:
+        if self._settings is None:
+            conn = self.get_connection(self.smart_fhir_conn_id)
+            mask(conn.password)
+            settings = SmartConnectionSettings.from_fields(
+                self.smart_fhir_conn_id,
+                host=conn.host,
+                login=conn.login,
+                password=conn.password,
+                extra=conn.extra,
+            )
+            mask(settings.read_key_file())
+            self._settings = settings
+        return self._settings
+
+    @property
+    def base_url(self) -> str:
+        return self.settings.base_url
+
+    def get_auth_client(self) -> SmartAuthClient:
+        """The token client of this hook (built once; discovery and tokens are cached in it)."""
+        with self._build_lock:
+            if self._auth is None:
+                s = self.settings
+                self._auth = SmartAuthClient(
+                    s.base_url,
+                    s.client_id,
+                    s.load_keys(),
+                    scope=self.scope_override or s.scope,
+                    token_url=s.token_url,
+                    verify=s.verify,
+                    timeout=s.timeout,
+                    headers=s.headers,
+                    on_secret=mask,
+                )
+            return self._auth
+
+    def get_client(self) -> FhirHttpClient:
+        """The authorized FHIR HTTP client of this hook (built once)."""
+        auth = self.get_auth_client()
+        with self._build_lock:
+            if self._client is None:
+                s = self.settings
+                self._client = FhirHttpClient(
+                    auth,
+                    s.base_url,
+                    verify=s.verify,
+                    timeout=s.timeout,
+                    headers=s.headers,
+                    max_retries=self.max_retries,
+                )
+            return self._client
+
+    def get_conn(self) -> FhirHttpClient:
+        return self.get_client()
+
+    def discover(self) -> SmartConfiguration:
+        return self.get_auth_client().discover()
+
+    def get_token(self, force_refresh: bool = False) -> AccessToken:
+        return self.get_auth_client().get_token(force_refresh=force_refresh)
+
+    def get_access_token(self) -> str:
+        """The current access token's value (masked in logs). Prefer :meth:`request`, which sends it for you."""
+        return self.get_token().value
+
+    def request(self, method: str, url_or_path: str, **kwargs: Any) -> requests.Response:
+        """Send a request through :class:`FhirHttpClient` (see its ``request`` for the keyword arguments)."""
+        return self.get_client().request(method, url_or_path, **kwargs)
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Discovery (unless token_url is set), a real token request, and requested vs granted scopes."""
+        try:
+            auth = self.get_auth_client()
+            key = auth.signing_key
+            lines = [f"FHIR base URL {auth.fhir_base_url}, client_id {auth.client_id!r}"]
+            if self.settings.token_url:
+                lines.append(f"token endpoint {self.settings.token_url} (token_url extra; discovery skipped)")
+            else:
+                config = auth.discover()
+                supported = config.supports_algorithm(key.algorithm)
+                support_text = {True: "supported", False: "NOT listed by the server", None: "server lists none"}
+                lines.append(f"token endpoint {config.token_endpoint} (from {config.source})")
+                lines.append(f"signing algorithm {key.algorithm} ({support_text[supported]}), kid {key.kid}")
+            token = auth.get_token(force_refresh=True)
+            report = scope_report(token.requested_scopes, token.scopes)
+            lines.append(f"requested scopes: {' '.join(token.requested_scopes)}")
+            lines.append(f"granted scopes: {' '.join(token.scopes)}")
+            if report.expanded:
+                lines.append(f"expanded by the server: {' '.join(report.expanded)}")
+            if report.missing:
+                lines.append(f"NOT granted: {' '.join(report.missing)}")
+            lines.append(f"token valid for {token.lifetime:.0f}s")
+            return True, "; ".join(lines)
+        except Exception as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        if self._auth is not None:
+            self._auth.close()

@@ -26,7 +26,12 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_smart.hooks.smart"],
             }
         ],
-        "operators": [],
+        "operators": [
+            {
+                "integration-name": "SMART on FHIR",
+                "python-modules": ["airflow_provider_smart.operators.search"],
+            }
+        ],
         "triggers": [],
         "connection-types": [
             {

@@ -1,0 +1,328 @@
+"""Run a FHIR search and land every matching resource on object storage as NDJSON."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from airflow.sdk import Asset, AssetAlias, BaseOperator
+
+from airflow_provider_smart.fhir.search import (
+    FhirSearch,
+    SearchRequest,
+    SupportsFhirRequest,
+    format_instant,
+    last_updated_window,
+    normalize_params,
+    validate_resource_type,
+)
+from airflow_provider_smart.storage.ndjson import (
+    DEFAULT_MAX_PART_BYTES,
+    DEFAULT_MAX_PART_LINES,
+    NdjsonRunWriter,
+    check_compression,
+)
+from airflow_provider_smart.storage.paths import resolve_output, safe_segment
+from airflow_provider_smart.storage.watermark import WatermarkStore
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context, ObjectStoragePath
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_FORMATS = ("ndjson",)
+INCREMENTAL_MODES = ("data_interval", "watermark", None)
+_INCLUDE_PARAMS = ("_include", "_revinclude")
+_PROGRESS_EVERY_PAGES = 50
+
+
+def storage_uri(path: ObjectStoragePath) -> str:
+    """``scheme://path`` of a storage path, without the connection id Airflow shows in ``str(path)``."""
+    protocol = path.protocol or "file"
+    return f"{protocol}://{path.path}".rstrip("/")
+
+
+def _static_uri(output: Any) -> str | None:
+    """The output root as a URI when it is known at DAG-parse time (not a template), else None."""
+    from airflow.sdk import ObjectStoragePath
+
+    if isinstance(output, ObjectStoragePath):
+        return storage_uri(output)
+    if isinstance(output, (str, os.PathLike)):
+        text = os.fspath(output)
+        if not text or "{{" in text or "{%" in text:
+            return None
+        return text.rstrip("/") if "://" in text else "file://" + os.path.abspath(text)
+    return None
+
+
+def interval_label(start: datetime, end: datetime) -> str:
+    """A run label from a data interval, e.g. ``20240101T000000Z_20240102T000000Z``: reruns and backfills of
+    the same interval get the same label, whatever their run ids."""
+
+    def compact(value: datetime) -> str:
+        utc = value.astimezone(UTC)
+        return utc.strftime("%Y%m%dT%H%M%S") + (f".{utc.microsecond:06d}" if utc.microsecond else "") + "Z"
+
+    return safe_segment(f"{compact(start)}_{compact(end)}")
+
+
+class FhirSearchOperator(BaseOperator):
+    """
+    Run a FHIR search and write every matching resource to storage as NDJSON, one file set per run.
+
+    Output layout: ``<output>/<ResourceType>/<run>/part-00000.ndjson[.gz]`` plus a ``_SUCCESS`` marker
+    written last; resources from ``_include``/``_revinclude`` go to their own type's directory of the same
+    run. ``<run>`` is the data-interval label (``incremental="data_interval"``) or the run id.
+
+    :param resource_type: FHIR resource type to search, e.g. ``Observation``. (templated)
+    :param search_params: search parameters: a dict (a list value repeats the key) or a list of (key, value)
+        pairs, e.g. ``{"code": "http://loinc.org|4548-4", "_include": "Observation:patient"}``. (templated)
+    :param output: output root: an ``ObjectStoragePath``, a URI (``s3://bucket/fhir``) or a local
+        directory; kept as the ``output_location`` attribute (``output`` is the task's XComArg). (templated)
+    :param output_conn_id: Airflow connection for the output store (e.g. an ``aws`` connection). (templated)
+    :param formats: output formats; ``("ndjson",)``.
+    :param compression: ``None`` or ``"gzip"`` (``.ndjson.gz`` parts).
+    :param smart_fhir_conn_id: the ``smart_fhir`` connection of the FHIR server. (templated)
+    :param incremental: ``"data_interval"`` (default): only resources with ``meta.lastUpdated`` in the DAG
+        run's data interval ``[start, end)``; ``"watermark"``: only resources updated after the last
+        stored high-water mark; ``None``: everything the search matches.
+    :param page_size: ``_count``: resources per page asked of the server.
+    :param method: ``"GET"`` or ``"POST"`` (``POST [type]/_search`` with a form body: long queries).
+    :param max_part_bytes: start a new part file before this many uncompressed bytes.
+    :param max_part_lines: start a new part file after this many resources.
+    :param page_retries: times one page is fetched again after a transient failure.
+    :param asset_alias: name of the ``AssetAlias`` declared when ``output`` or ``resource_type`` is
+        templated (default ``fhir-search/<dag_id>/<task_id>``). With both known at parse time, the
+        operator declares ``Asset("<output>/<ResourceType>")`` itself.
+    """
+
+    template_fields: Sequence[str] = (
+        "resource_type",
+        "search_params",
+        "output_location",
+        "output_conn_id",
+        "smart_fhir_conn_id",
+    )
+    template_fields_renderers: ClassVar[dict[str, str]] = {"search_params": "json"}
+    ui_color = "#e8f4fd"
+
+    def __init__(
+        self,
+        *,
+        resource_type: str,
+        output: Any,
+        search_params: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
+        output_conn_id: str | None = None,
+        formats: Sequence[str] = ("ndjson",),
+        compression: str | None = None,
+        smart_fhir_conn_id: str = "smart_fhir_default",
+        incremental: str | None = "data_interval",
+        page_size: int | None = None,
+        method: str = "GET",
+        max_part_bytes: int = DEFAULT_MAX_PART_BYTES,
+        max_part_lines: int = DEFAULT_MAX_PART_LINES,
+        page_retries: int = 5,
+        asset_alias: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.resource_type = resource_type
+        # Not ``params``: BaseOperator owns that name (task Params, merged with the DAG's).
+        self.search_params = search_params
+        # ``output`` is BaseOperator's XComArg property: the location is kept under another name.
+        self.output_location = output
+        self.output_conn_id = output_conn_id
+        self.formats = self._check_formats(formats)
+        self.compression = check_compression(compression)
+        self.smart_fhir_conn_id = smart_fhir_conn_id
+        if incremental not in INCREMENTAL_MODES:
+            raise ValueError(f"incremental must be 'data_interval', 'watermark' or None; got {incremental!r}")
+        self.incremental = incremental
+        if page_size is not None and (not isinstance(page_size, int) or page_size < 1):
+            raise ValueError(f"page_size must be a positive integer (sent as _count); got {page_size!r}")
+        self.page_size = page_size
+        self.method = str(method).upper()
+        if self.method not in ("GET", "POST"):
+            raise ValueError(f"method must be 'GET' or 'POST'; got {method!r}")
+        self.max_part_bytes = max_part_bytes
+        self.max_part_lines = max_part_lines
+        self.page_retries = page_retries
+        self._declare_outlets(asset_alias)
+
+    @staticmethod
+    def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
+        chosen = (formats,) if isinstance(formats, str) else tuple(formats)
+        unknown = [f for f in chosen if f not in SUPPORTED_FORMATS]
+        if unknown or not chosen:
+            raise ValueError(
+                f"unsupported output format(s) {unknown or list(chosen)!r}: formats must name one or more of "
+                f"{list(SUPPORTED_FORMATS)}"
+            )
+        return chosen
+
+    # -- Assets ---------------------------------------------------------------------------------------------
+
+    def _declare_outlets(self, asset_alias: str | None) -> None:
+        """Declare what this task produces, so downstream DAGs can be scheduled on it.
+
+        Outlets are read when the DAG is parsed, before templates are rendered. A static output and resource
+        type give a plain ``Asset`` per output root and resource type. A templated one gives an
+        ``AssetAlias``; each run then attaches the concrete ``Asset`` of every directory it wrote.
+        """
+        root = _static_uri(self.output_location)
+        static_type = isinstance(self.resource_type, str) and "{{" not in self.resource_type
+        self._static_asset: Asset | None = None
+        self._asset_alias: AssetAlias | None = None
+        if root is not None and static_type:
+            self._static_asset = Asset(uri=f"{root}/{safe_segment(self.resource_type)}")
+            self.outlets = [*self.outlets, self._static_asset]
+        else:
+            dag_id = self.dag_id if self.has_dag() else "no-dag"  # type: ignore[no-untyped-call]
+            name = asset_alias or f"fhir-search/{dag_id}/{self.task_id}"
+            self._asset_alias = AssetAlias(name=name)
+            self.outlets = [*self.outlets, self._asset_alias]
+
+    def _emit_asset_events(self, context: Context, root: str, summary: dict[str, Any]) -> None:
+        outlet_events = context.get("outlet_events")
+        if outlet_events is None:
+            return
+        for resource_type, count in summary["counts"].items():
+            extra: dict[str, Any] = {
+                "run": summary["run"],
+                "resource_type": resource_type,
+                "count": count,
+                "directory": summary["directories"][resource_type],
+                "high_water_mark": summary["high_water_mark"],
+            }
+            uri = f"{root}/{safe_segment(resource_type)}"
+            if self._static_asset is not None:
+                if resource_type == self.resource_type:
+                    outlet_events[self._static_asset].extra = extra
+            elif self._asset_alias is not None:
+                outlet_events[self._asset_alias].add(Asset(uri=uri), extra=extra)
+
+    # -- run --------------------------------------------------------------------------------------------------
+
+    def get_http(self) -> SupportsFhirRequest:
+        """The HTTP client of the ``smart_fhir`` connection (a seam for tests and subclasses)."""
+        from airflow_provider_smart.hooks.smart import SmartFhirHook
+
+        client: SupportsFhirRequest = SmartFhirHook(smart_fhir_conn_id=self.smart_fhir_conn_id).get_client()
+        return client
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        resource_type = validate_resource_type(self.resource_type)
+        output = resolve_output(self.output_location, self.output_conn_id)
+        params = normalize_params(self.search_params)
+        if self.page_size is not None:
+            params = [(k, v) for k, v in params if k != "_count"] + [("_count", str(self.page_size))]
+        if self.incremental is not None and any(k == "_lastUpdated" for k, _ in params):
+            raise ValueError(
+                f"params set _lastUpdated while incremental={self.incremental!r} sets it too; "
+                "pass incremental=None to use your own _lastUpdated bounds"
+            )
+
+        window: dict[str, str | None] = {}
+        store: WatermarkStore | None = None
+        previous: str | None = None
+        window_params: list[tuple[str, str]] = []
+        if self.incremental == "data_interval":
+            start, end = context.get("data_interval_start"), context.get("data_interval_end")
+            if start is None or end is None or start >= end:
+                raise ValueError(
+                    "incremental='data_interval' needs a DAG run with a non-empty data interval "
+                    f"(got start={start}, end={end}). Schedule the DAG with a data-interval timetable "
+                    "(e.g. CronDataIntervalTimetable, or CronTriggerTimetable(..., interval=...)), or pass "
+                    "incremental='watermark' or None"
+                )
+            window_params = last_updated_window(start, end)
+            window = {"start": format_instant(start), "end": format_instant(end)}
+            run = interval_label(start, end)
+        else:
+            run = safe_segment(str(context.get("run_id") or "manual"))
+            if self.incremental == "watermark":
+                store = WatermarkStore(output, self.smart_fhir_conn_id, resource_type, params)
+                previous = store.load()
+                if previous is not None:
+                    window_params = [("_lastUpdated", f"gt{previous}")]
+                window = {"after": previous}
+
+        request = SearchRequest.build(resource_type, params + window_params, self.method)
+        has_includes = any(k in _INCLUDE_PARAMS for k, _ in params)
+        search = FhirSearch(self.get_http(), request, page_retries=self.page_retries)
+        self.log.info(
+            "Searching %s (%s, %d parameters, incremental=%s %s) into %s, run %s",
+            resource_type,
+            self.method,
+            len(request.params),
+            self.incremental,
+            window,
+            storage_uri(output),
+            run,
+        )
+        with NdjsonRunWriter(
+            output,
+            run,
+            primary_type=resource_type,
+            compression=self.compression,
+            max_part_bytes=self.max_part_bytes,
+            max_part_lines=self.max_part_lines,
+        ) as writer:
+            for page in search.pages():
+                for resource in page.matches:
+                    # With _include in play the same resource may arrive as a match and an include.
+                    writer.write(resource, deduplicate=has_includes)
+                for resource in page.includes:
+                    writer.write(resource, deduplicate=True)
+                if page.number % _PROGRESS_EVERY_PAGES == 0:
+                    self.log.info("Page %d: %s written so far", page.number, writer.counts)
+            results = writer.commit(
+                {
+                    "search": {"resource_type": resource_type, "params": [list(p) for p in request.params]},
+                    "high_water_mark": search.high_water_mark,
+                    "incremental": self.incremental,
+                    "window": window,
+                }
+            )
+
+        watermark = search.high_water_mark
+        if store is not None:
+            # Only now, with every file committed, may the next run start after this mark.
+            watermark = store.advance(search.high_water_mark, run=run, previous=previous)
+
+        summary: dict[str, Any] = {
+            "run": run,
+            "resource_type": resource_type,
+            "output": storage_uri(output),
+            "formats": list(self.formats),
+            "compression": self.compression,
+            "incremental": self.incremental,
+            "window": window,
+            "counts": {name: result.count for name, result in sorted(results.items())},
+            "directories": {name: storage_uri(output / safe_segment(name) / run) for name in sorted(results)},
+            "paths": {
+                name: [
+                    f"{storage_uri(output / safe_segment(name) / run)}/{part.rsplit('/', 1)[-1]}" for part in r.parts
+                ]
+                for name, r in sorted(results.items())
+            },
+            "high_water_mark": search.high_water_mark,
+            "watermark": watermark if self.incremental == "watermark" else None,
+            "pages": search.stats.pages,
+            "retries": search.stats.retries,
+            "duplicates_dropped": writer.duplicates,
+            "server_total": search.stats.total,
+        }
+        self.log.info(
+            "Committed run %s: %s in %d pages (%d page retries)",
+            run,
+            summary["counts"],
+            search.stats.pages,
+            search.stats.retries,
+        )
+        self._emit_asset_events(context, storage_uri(output), summary)
+        return summary

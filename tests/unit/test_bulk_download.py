@@ -1,0 +1,217 @@
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+import requests
+import responses
+
+from airflow_provider_smart.fhir.bulk import parse_manifest
+from airflow_provider_smart.fhir.download import BulkDownloader, DownloadError, Progress
+from airflow_provider_smart.storage.atomic import TMP_PREFIX
+from airflow_provider_smart.storage.export_landing import DownloadSettings, finalize, land_files, summarize
+from airflow_provider_smart.storage.export_state import ExportLayout
+from airflow_provider_smart.storage.paths import resolve_output
+from tests.unit.bulk_fakes import TOKEN, FakeFhirClient
+
+BASE = "http://fhir.test/fhir"
+STATUS = f"{BASE}/status/1"
+PRESIGNED = "http://bucket.test"
+
+
+def ndjson(rtype: str, n: int, start: int = 0) -> bytes:
+    return b"".join(json.dumps({"resourceType": rtype, "id": str(i)}).encode() + b"\n" for i in range(start, start + n))
+
+
+def manifest(requires_token: bool = True, **extra: object) -> dict[str, object]:
+    data: dict[str, object] = {
+        "transactionTime": "2024-01-01T00:00:00Z",
+        "requiresAccessToken": requires_token,
+        "output": [
+            {"type": "Patient", "url": f"{BASE}/files/p0", "count": 3},
+            {"type": "Patient", "url": f"{BASE}/files/p1", "count": 2},
+            {"type": "Observation", "url": f"{PRESIGNED}/o0?X-Amz-Signature=abc", "count": 4},
+        ],
+        "error": [],
+    }
+    data.update(extra)
+    return data
+
+
+def layout_for(tmp_path: Path) -> ExportLayout:
+    return ExportLayout(resolve_output(str(tmp_path)), "run1")
+
+
+def auth_of(call: responses.Call) -> str | None:
+    return call.request.headers.get("Authorization")
+
+
+@responses.activate
+def test_lands_files_token_only_to_fhir_origin(tmp_path: Path) -> None:
+    responses.get(f"{BASE}/files/p0", body=ndjson("Patient", 3))
+    responses.get(f"{BASE}/files/p1", body=gzip.compress(ndjson("Patient", 2, 3)))  # a gzip file body
+    responses.get(f"{PRESIGNED}/o0", body=ndjson("Observation", 4))
+    m = parse_manifest(manifest())
+    layout = layout_for(tmp_path)
+    counts = land_files(FakeFhirClient(BASE), layout, m, settings=DownloadSettings(max_workers=2))
+    assert counts == {"planned": 3, "skipped": 0, "downloaded": 3, "bytes": counts["bytes"], "lines": 9}
+    for call in responses.calls:
+        if call.request.url.startswith(PRESIGNED):
+            assert auth_of(call) is None
+        else:
+            assert auth_of(call) == f"Bearer {TOKEN}"
+    assert (tmp_path / "Patient/run1/Patient.00001.ndjson").read_bytes() == ndjson("Patient", 2, 3)
+    summary = finalize(layout, m)
+    assert summary["counts"] == {"Observation": 4, "Patient": 5}
+    assert (tmp_path / "Patient/run1/_SUCCESS").exists() and (tmp_path / "_exports/run1/_SUCCESS").exists()
+    assert json.loads((tmp_path / "_exports/run1/manifest.json").read_text())["transactionTime"] == m.transaction_time
+    assert not list(tmp_path.rglob(f"{TMP_PREFIX}*"))
+
+
+@responses.activate
+def test_requires_access_token_false_sends_no_token_anywhere(tmp_path: Path) -> None:
+    responses.get(f"{BASE}/files/p0", body=ndjson("Patient", 3))
+    responses.get(f"{BASE}/files/p1", body=ndjson("Patient", 2))
+    responses.get(f"{PRESIGNED}/o0", body=ndjson("Observation", 4))
+    land_files(FakeFhirClient(BASE), layout_for(tmp_path), parse_manifest(manifest(requires_token=False)))
+    assert [auth_of(c) for c in responses.calls] == [None, None, None]
+
+
+class DropOnce:
+    """Serves a body whose first attempt is cut midway (as a dropped connection is)."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.calls = 0
+
+    def __call__(self, request: requests.PreparedRequest) -> tuple[int, dict[str, str], bytes]:
+        self.calls += 1
+        if self.calls == 1:
+            raise requests.exceptions.ChunkedEncodingError("Connection broken: IncompleteRead")
+        return 200, {}, self.body
+
+
+@responses.activate
+def test_one_file_retried_on_its_own(tmp_path: Path) -> None:
+    drop = DropOnce(ndjson("Patient", 2))
+    responses.get(f"{BASE}/files/p0", body=ndjson("Patient", 3))
+    responses.add_callback(responses.GET, f"{BASE}/files/p1", callback=drop)
+    responses.get(f"{PRESIGNED}/o0", body=ndjson("Observation", 4))
+    layout = layout_for(tmp_path)
+    land_files(FakeFhirClient(BASE), layout, parse_manifest(manifest()), settings=DownloadSettings(backoff_base=0.01))
+    assert drop.calls == 2
+    assert [c.request.url.rsplit("/", 1)[-1] for c in responses.calls].count("p0") == 1
+    assert layout.read_record("Patient.00001")["attempts"] == 2  # type: ignore[index]
+
+
+@responses.activate
+def test_resume_downloads_only_missing_files(tmp_path: Path) -> None:
+    responses.get(f"{BASE}/files/p0", body=ndjson("Patient", 3))
+    responses.get(f"{BASE}/files/p1", status=404, body=b"gone for now")
+    responses.get(f"{PRESIGNED}/o0", body=ndjson("Observation", 4))
+    m = parse_manifest(manifest())
+    layout = layout_for(tmp_path)
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        land_files(FakeFhirClient(BASE), layout, m)
+    assert summarize(layout, m)["missing"] == ["Patient.00001"]
+    with pytest.raises(RuntimeError, match="have not landed"):
+        finalize(layout, m)
+    responses.reset()
+    responses.get(f"{BASE}/files/p1", body=ndjson("Patient", 2))
+    counts = land_files(FakeFhirClient(BASE), layout, m)
+    assert counts["skipped"] == 2 and counts["downloaded"] == 1
+    assert [c.request.url for c in responses.calls] == [f"{BASE}/files/p1"]
+    assert finalize(layout, m)["counts"] == {"Observation": 4, "Patient": 5}
+
+
+@responses.activate
+def test_line_checks_fail_the_file_and_leave_nothing_visible(tmp_path: Path) -> None:
+    responses.get(f"{BASE}/files/p0", body=ndjson("Patient", 3))
+    responses.get(f"{BASE}/files/p1", body=ndjson("Patient", 1))  # manifest says 2
+    responses.get(f"{PRESIGNED}/o0", body=ndjson("Patient", 4))  # wrong type
+    with pytest.raises(DownloadError, match="2 of 3 files failed"):
+        land_files(FakeFhirClient(BASE), layout_for(tmp_path), parse_manifest(manifest()))
+    assert not (tmp_path / "Patient/run1/Patient.00001.ndjson").exists()
+    assert not (tmp_path / "Observation/run1/Observation.00000.ndjson").exists()
+    assert not list(tmp_path.rglob(f"{TMP_PREFIX}*"))
+
+
+@responses.activate
+def test_410_refetches_manifest_once_for_fresh_urls(tmp_path: Path) -> None:
+    responses.get(f"{BASE}/files/p0", status=410)
+    responses.get(f"{BASE}/files/p0-fresh", body=ndjson("Patient", 3))
+    responses.get(f"{BASE}/files/p1", body=ndjson("Patient", 2))
+    responses.get(f"{PRESIGNED}/o0", body=ndjson("Observation", 4))
+    m = parse_manifest(manifest())
+    fresh_data = manifest()
+    fresh_data["output"][0]["url"] = f"{BASE}/files/p0-fresh"  # type: ignore[index]
+    refreshes = []
+
+    def refresh():  # type: ignore[no-untyped-def]
+        refreshes.append(1)
+        return parse_manifest(fresh_data)
+
+    land_files(FakeFhirClient(BASE), layout_for(tmp_path), m, refresh_manifest=refresh)
+    assert refreshes == [1]
+    assert (tmp_path / "Patient/run1/Patient.00000.ndjson").read_bytes() == ndjson("Patient", 3)
+
+
+@responses.activate
+def test_410_twice_fails_with_a_clear_message(tmp_path: Path) -> None:
+    responses.get(f"{BASE}/files/p0", status=410)
+    m = parse_manifest({"transactionTime": "T", "output": [{"type": "Patient", "url": f"{BASE}/files/p0"}]})
+    with pytest.raises(DownloadError, match="410"):
+        land_files(FakeFhirClient(BASE), layout_for(tmp_path), m, refresh_manifest=lambda: m)
+
+
+@responses.activate
+def test_error_files_fatal_fail_after_data_kept(tmp_path: Path) -> None:
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "fatal", "code": "exception", "diagnostics": "lost Observation 7"}],
+    }
+    info = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "information", "code": "informational", "diagnostics": "skipped drafts"}],
+    }
+    body = (json.dumps(info) + "\n" + json.dumps(outcome) + "\n").encode()
+    responses.get(f"{BASE}/files/p0", body=ndjson("Patient", 3))
+    responses.get(f"{BASE}/files/e0", body=body)
+    m = parse_manifest(
+        {
+            "transactionTime": "T",
+            "output": [{"type": "Patient", "url": f"{BASE}/files/p0"}],
+            "error": [{"type": "OperationOutcome", "url": f"{BASE}/files/e0"}],
+        }
+    )
+    layout = layout_for(tmp_path)
+    land_files(FakeFhirClient(BASE), layout, m)
+    from airflow_provider_smart.storage.export_landing import ExportOutcomeError
+
+    with pytest.raises(ExportOutcomeError, match="lost Observation 7"):
+        finalize(layout, m)
+    assert (tmp_path / "Patient/run1/Patient.00000.ndjson").exists()
+    assert (tmp_path / "errors/run1/OperationOutcome.00000.ndjson").exists()
+    assert not (tmp_path / "_exports/run1/_SUCCESS").exists()
+    summary = finalize(layout, m, fail_on_severity="none")
+    assert summary["errors"]["counts"]["fatal"] == 1
+    assert summary["warnings"] == ["[information] information/informational: skipped drafts"]
+
+
+def test_progress_rate_and_eta() -> None:
+    p = Progress(total_files=4, total_lines=100, interval=3600)
+    p.started -= 10
+    p.add(5_000_000, 25)
+    p.file_done()
+    assert p.eta_seconds() == pytest.approx(30, rel=0.05)
+    assert "1/4 files" in p.summary() and "MB/s" in p.summary()
+
+
+def test_downloader_never_authorises_foreign_origins() -> None:
+    d = BulkDownloader(FakeFhirClient(BASE), requires_access_token=True)
+    assert d.should_authorize(f"{BASE}/files/x")
+    assert not d.should_authorize("http://fhir.test:8080/files/x")
+    assert not d.should_authorize("https://fhir.test/fhir/files/x")
+    assert not BulkDownloader(FakeFhirClient(BASE), requires_access_token=False).should_authorize(f"{BASE}/x")

@@ -55,6 +55,7 @@ class SupportsFhirRequest(Protocol):
         params: Any = None,
         data: Any = None,
         headers: Mapping[str, str] | None = None,
+        retry_post: bool = False,
     ) -> Any:
         """Send a request (relative paths resolve against ``base_url``); return a requests-like response."""
         ...
@@ -135,7 +136,9 @@ class SearchRequest:
         headers = {"Accept": FHIR_JSON}
         if self.method == "POST":
             headers["Content-Type"] = "application/x-www-form-urlencoded"
-            return "POST", f"{self.resource_type}/_search", {"data": list(self.params), "headers": headers}
+            # A search changes nothing on the server, so the client may repeat this POST like a GET.
+            kwargs = {"data": list(self.params), "headers": headers, "retry_post": True}
+            return "POST", f"{self.resource_type}/_search", kwargs
         return "GET", self.resource_type, {"params": list(self.params), "headers": headers}
 
 

@@ -296,7 +296,8 @@ class NdjsonRunWriter:
         final.mkdir(parents=True, exist_ok=True)
         mark_incomplete(final)
         keep = {part.name for part in parts}
-        for child in list(final.iterdir()):
+        # On object stores a "directory" exists only while it holds objects: nothing to list then.
+        for child in list(final.iterdir()) if final.exists() else []:
             # Old parts this attempt does not overwrite (an earlier attempt wrote more parts) must go too.
             if child.name not in keep and child.name != SUCCESS_MARKER and child.is_file():
                 child.unlink()

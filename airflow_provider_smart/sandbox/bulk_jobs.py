@@ -46,13 +46,15 @@ class ExportSnapshot(Protocol):
 
     def types(self) -> list[str]: ...
 
-    def resources(self, resource_type: str) -> Iterable[dict[str, Any]]: ...
+    def entries(self, resource_type: str) -> Iterable[tuple[datetime | None, dict[str, Any]]]:
+        """(last updated, resource) of a type in a stable order; None when the time is unknown."""
+        ...
 
     def patients_of(self, resource: dict[str, Any]) -> set[str]: ...
 
     def group_members(self, group_id: str) -> list[str] | None: ...
 
-    def deletions(self) -> Iterable[Deletion]: ...
+    def deletions(self, resource_types: list[str]) -> Iterable[Deletion]: ...
 
 
 @dataclass
@@ -111,7 +113,8 @@ class JobGone(Exception):
     """No such export (never started, or deleted): 404 with an OperationOutcome."""
 
 
-def _last_updated(resource: dict[str, Any]) -> datetime | None:
+def last_updated(resource: dict[str, Any]) -> datetime | None:
+    """``meta.lastUpdated`` as a datetime (None when missing or unreadable)."""
     stamp = (resource.get("meta") or {}).get("lastUpdated")
     return parse_fhir_instant(stamp) if isinstance(stamp, str) else None
 
@@ -150,7 +153,7 @@ class Selection:
                 )
             scope = set(members)
         else:
-            scope = {str(p.get("id")) for p in self.snapshot.resources("Patient")}
+            scope = {str(p.get("id")) for _, p in self.snapshot.entries("Patient")}
         if request.patients is not None:
             unknown = [p for p in request.patients if p not in scope]
             if unknown:
@@ -169,8 +172,8 @@ class Selection:
             return str(resource.get("id")) in self.patients
         return bool(self.snapshot.patients_of(resource) & self.patients)
 
-    def matches(self, resource_type: str, resource: dict[str, Any]) -> bool:
-        if not _in_window(_last_updated(resource), self.request, self.snapshot.transaction_time):
+    def matches(self, resource_type: str, resource: dict[str, Any], when: datetime | None) -> bool:
+        if not _in_window(when, self.request, self.snapshot.transaction_time):
             return False
         queries = self.request.type_filters.get(resource_type)
         if queries and not any(q.matches(resource) for q in queries):
@@ -178,8 +181,8 @@ class Selection:
         return self.in_scope(resource_type, resource)
 
     def resources(self, resource_type: str) -> Iterator[dict[str, Any]]:
-        for resource in self.snapshot.resources(resource_type):
-            if self.matches(resource_type, resource):
+        for when, resource in self.snapshot.entries(resource_type):
+            if self.matches(resource_type, resource, when):
                 yield apply_elements(resource, self.request.elements)
 
     def provenance(self, exported: set[str]) -> list[dict[str, Any]]:
@@ -187,9 +190,9 @@ class Selection:
         if not self.request.include_associated or "Provenance" not in self.snapshot.types():
             return []
         found = []
-        for prov in self.snapshot.resources("Provenance"):
+        for when, prov in self.snapshot.entries("Provenance"):
             targets = {str(t.get("reference")) for t in prov.get("target") or [] if isinstance(t, dict)}
-            if targets & exported and _in_window(_last_updated(prov), self.request, self.snapshot.transaction_time):
+            if targets & exported and _in_window(when, self.request, self.snapshot.transaction_time):
                 found.append(prov)
         if "RelevantProvenanceResources" in self.request.include_associated:
             return found
@@ -207,9 +210,7 @@ class Selection:
         if self.request.since is None:
             return []
         chosen = []
-        for deletion in self.snapshot.deletions():
-            if deletion.resource_type not in self.types:
-                continue
+        for deletion in self.snapshot.deletions(self.types):
             if not _in_window(deletion.deleted_at, self.request, self.snapshot.transaction_time):
                 continue
             if self.patients is not None:
@@ -373,7 +374,7 @@ class BulkJobs:
         """One block per patient: the Patient (when selected) and its compartment's selected resources."""
         by_patient: dict[str, list[dict[str, Any]]] = {}
         order: list[str] = []
-        patients = {str(p.get("id")): p for p in selection.snapshot.resources("Patient")}
+        patients = {str(p.get("id")): p for _, p in selection.snapshot.entries("Patient")}
         for pid in patients:
             if selection.patients is None or pid in selection.patients:
                 order.append(pid)
@@ -384,8 +385,8 @@ class BulkJobs:
         for resource_type in types:
             if resource_type == "Patient":
                 continue
-            for resource in selection.snapshot.resources(resource_type):
-                if not selection.matches(resource_type, resource):
+            for when, resource in selection.snapshot.entries(resource_type):
+                if not selection.matches(resource_type, resource, when):
                     continue
                 owners = sorted(selection.snapshot.patients_of(resource) & by_patient.keys())
                 if owners:
@@ -406,7 +407,11 @@ class BulkJobs:
     def in_progress(self, client_id: str | None) -> list[ExportJob]:
         """Jobs of this client whose manifest has not been handed out yet."""
         with self._lock:
-            return [j for j in self._jobs.values() if j.client_id == client_id and j.completed_at is None]
+            return [
+                j
+                for j in self._jobs.values()
+                if j.client_id == client_id and j.completed_at is None and j.failed is None
+            ]
 
     def poll(self, job_id: str) -> ExportJob:
         """Count a status request; mark the job complete once it has waited long enough."""

@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_smart.sandbox.bulk_jobs import BulkJobs, BulkSettings, Deletion, JobGone, build_manifest
+from airflow_provider_smart.sandbox.bulk_jobs import (
+    BulkJobs,
+    BulkSettings,
+    Deletion,
+    JobGone,
+    build_manifest,
+    last_updated,
+)
 from airflow_provider_smart.sandbox.bulk_params import KickoffError, parse_kickoff
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -30,8 +37,8 @@ class FakeSnapshot:
     def types(self) -> list[str]:
         return sorted(self.data)
 
-    def resources(self, resource_type: str) -> Iterable[dict[str, Any]]:
-        return iter(self.data.get(resource_type, []))
+    def entries(self, resource_type: str) -> Iterable[tuple[datetime | None, dict[str, Any]]]:
+        return [(last_updated(r), r) for r in self.data.get(resource_type, [])]
 
     def patients_of(self, resource: dict[str, Any]) -> set[str]:
         ref = (resource.get("subject") or {}).get("reference", "")
@@ -40,8 +47,8 @@ class FakeSnapshot:
     def group_members(self, group_id: str) -> list[str] | None:
         return self.groups.get(group_id)
 
-    def deletions(self) -> Iterator[Deletion]:
-        return iter(self._deletions)
+    def deletions(self, resource_types: list[str]) -> Iterator[Deletion]:
+        return iter([d for d in self._deletions if d.resource_type in resource_types])
 
 
 def dataset() -> FakeSnapshot:

@@ -276,7 +276,7 @@ class BulkJobs:
         selection = Selection(request, snapshot, types, compartment_types)
         job_id = uuid.uuid4().hex
         directory = self._root / job_id
-        directory.mkdir()
+        directory.mkdir(parents=True)  # parents: the root is made again after close()
         job = ExportJob(
             id=job_id,
             request=request,

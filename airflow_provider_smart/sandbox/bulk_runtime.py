@@ -1,17 +1,13 @@
-"""The Bulk Data part of one running sandbox: jobs, URL signer, origin log, and the export fault switches.
+"""The Bulk Data part of one running sandbox (``state.bulk``): jobs, URL signer, origin log, fault switches.
 
 The generic fault switches (``state.faults``: throttle, fail, drop, token invalidation) apply to the
-export endpoints through the path patterns below; :class:`BulkFaults` adds the ones that only make sense
-for an export (a failed job, an error file, expired file URLs, a token revoked mid-download, one export
-at a time per client).
+export endpoints through the path patterns below; ``state.faults.bulk``
+(:class:`~airflow_provider_smart.sandbox.bulk_faults.BulkFaults`) adds the export-only ones.
 """
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field
-from typing import Any
-
+from airflow_provider_smart.sandbox.bulk_faults import BulkFaults
 from airflow_provider_smart.sandbox.bulk_jobs import BulkJobs, BulkSettings
 from airflow_provider_smart.sandbox.file_origin import OriginLog, UrlSigner
 
@@ -22,89 +18,13 @@ FHIR_FILE_PATHS = "/fhir/$bulk-file/*"
 PRESIGNED_FILE_PATHS = "/bulk-files/*"
 
 
-@dataclass
-class BulkFaults:
-    """Export-only fault switches; set the attributes in-process or with ``PUT /_sandbox/faults``
-    (``{"bulk": {...}}``).
-
-    :param fail_exports: exports kicked off while set fail: the status URL answers 500 with a fatal
-        OperationOutcome.
-    :param error_file: exports kicked off while set list an error file holding a fatal and an
-        informational OperationOutcome (the data files are complete).
-    :param expire_files: the next N file downloads answer 410 Gone, and the URLs they used stay expired;
-        fetching the manifest again gives fresh URLs that work.
-    :param invalidate_tokens_after_downloads: after N more file downloads, every access token issued so far
-        is refused (401); a client must get a new token to finish.
-    :param one_export_per_client: a kick-off while the same client has an export in progress answers 429
-        with Retry-After (as EHRs that allow one export per client do).
-    """
-
-    fail_exports: bool = False
-    error_file: bool = False
-    expire_files: int = 0
-    invalidate_tokens_after_downloads: int | None = None
-    one_export_per_client: bool = False
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def take_expire_file(self) -> bool:
-        with self._lock:
-            if self.expire_files > 0:
-                self.expire_files -= 1
-                return True
-            return False
-
-    def count_download(self) -> bool:
-        """Count one served download; True when tokens must be invalidated now."""
-        with self._lock:
-            if self.invalidate_tokens_after_downloads is None:
-                return False
-            self.invalidate_tokens_after_downloads -= 1
-            if self.invalidate_tokens_after_downloads <= 0:
-                self.invalidate_tokens_after_downloads = None
-                return True
-            return False
-
-    def reset(self) -> None:
-        with self._lock:
-            self.fail_exports = False
-            self.error_file = False
-            self.expire_files = 0
-            self.invalidate_tokens_after_downloads = None
-            self.one_export_per_client = False
-
-    def apply_json(self, body: dict[str, Any]) -> None:
-        names = {"fail_exports", "error_file", "expire_files", "invalidate_tokens_after_downloads"}
-        names |= {"one_export_per_client"}
-        unknown = set(body) - names
-        if unknown:
-            raise ValueError(f"unknown bulk fault(s) {sorted(unknown)}: use {sorted(names)}")
-        with self._lock:
-            for name, value in body.items():
-                if name in ("expire_files",):
-                    value = int(value)
-                elif name == "invalidate_tokens_after_downloads":
-                    value = None if value is None else int(value)
-                else:
-                    value = bool(value)
-                setattr(self, name, value)
-
-    def to_json(self) -> dict[str, Any]:
-        with self._lock:
-            return {
-                "fail_exports": self.fail_exports,
-                "error_file": self.error_file,
-                "expire_files": self.expire_files,
-                "invalidate_tokens_after_downloads": self.invalidate_tokens_after_downloads,
-                "one_export_per_client": self.one_export_per_client,
-            }
-
-
 class BulkRuntime:
     """Bulk Data state of one sandbox (``state.bulk``)."""
 
-    def __init__(self, settings: BulkSettings | None = None):
+    def __init__(self, settings: BulkSettings | None = None, faults: BulkFaults | None = None):
         self.jobs = BulkJobs(settings)
-        self.faults = BulkFaults()
+        #: The export fault switches: the same object as ``state.faults.bulk``.
+        self.faults = faults or BulkFaults()
         self.signer = UrlSigner()
         self.origins = OriginLog()
         #: Root URL of the presigned file origin, set by the server once that origin listens.

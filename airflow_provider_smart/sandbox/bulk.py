@@ -15,7 +15,7 @@ Endpoints (FHIR Bulk Data Access 2.0.0, with the STU3 3.0.0 additions):
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -23,7 +23,8 @@ from fastapi.responses import JSONResponse, Response
 
 from airflow_provider_smart.fhir.retry import format_http_date
 from airflow_provider_smart.sandbox.auth import AccessGrant, fhir_base, get_state, verify_bearer
-from airflow_provider_smart.sandbox.bulk_jobs import ExportFile, ExportJob, JobGone, build_manifest
+from airflow_provider_smart.sandbox.bulk_files import ExportFile
+from airflow_provider_smart.sandbox.bulk_jobs import ExportJob, JobGone, build_manifest
 from airflow_provider_smart.sandbox.bulk_params import (
     KickoffError,
     issue,
@@ -38,6 +39,8 @@ from airflow_provider_smart.sandbox.outcomes import FHIR_JSON
 from airflow_provider_smart.sandbox.state import SandboxState
 
 router = APIRouter()
+#: The caller's verified bearer token (401 OperationOutcome without one).
+Grant = Annotated[AccessGrant, Depends(verify_bearer)]
 
 _ACCEPTABLE = ("application/fhir+json", "application/json", "*/*", "application/*")
 
@@ -186,17 +189,17 @@ def _granted_types(
 
 
 @router.api_route("/$export", methods=["GET", "POST"])
-async def export_system(request: Request, grant: AccessGrant = Depends(verify_bearer)) -> Response:
+async def export_system(request: Request, grant: Grant) -> Response:
     return await _kickoff(request, grant, "system")
 
 
 @router.api_route("/Patient/$export", methods=["GET", "POST"])
-async def export_patients(request: Request, grant: AccessGrant = Depends(verify_bearer)) -> Response:
+async def export_patients(request: Request, grant: Grant) -> Response:
     return await _kickoff(request, grant, "patient")
 
 
 @router.api_route("/Group/{group_id}/$export", methods=["GET", "POST"])
-async def export_group(group_id: str, request: Request, grant: AccessGrant = Depends(verify_bearer)) -> Response:
+async def export_group(group_id: str, request: Request, grant: Grant) -> Response:
     return await _kickoff(request, grant, "group", group_id)
 
 
@@ -236,7 +239,7 @@ def _manifest_response(request: Request, runtime: BulkRuntime, job: ExportJob, p
 
 
 @router.get("/$bulk-status/{job_id}")
-def export_status(job_id: str, request: Request, grant: AccessGrant = Depends(verify_bearer)) -> Response:
+def export_status(job_id: str, request: Request, grant: Grant) -> Response:
     runtime = get_bulk(get_state(request))
     try:
         _own_job(runtime, job_id, grant)
@@ -254,9 +257,7 @@ def export_status(job_id: str, request: Request, grant: AccessGrant = Depends(ve
 
 
 @router.get("/$bulk-status/{job_id}/manifest/{page}")
-def export_manifest_page(
-    job_id: str, page: int, request: Request, grant: AccessGrant = Depends(verify_bearer)
-) -> Response:
+def export_manifest_page(job_id: str, page: int, request: Request, grant: Grant) -> Response:
     runtime = get_bulk(get_state(request))
     try:
         job = _own_job(runtime, job_id, grant)
@@ -270,7 +271,7 @@ def export_manifest_page(
 
 
 @router.delete("/$bulk-status/{job_id}")
-def export_delete(job_id: str, request: Request, grant: AccessGrant = Depends(verify_bearer)) -> Response:
+def export_delete(job_id: str, request: Request, grant: Grant) -> Response:
     runtime = get_bulk(get_state(request))
     try:
         _own_job(runtime, job_id, grant)
@@ -315,7 +316,7 @@ def export_file(
     job_id: str,
     file_name: str,
     request: Request,
-    grant: AccessGrant = Depends(verify_bearer),
+    grant: Grant,
 ) -> Response:
     state = get_state(request)
     runtime = get_bulk(state)

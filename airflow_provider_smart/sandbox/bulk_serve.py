@@ -1,6 +1,7 @@
-"""Serving an export file: NDJSON, gzip when asked, and the "connection drops midway" fault.
+"""Serving an export file: streamed NDJSON, gzip when the client accepts it.
 
-Shared by the FHIR origin (token needed) and the presigned file origin (no token allowed).
+Shared by the FHIR origin (token needed) and the presigned file origin (no token allowed). The
+"connection drops midway" fault is the generic ``state.faults.drop`` on the file paths.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
 
-NDJSON = "application/fhir+ndjson"
+from airflow_provider_smart.fhir.bulk.kickoff import NDJSON
+
 _CHUNK = 64 * 1024
 
 
@@ -46,24 +47,8 @@ def _gzip_chunks(path: Path) -> Iterator[bytes]:
     yield compressor.flush()
 
 
-class TruncatedResponse(Response):
-    """Announces the whole file in Content-Length, sends half of it, then drops the connection."""
-
-    def __init__(self, path: Path):
-        super().__init__(status_code=200, media_type=NDJSON)
-        self.path = path
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        data = self.path.read_bytes()
-        headers = [(b"content-type", NDJSON.encode()), (b"content-length", str(len(data)).encode())]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": data[: len(data) // 2], "more_body": True})
-        # Returning before the body is complete makes the server close the connection abruptly.
-
-
-def file_response(path: Path, *, accept_encoding: str | None, drop_midway: bool = False) -> Response:
-    if drop_midway:
-        return TruncatedResponse(path)
+def file_response(path: Path, *, accept_encoding: str | None) -> Response:
+    """The file, gzip-compressed on the fly when ``Accept-Encoding`` allows it (then without a length)."""
     if accepts_gzip(accept_encoding):
         return StreamingResponse(
             _gzip_chunks(path), media_type=NDJSON, headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}

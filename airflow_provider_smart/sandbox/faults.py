@@ -11,6 +11,9 @@ Set them in-process (``server.state.faults``) or over HTTP (``PUT /_sandbox/faul
   first part of the body, then closes the connection abruptly.
 * ``expire_tokens_after(seconds)`` / ``clear_token_lifetime()``: tokens issued from now on live that long;
   ``invalidate_tokens()``: every token issued so far is refused from now on.
+* ``bulk``: the Bulk Data export switches (failed export, error file, expired file URLs, token revoked
+  after N downloads, one export per client); see
+  :class:`~airflow_provider_smart.sandbox.bulk_faults.BulkFaults` (``{"bulk": {...}}`` over HTTP).
 
 ``path`` is a shell-style pattern (``fnmatch``) on the URL path, e.g. ``/fhir/Observation*``; ``times``
 is how many matching requests the fault applies to (``None``: until cleared). The admin endpoints under
@@ -33,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from airflow_provider_smart.fhir.retry import format_http_date
+from airflow_provider_smart.sandbox.bulk_faults import BulkFaults
 
 FaultKind = Literal["status", "delay", "drop"]
 _ids = itertools.count(1)
@@ -78,6 +82,8 @@ class Faults:
         self.token_lifetime: int | None = None
         self.tokens_not_before: float = 0.0
         self.fired: Counter[int] = Counter()  # rule id -> times applied
+        #: Export-only switches (failed export, error file, expired files, ...): see BulkFaults.
+        self.bulk = BulkFaults()
 
     # -- switches ---------------------------------------------------------------------------------
     def add(self, rule: FaultRule) -> FaultRule:
@@ -130,6 +136,7 @@ class Faults:
             self.fired.clear()
         self.token_lifetime = None
         self.tokens_not_before = 0.0
+        self.bulk.reset()
 
     # -- the request path -------------------------------------------------------------------------
     def record(self, path: str, authorization: str | None) -> None:
@@ -176,6 +183,8 @@ class Faults:
             self.token_lifetime = None if value is None else int(value)
         if body.get("invalidate_tokens"):
             self.invalidate_tokens()
+        if "bulk" in body:
+            self.bulk.apply_json(body["bulk"])
 
     def to_json(self) -> dict[str, Any]:
         with self._lock:
@@ -188,6 +197,7 @@ class Faults:
                 },
                 "token_lifetime": self.token_lifetime,
                 "tokens_not_before": self.tokens_not_before,
+                "bulk": self.bulk.to_json(),
             }
 
 

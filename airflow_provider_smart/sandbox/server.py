@@ -39,10 +39,9 @@ class SandboxServer:
         self.config = config or (state.config if state is not None else SandboxConfig())
         self.state = state or build_state(self.config)
         self._requested_port = port
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
+        self._servers: list[tuple[Any, threading.Thread, socket.socket]] = []
         self.port = 0
+        self.files_port = 0
 
     @property
     def base_url(self) -> str:
@@ -61,49 +60,58 @@ class SandboxServer:
         """(user, password) of the admin credential, usable as ``requests``' ``auth=``."""
         return self.state.admin_auth
 
+    @property
+    def files_base_url(self) -> str:
+        """Root URL of the second origin serving Bulk Data files behind presigned URLs."""
+        return f"http://{HOST}:{self.files_port}"
+
     def start(self, timeout: float = 30.0) -> SandboxServer:
+        from airflow_provider_smart.sandbox.app import create_app
+        from airflow_provider_smart.sandbox.file_origin_app import create_file_origin_app
+
+        if self._servers:
+            raise RuntimeError("the sandbox server is already running")
+        try:
+            self.port = self._serve(create_app(self.state), self._requested_port, "smart-sandbox", timeout)
+            # A second origin (another port) for presigned export files, as an object store would be.
+            self.files_port = self._serve(create_file_origin_app(self.state), 0, "smart-sandbox-files", timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.state.bulk.files_base_url = self.files_base_url
+        return self
+
+    def _serve(self, app: Any, port: int, name: str, timeout: float) -> int:
+        """Run ``app`` with uvicorn in a daemon thread on 127.0.0.1:``port``; return the bound port."""
         import uvicorn
 
-        from airflow_provider_smart.sandbox.app import create_app
-
-        if self._thread is not None:
-            raise RuntimeError("the sandbox server is already running")
         # Bind first, so the port is known (and taken) before uvicorn starts.
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((HOST, self._requested_port))
-        self._socket = sock
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            create_app(self.state),
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=2,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=lambda: asyncio.run(self._server.serve(sockets=[sock])), name="smart-sandbox", daemon=True
-        )
-        self._thread.start()
+        sock.bind((HOST, port))
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2)
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), name=name, daemon=True)
+        self._servers.append((server, thread, sock))
+        thread.start()
         deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive():
-                raise RuntimeError("the sandbox server failed to start (see the log above)")
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError(f"the {name} server failed to start (see the log above)")
             if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the sandbox server did not start within {timeout} seconds")
+                raise RuntimeError(f"the {name} server did not start within {timeout} seconds")
             time.sleep(0.01)
-        return self
+        return int(sock.getsockname()[1])
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        if self._socket is not None:
-            self._socket.close()
-        self._server = self._thread = self._socket = None
+        for server, _, _ in self._servers:
+            server.should_exit = True
+        for _, thread, sock in self._servers:
+            thread.join(timeout=10)
+            sock.close()
+        self._servers = []
+        self.state.bulk.files_base_url = None
+        self.state.bulk.close()  # the export files live in a temporary directory
 
     def __enter__(self) -> SandboxServer:
         return self.start()

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from airflow_provider_smart.sandbox.bulk_jobs import BulkSettings
+from airflow_provider_smart.sandbox.bulk_runtime import BulkRuntime
 from airflow_provider_smart.sandbox.faults import Faults
 from airflow_provider_smart.sandbox.store import ResourceStore
 
@@ -58,6 +60,8 @@ class SandboxConfig:
     :param clock_skew: seconds of clock difference tolerated on ``exp``.
     :param jwks_cache_seconds: how long a fetched ``jwks_uri`` document is reused.
     :param resource_types: types a wildcard scope expands to (the store's own types are added).
+    :param bulk: how Bulk Data exports behave (:class:`~airflow_provider_smart.sandbox.bulk_jobs.BulkSettings`:
+        polls before completion, file sizes, presigned files, ...).
     """
 
     patients: int = 10
@@ -73,6 +77,7 @@ class SandboxConfig:
     clock_skew: int = 60
     jwks_cache_seconds: float = 300.0
     resource_types: tuple[str, ...] = DEFAULT_RESOURCE_TYPES
+    bulk: BulkSettings = field(default_factory=BulkSettings)
 
 
 class SandboxState:
@@ -89,6 +94,7 @@ class SandboxState:
         self.config = config or SandboxConfig()
         self.store = store or ResourceStore()
         self.faults = Faults()
+        self.bulk = BulkRuntime(self.config.bulk, self.faults.bulk)
         self.clients: dict[str, dict[str, Any]] = {}
         self.access_policies: dict[str, dict[str, Any]] = {}
         self.lock = threading.RLock()

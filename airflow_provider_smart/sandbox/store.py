@@ -249,9 +249,12 @@ class ResourceStore:
 
     # -- reading ----------------------------------------------------------------------------------
     def now(self) -> int:
-        """A snapshot key: everything stored so far has a key at or below it."""
+        """A snapshot key: everything stored so far has a key at or below it, and (because the clock is
+        moved to it) everything stored later has a key above it, so a snapshot never misses a write made
+        in its own microsecond (an incremental export using it as ``_since`` misses nothing)."""
         with self._lock:
-            return max(self._clock, to_micros(datetime.now(UTC)))
+            self._clock = max(self._clock, to_micros(datetime.now(UTC)))
+            return self._clock
 
     def types(self) -> list[str]:
         with self._lock:

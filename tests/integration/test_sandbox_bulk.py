@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 import requests
 
+from airflow_provider_smart.fhir.bulk import parse_manifest
 from airflow_provider_smart.fhir.errors import is_transient_outcome
 from airflow_provider_smart.sandbox.bulk_jobs import BulkSettings
 from airflow_provider_smart.sandbox.bulk_runtime import FHIR_FILE_PATHS, KICKOFF_PATHS, STATUS_PATHS
@@ -57,6 +58,7 @@ def export(session: requests.Session, url: str, params: list[tuple[str, str]] | 
     response = wait(session, started(kickoff(session, url, params, **kw)))
     assert response.status_code == 200, response.text
     manifest: dict[str, Any] = response.json()
+    parse_manifest(manifest)  # the provider's own client reads it
     return manifest
 
 
@@ -82,9 +84,7 @@ def landed(session: requests.Session, manifest: dict[str, Any], key: str = "outp
 
 def store_resources(server: SandboxServer, resource_type: str, patients: set[str] | None = None) -> list[dict]:
     store = server.state.store
-    return [
-        r for r in store.iter_type(resource_type) if patients is None or store.patient_refs(r) & patients
-    ]
+    return [r for r in store.iter_type(resource_type) if patients is None or store.patient_refs(r) & patients]
 
 
 def by_id(resources: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -344,7 +344,9 @@ def test_files_split_by_size_with_exact_counts(server_with: Callable[..., Any]) 
 def test_organize_output_by_patient(server_with: Callable[..., Any]) -> None:
     server, session = server_with(max_file_resources=4)
     manifest = export(
-        session, f"{server.fhir_base}/Patient/$export", [("organizeOutputBy", "Patient"), ("_type", "Patient,Encounter")]
+        session,
+        f"{server.fhir_base}/Patient/$export",
+        [("organizeOutputBy", "Patient"), ("_type", "Patient,Encounter")],
     )
     assert manifest["outputOrganizedBy"] == "Patient"
     assert all("type" not in item for item in manifest["output"])
@@ -561,8 +563,13 @@ def test_since_returns_only_changes_and_deletions(fresh_sandbox: SandboxServer, 
     patient["gender"] = "other" if patient.get("gender") != "other" else "female"
     changed = store.put(patient)
     new_obs = store.put(
-        {"resourceType": "Observation", "id": "obs-new", "status": "final", "code": {"text": "new"},
-         "subject": {"reference": f"Patient/{patient['id']}"}}
+        {
+            "resourceType": "Observation",
+            "id": "obs-new",
+            "status": "final",
+            "code": {"text": "new"},
+            "subject": {"reference": f"Patient/{patient['id']}"},
+        }
     )
     removed = store_resources(server, "Condition")[0]
     assert store.delete("Condition", removed["id"])

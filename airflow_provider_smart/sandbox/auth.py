@@ -114,10 +114,8 @@ def _check_jwks(jwks: Any, where: str) -> None:
             raise FhirHTTPError(422, "invalid", f"{where}: unusable key {key.get('kid')!r}: {exc}") from None
 
 
-@router.put("/Client/{client_id}", dependencies=[Depends(require_admin)])
-async def put_client(client_id: str, request: Request) -> JSONResponse:
-    state = get_state(request)
-    body = await _json_body(request)
+def store_client(state: SandboxState, client_id: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Validate and store a Client registration; returns (stored document, created). Raises FhirHTTPError."""
     scope = body.get("scope", [])
     if isinstance(scope, str):
         scope = scope.split()
@@ -142,6 +140,24 @@ async def put_client(client_id: str, request: Request) -> JSONResponse:
         state.clients[client_id] = stored
         if isinstance(jwks_uri, str):
             state.jwks_cache.pop(jwks_uri, None)
+    return stored, created
+
+
+def store_access_policy(state: SandboxState, policy_id: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Validate and store an AccessPolicy; returns (stored document, created). Raises FhirHTTPError."""
+    links = body.get("link", [])
+    if not isinstance(links, list) or not all(isinstance(link, dict) for link in links):
+        raise FhirHTTPError(422, "invalid", "link must be a list like [{'resourceType': 'Client', 'id': 'my-client'}]")
+    stored = {**body, "id": policy_id, "resourceType": "AccessPolicy"}
+    with state.lock:
+        created = policy_id not in state.access_policies
+        state.access_policies[policy_id] = stored
+    return stored, created
+
+
+@router.put("/Client/{client_id}", dependencies=[Depends(require_admin)])
+async def put_client(client_id: str, request: Request) -> JSONResponse:
+    stored, created = store_client(get_state(request), client_id, await _json_body(request))
     return JSONResponse(stored, status_code=201 if created else 200)
 
 
@@ -155,15 +171,7 @@ def get_client(client_id: str, request: Request) -> JSONResponse:
 
 @router.put("/AccessPolicy/{policy_id}", dependencies=[Depends(require_admin)])
 async def put_access_policy(policy_id: str, request: Request) -> JSONResponse:
-    state = get_state(request)
-    body = await _json_body(request)
-    links = body.get("link", [])
-    if not isinstance(links, list) or not all(isinstance(link, dict) for link in links):
-        raise FhirHTTPError(422, "invalid", "link must be a list like [{'resourceType': 'Client', 'id': 'my-client'}]")
-    stored = {**body, "id": policy_id, "resourceType": "AccessPolicy"}
-    with state.lock:
-        created = policy_id not in state.access_policies
-        state.access_policies[policy_id] = stored
+    stored, created = store_access_policy(get_state(request), policy_id, await _json_body(request))
     return JSONResponse(stored, status_code=201 if created else 200)
 
 
@@ -503,6 +511,8 @@ def require_token(resource_type: str | None = None, interaction: str = "read") -
     def dependency(request: Request) -> AccessGrant:
         grant = verify_bearer(request)
         wanted = resource_type or request.path_params.get("resource_type")
+        if resource_type is None and wanted and wanted not in get_state(request).resource_types():
+            raise FhirHTTPError(404, "not-supported", f"resource type {wanted!r} is not served by this server")
         if wanted and not grant.allows(str(wanted), interaction):
             raise FhirHTTPError(
                 403,

@@ -53,7 +53,8 @@ class SandboxConfig:
         (``auth.client_credentials.access_token_expiration``) asks for less.
     :param admin_user: user name of the admin credential (HTTP Basic) for registration and fault endpoints.
     :param admin_secret: its password; a random one when not given.
-    :param absolute_next_links: paging links as absolute URLs (True) or relative to the FHIR base (False).
+    :param next_links: how paging links are written: ``absolute`` URLs, ``relative`` to the FHIR base
+        (``Observation?_page_token=...``) or absolute ``path`` (``/fhir/Observation?...``).
     :param default_count: page size when a search gives no ``_count``.
     :param max_count: the largest page size served (larger ``_count`` values are reduced to it).
     :param max_assertion_lifetime: how far ahead (seconds) an assertion's ``exp`` may be.
@@ -70,7 +71,7 @@ class SandboxConfig:
     access_token_lifetime: int = 300
     admin_user: str = "admin"
     admin_secret: str | None = None
-    absolute_next_links: bool = True
+    next_links: str = "absolute"
     default_count: int = 50
     max_count: int = 1000
     max_assertion_lifetime: int = 300

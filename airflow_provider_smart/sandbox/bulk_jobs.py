@@ -100,6 +100,10 @@ class ExportJob:
     completed_at: datetime | None = None
     generation: int = 1  # bumped when file URLs expire, so a fresh manifest has fresh URLs
     expired_generations: set[int] = field(default_factory=set)
+    #: Set once the files are written (or writing failed, or the job was deleted).
+    written: threading.Event = field(default_factory=threading.Event, repr=False)
+    cancelled: bool = False
+    finished: bool = False  # the writer has stopped (guarded by the registry's lock)
 
     @property
     def outputs(self) -> list[ExportFile]:
@@ -252,9 +256,19 @@ class BulkJobs:
         self.settings = settings or BulkSettings()
         self._lock = threading.Lock()
         self._jobs: dict[str, ExportJob] = {}
+        self._writers: list[threading.Thread] = []
         self._root = Path(tempfile.mkdtemp(prefix="smart-sandbox-bulk-"))
 
     def close(self) -> None:
+        """Cancel and forget every job, wait for the writers, remove the files."""
+        with self._lock:
+            jobs = list(self._jobs.values())
+            self._jobs.clear()
+            writers, self._writers = self._writers, []
+        for job in jobs:
+            job.cancelled = True
+        for writer in writers:
+            writer.join(timeout=30)
         shutil.rmtree(self._root, ignore_errors=True)
 
     # -- kick-off ------------------------------------------------------------------------------
@@ -269,9 +283,11 @@ class BulkJobs:
         client_id: str | None,
         error_file_fault: bool = False,
     ) -> ExportJob:
-        """Select and write an export's files from ``snapshot`` and register the job.
+        """Check what the export selects, register the job and write its files in a background thread
+        (so a big export does not hold the kick-off response; the job is in progress until they are written).
 
         :param types: the resource types to export (already limited to what the token may read).
+        :raises KickoffError: a Group that does not exist, patients outside it (before anything starts).
         """
         selection = Selection(request, snapshot, types, compartment_types)
         job_id = uuid.uuid4().hex
@@ -285,14 +301,35 @@ class BulkJobs:
             created=time.monotonic(),
             directory=directory,
         )
-        try:
-            job.files = self._write(job, selection, types, error_file_fault)
-        except BaseException:
-            shutil.rmtree(directory, ignore_errors=True)
-            raise
         with self._lock:
             self._jobs[job_id] = job
+        writer = threading.Thread(
+            target=self._build, args=(job, selection, types, error_file_fault), name=f"export-{job_id}", daemon=True
+        )
+        with self._lock:
+            self._writers = [w for w in self._writers if w.is_alive()] + [writer]
+        writer.start()
         return job
+
+    def _build(self, job: ExportJob, selection: Selection, types: list[str], error_file_fault: bool) -> None:
+        try:
+            files = self._write(job, selection, types, error_file_fault)
+        except Exception as exc:
+            if not job.cancelled:
+                # The job's OperationOutcome, as a server reports an export that failed as a whole.
+                text = f"export {job.id} could not be written: {type(exc).__name__}: {exc}"
+                self.fail(job.id, operation_outcome([issue("fatal", "exception", text)]))
+        else:
+            with self._lock:
+                job.files = files
+        finally:
+            # Under the lock, exactly one of the writer and delete() sees the other's mark and cleans up.
+            with self._lock:
+                job.finished = True
+                cleanup = job.cancelled
+            if cleanup:
+                shutil.rmtree(job.directory, ignore_errors=True)
+            job.written.set()
 
     def _write(
         self, job: ExportJob, selection: Selection, types: list[str], error_file_fault: bool
@@ -304,6 +341,8 @@ class BulkJobs:
 
         def remember(resources: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
             for resource in resources:
+                if job.cancelled:
+                    raise JobGone(job.id)  # deleted while writing: stop early
                 exported.add(f"{resource.get('resourceType')}/{resource.get('id')}")
                 yield resource
 
@@ -426,10 +465,16 @@ class BulkJobs:
 
     def _ready(self, job: ExportJob) -> bool:
         waited = time.monotonic() - job.created
-        return job.polls > self.settings.polls_to_complete and waited >= self.settings.seconds_to_complete
+        return (
+            job.written.is_set()
+            and job.polls > self.settings.polls_to_complete
+            and waited >= self.settings.seconds_to_complete
+        )
 
     def progress(self, job: ExportJob) -> str:
         """The X-Progress text (under 100 characters)."""
+        if not job.written.is_set():
+            return "writing files"
         total = max(1, self.settings.polls_to_complete)
         percent = min(99, int(100 * min(job.polls, total) / (total + 1)))
         return f"{percent}% complete"
@@ -443,9 +488,13 @@ class BulkJobs:
     def delete(self, job_id: str) -> None:
         with self._lock:
             job = self._jobs.pop(job_id, None)
-        if job is None:
-            raise JobGone(job_id)
-        shutil.rmtree(job.directory, ignore_errors=True)
+            if job is None:
+                raise JobGone(job_id)
+            job.cancelled = True
+            finished = job.finished
+        if finished:
+            shutil.rmtree(job.directory, ignore_errors=True)
+        # else the writer removes the directory when it stops
 
     def expires_at(self, job: ExportJob) -> datetime:
         done = job.completed_at or datetime.now(UTC)

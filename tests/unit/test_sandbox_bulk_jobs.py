@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -93,7 +94,7 @@ def jobs():
 
 def start(jobs, req, snapshot=None, types=None, **kwargs):
     snap = snapshot or dataset()
-    return jobs.start(
+    job = jobs.start(
         req,
         snap,
         types=types or ["Patient", "Observation", "Organization"],
@@ -101,6 +102,8 @@ def start(jobs, req, snapshot=None, types=None, **kwargs):
         client_id="c",
         **kwargs,
     )
+    assert job.written.wait(10)
+    return job
 
 
 def test_system_export_splits_files_with_exact_counts(jobs):
@@ -243,3 +246,56 @@ def test_manifest_fields_and_pages(jobs):
         build_manifest(job, url_for=url, requires_access_token=True, page=page + 1, page_size=2, page_url=str)
     whole = build_manifest(job, url_for=url, requires_access_token=False)
     assert len(whole["output"]) == len(job.outputs) and "link" in first and "link" not in whole
+
+
+class BlockingSnapshot(FakeSnapshot):
+    """Holds the writer inside the first Observation until released (or raises, when told to)."""
+
+    def __init__(self, error: Exception | None = None):
+        super().__init__(dataset().data)
+        self.release = threading.Event()
+        self.error = error
+
+    def entries(self, resource_type: str) -> Iterable[tuple[datetime | None, dict[str, Any]]]:
+        for item in super().entries(resource_type):
+            if resource_type == "Observation":
+                assert self.release.wait(10)
+                if self.error is not None:
+                    raise self.error
+            yield item
+
+
+def test_job_in_progress_until_files_are_written(jobs):
+    snapshot = BlockingSnapshot()
+    job = jobs.start(request(), snapshot, types=["Observation"], compartment_types=set(), client_id="c")
+    for _ in range(3):
+        assert jobs.poll(job.id).completed_at is None
+    assert jobs.progress(job) == "writing files"
+    snapshot.release.set()
+    assert job.written.wait(10)
+    assert jobs.poll(job.id).completed_at is not None
+    assert sum(f.count for f in job.outputs) == 7
+
+
+def test_write_failure_fails_the_job(jobs):
+    snapshot = BlockingSnapshot(error=RuntimeError("disk on fire"))
+    snapshot.release.set()
+    job = jobs.start(request(), snapshot, types=["Observation"], compartment_types=set(), client_id="c")
+    assert job.written.wait(10)
+    polled = jobs.poll(job.id)
+    assert polled.completed_at is None
+    assert polled.failed is not None
+    assert polled.failed["issue"][0]["severity"] == "fatal"
+    assert "disk on fire" in polled.failed["issue"][0]["diagnostics"]
+
+
+def test_delete_while_writing_stops_and_cleans_up(jobs):
+    snapshot = BlockingSnapshot()
+    job = jobs.start(request(), snapshot, types=["Patient", "Observation"], compartment_types=set(), client_id="c")
+    jobs.delete(job.id)
+    snapshot.release.set()
+    assert job.written.wait(10)
+    assert job.failed is None  # a cancelled job is gone, not failed
+    assert not job.directory.exists()
+    with pytest.raises(JobGone):
+        jobs.get(job.id)

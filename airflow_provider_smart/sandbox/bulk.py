@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, Response
 from airflow_provider_smart.fhir.retry import format_http_date
 from airflow_provider_smart.sandbox.auth import AccessGrant, fhir_base, get_state, verify_bearer
 from airflow_provider_smart.sandbox.bulk_files import ExportFile
-from airflow_provider_smart.sandbox.bulk_jobs import ExportJob, JobGone, build_manifest
+from airflow_provider_smart.sandbox.bulk_jobs import ExportJob, JobGone, PolledTooSoon, build_manifest
 from airflow_provider_smart.sandbox.bulk_params import (
     KickoffError,
     issue,
@@ -224,9 +224,9 @@ def _file_url(request: Request, runtime: BulkRuntime, job: ExportJob, entry: Exp
     return f"{fhir_base(request)}/$bulk-file/{job.id}/{entry.name}.ndjson?generation={job.generation}"
 
 
-def _manifest_response(request: Request, runtime: BulkRuntime, job: ExportJob, page: int) -> Response:
+def _manifest(request: Request, runtime: BulkRuntime, job: ExportJob, page: int) -> dict[str, Any]:
     presigned = bool(runtime.settings.presigned_files and runtime.files_base_url)
-    manifest = build_manifest(
+    return build_manifest(
         job,
         url_for=lambda entry: _file_url(request, runtime, job, entry),
         requires_access_token=not presigned,
@@ -234,6 +234,10 @@ def _manifest_response(request: Request, runtime: BulkRuntime, job: ExportJob, p
         page_size=runtime.settings.manifest_page_size,
         page_url=lambda n: f"{_status_url(request, job.id)}/manifest/{n}",
     )
+
+
+def _manifest_response(request: Request, runtime: BulkRuntime, job: ExportJob, page: int) -> Response:
+    manifest = _manifest(request, runtime, job, page)
     expires = format_http_date(runtime.jobs.expires_at(job))
     return JSONResponse(manifest, status_code=200, headers={"Expires": expires})
 
@@ -243,17 +247,37 @@ def export_status(job_id: str, request: Request, grant: Grant) -> Response:
     runtime = get_bulk(get_state(request))
     try:
         _own_job(runtime, job_id, grant)
-        job = runtime.jobs.poll(job_id)
+        min_interval = runtime.settings.retry_after if runtime.faults.enforce_retry_after else None
+        job = runtime.jobs.poll(job_id, min_interval=min_interval)
         if job.failed is not None:
             return JSONResponse(job.failed, status_code=500, media_type=FHIR_JSON)
         if job.completed_at is None:
-            return Response(
-                status_code=202,
-                headers={"X-Progress": runtime.jobs.progress(job), "Retry-After": _retry_after(runtime)},
-            )
+            headers = {"X-Progress": runtime.jobs.progress(job), "Retry-After": _retry_after(runtime)}
+            if _partial_manifest_ready(runtime, job):
+                # STU3: with allowPartialManifests a 202 may carry the files ready so far. The first page
+                # is final once written; the completed manifest only adds its ``link``.
+                manifest = _manifest(request, runtime, job, 1)
+                manifest.pop("link", None)
+                return JSONResponse(manifest, status_code=202, headers=headers)
+            return Response(status_code=202, headers=headers)
         return _manifest_response(request, runtime, job, 1)
+    except PolledTooSoon as exc:
+        return _outcome_response(
+            429,
+            [issue("error", "throttled", f"polling too frequently: {exc}; honour Retry-After")],
+            headers={"Retry-After": _retry_after(runtime)},
+        )
     except JobGone:
         return _not_found(job_id)
+
+
+def _partial_manifest_ready(runtime: BulkRuntime, job: ExportJob) -> bool:
+    return bool(
+        runtime.settings.partial_manifests_while_running
+        and job.request.allow_partial_manifests
+        and job.written.is_set()
+        and job.failed is None
+    )
 
 
 @router.get("/$bulk-status/{job_id}/manifest/{page}")

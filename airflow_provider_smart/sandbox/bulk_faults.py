@@ -27,6 +27,8 @@ class BulkFaults:
         is refused (401); a client must get a new token to finish.
     :param one_export_per_client: a kick-off while the same client has an export in progress answers 429
         with Retry-After (as EHRs that allow one export per client do).
+    :param enforce_retry_after: a status request sooner than the last answer's Retry-After answers 429
+        with Retry-After (the spec's advice for clients that poll too frequently) and is not counted.
     """
 
     fail_exports: bool = False
@@ -34,6 +36,7 @@ class BulkFaults:
     expire_files: int = 0
     invalidate_tokens_after_downloads: int | None = None
     one_export_per_client: bool = False
+    enforce_retry_after: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def take_expire_file(self) -> bool:
@@ -61,12 +64,13 @@ class BulkFaults:
             self.expire_files = 0
             self.invalidate_tokens_after_downloads = None
             self.one_export_per_client = False
+            self.enforce_retry_after = False
 
     def apply_json(self, body: Any) -> None:
         if not isinstance(body, dict):
             raise ValueError("bulk faults must be a JSON object")
         names = {"fail_exports", "error_file", "expire_files", "invalidate_tokens_after_downloads"}
-        names |= {"one_export_per_client"}
+        names |= {"one_export_per_client", "enforce_retry_after"}
         unknown = set(body) - names
         if unknown:
             raise ValueError(f"unknown bulk fault(s) {sorted(unknown)}: use {sorted(names)}")
@@ -88,4 +92,5 @@ class BulkFaults:
                 "expire_files": self.expire_files,
                 "invalidate_tokens_after_downloads": self.invalidate_tokens_after_downloads,
                 "one_export_per_client": self.one_export_per_client,
+                "enforce_retry_after": self.enforce_retry_after,
             }

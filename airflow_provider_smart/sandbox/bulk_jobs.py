@@ -72,6 +72,9 @@ class BulkSettings:
         token (``requiresAccessToken: false``) instead of on the FHIR origin with the token.
     :param presign_ttl: seconds a presigned URL stays valid.
     :param manifest_page_size: output items per manifest page when ``allowPartialManifests=true``.
+    :param partial_manifests_while_running: with ``allowPartialManifests=true``, in-progress (202) status
+        answers carry the first manifest page once the files are written (STU3); the completed manifest
+        then only adds the ``link`` to the next page.
     """
 
     polls_to_complete: int = 1
@@ -84,6 +87,7 @@ class BulkSettings:
     presigned_files: bool = False
     presign_ttl: int = 900
     manifest_page_size: int = 5
+    partial_manifests_while_running: bool = False
 
 
 @dataclass
@@ -96,6 +100,7 @@ class ExportJob:
     directory: Path
     files: list[ExportFile] = field(default_factory=list)
     polls: int = 0
+    last_poll: float | None = None  # monotonic time of the last counted status request
     failed: dict[str, Any] | None = None  # the OperationOutcome of a failed export
     completed_at: datetime | None = None
     generation: int = 1  # bumped when file URLs expire, so a fresh manifest has fresh URLs
@@ -111,6 +116,14 @@ class ExportJob:
 
     def file(self, name: str) -> ExportFile | None:
         return next((f for f in self.files if f.name == name), None)
+
+
+class PolledTooSoon(Exception):
+    """A status request came sooner than Retry-After allowed (answered 429)."""
+
+    def __init__(self, wait: float):
+        super().__init__(f"poll again in {wait:.1f} seconds")
+        self.wait = wait
 
 
 class JobGone(Exception):
@@ -452,12 +465,25 @@ class BulkJobs:
                 if j.client_id == client_id and j.completed_at is None and j.failed is None
             ]
 
-    def poll(self, job_id: str) -> ExportJob:
-        """Count a status request; mark the job complete once it has waited long enough."""
+    def poll(self, job_id: str, *, min_interval: float | None = None) -> ExportJob:
+        """Count a status request; mark the job complete once it has waited long enough.
+
+        :param min_interval: seconds a client must leave between polls of one job; a poll sooner than that
+            raises :class:`PolledTooSoon` and is not counted.
+        """
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None:
                 raise JobGone(job_id)
+            now = time.monotonic()
+            if (
+                min_interval is not None
+                and job.completed_at is None
+                and job.last_poll is not None
+                and now - job.last_poll < min_interval
+            ):
+                raise PolledTooSoon(min_interval - (now - job.last_poll))
+            job.last_poll = now
             job.polls += 1
             if job.completed_at is None and job.failed is None and self._ready(job):
                 job.completed_at = datetime.now(UTC)

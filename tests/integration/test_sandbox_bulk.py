@@ -588,3 +588,62 @@ def test_since_returns_only_changes_and_deletions(fresh_sandbox: SandboxServer, 
 
     third = export(session, url, [("_since", second["transactionTime"])])
     assert third["output"] == [] and third.get("deleted", []) == []
+
+
+def test_fault_polling_faster_than_retry_after(sandbox: SandboxServer, session: requests.Session) -> None:
+    sandbox.state.faults.bulk.enforce_retry_after = True
+    status_url = started(kickoff(session, f"{sandbox.fhir_base}/$export", [("_type", "Patient")]))
+    first = session.get(status_url, timeout=30)
+    assert first.status_code == 202
+    too_soon = session.get(status_url, timeout=30)
+    assert too_soon.status_code == 429
+    assert too_soon.headers["Retry-After"] == "1"
+    assert "too frequently" in too_soon.json()["issue"][0]["diagnostics"]
+    time.sleep(float(first.headers["Retry-After"]) + 0.05)
+    assert session.get(status_url, timeout=30).status_code == 200
+
+
+def test_retry_after_http_date_and_time_to_complete(server_with: Callable[..., Any]) -> None:
+    server, session = server_with(retry_after=30, retry_after_http_date=True, seconds_to_complete=0.5)
+    status_url = started(kickoff(session, f"{server.fhir_base}/$export", [("_type", "Patient")]))
+    pending = [session.get(status_url, timeout=30) for _ in range(3)]
+    assert {r.status_code for r in pending} == {202}  # polls alone do not finish it: 0.5 s must pass
+    ask = parsedate_to_datetime(pending[0].headers["Retry-After"])
+    assert 20 < (ask - datetime.now(UTC)).total_seconds() <= 31
+    time.sleep(0.5)
+    assert session.get(status_url, timeout=30).status_code == 200
+
+
+def test_files_gone_after_their_expiry(server_with: Callable[..., Any]) -> None:
+    server, session = server_with(files_ttl=0)
+    status_url = started(kickoff(session, f"{server.fhir_base}/$export", [("_type", "Patient")]))
+    response = wait(session, status_url)
+    assert parsedate_to_datetime(response.headers["Expires"]) <= datetime.now(UTC)
+    gone = session.get(response.json()["output"][0]["url"], timeout=30)
+    assert gone.status_code == 410
+    assert gone.json()["issue"][0]["code"] == "expired"
+
+
+def test_partial_manifest_while_running(server_with: Callable[..., Any]) -> None:
+    server, session = server_with(
+        partial_manifests_while_running=True, polls_to_complete=3, max_file_resources=10, manifest_page_size=2
+    )
+    url = f"{server.fhir_base}/$export"
+    plain = started(kickoff(session, url, [("_type", "Observation")]))
+    assert session.get(plain, timeout=30).content == b""  # without allowPartialManifests: no body
+    status_url = started(kickoff(session, url, [("_type", "Observation"), ("allowPartialManifests", "true")]))
+    partial = None
+    for _ in range(200):
+        response = session.get(status_url, timeout=30)
+        if response.status_code == 202 and response.content:
+            partial = response.json()
+            break
+        assert response.status_code == 202
+        time.sleep(0.02)
+    assert partial is not None and "link" not in partial
+    assert len(partial["output"]) == 2
+    complete = wait(session, status_url)
+    assert complete.status_code == 200
+    final = complete.json()
+    assert final["output"] == partial["output"]  # unchanged, only the link is added
+    assert final["link"][0]["relation"] == "next"

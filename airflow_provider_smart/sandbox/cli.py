@@ -10,6 +10,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from airflow_provider_smart.sandbox.bulk_jobs import BulkSettings
 from airflow_provider_smart.sandbox.state import SandboxConfig
 
 ADMIN_SECRET_ENV = "SMART_SANDBOX_ADMIN_SECRET"  # noqa: S105 (the name of a variable)
@@ -45,6 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--jwks-file", type=Path, help="the client's PUBLIC key set (JWKS JSON file)")
     keys.add_argument("--jwks-uri", help="the client's JWKS URL (loopback only)")
     parser.add_argument("--scope", default="system/*.read", help="the client's registered scope (space-separated)")
+    bulk = parser.add_argument_group("Bulk Data export")
+    bulk.add_argument(
+        "--bulk-presigned",
+        action="store_true",
+        help="serve export files from a second origin behind presigned URLs (requiresAccessToken: false)",
+    )
+    bulk.add_argument("--bulk-max-file-resources", type=int, default=1000, help="resources per NDJSON file")
+    bulk.add_argument("--bulk-max-file-bytes", type=int, default=None, help="bytes per NDJSON file (no limit)")
+    bulk.add_argument("--bulk-polls", type=int, default=1, help="status requests answered 202 before the manifest")
+    bulk.add_argument("--bulk-retry-after", type=int, default=1, help="Retry-After seconds while an export runs")
     return parser
 
 
@@ -57,6 +68,13 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         admin_user=args.admin_user,
         admin_secret=args.admin_secret or os.environ.get(ADMIN_SECRET_ENV) or None,
         next_links=args.next_links,
+        bulk=BulkSettings(
+            presigned_files=args.bulk_presigned,
+            max_file_resources=args.bulk_max_file_resources,
+            max_file_bytes=args.bulk_max_file_bytes,
+            polls_to_complete=args.bulk_polls,
+            retry_after=args.bulk_retry_after,
+        ),
     )
 
 
@@ -108,6 +126,10 @@ def main(argv: Sequence[str] | None = None, *, stop: threading.Event | None = No
             parser.error(f"--load-ndjson {directory}: not a directory")
     if args.register_client and args.jwks_file is None and not args.jwks_uri:
         parser.error("--register-client needs --jwks-file (public JWKS) or --jwks-uri")
+    if args.bulk_max_file_resources < 1 or (args.bulk_max_file_bytes is not None and args.bulk_max_file_bytes < 1):
+        parser.error("--bulk-max-file-resources and --bulk-max-file-bytes must be at least 1")
+    if args.bulk_polls < 0 or args.bulk_retry_after < 0:
+        parser.error("--bulk-polls and --bulk-retry-after cannot be negative")
     config = config_from_args(args)
     try:
         server = SandboxServer(config, port=args.port)
@@ -123,6 +145,8 @@ def main(argv: Sequence[str] | None = None, *, stop: threading.Event | None = No
         print(f"  FHIR base:           {server.fhir_base}", flush=True)
         print(f"  SMART configuration: {server.fhir_base}/.well-known/smart-configuration", flush=True)
         print(f"  token endpoint:      {server.token_url}", flush=True)
+        files = f"{server.files_base_url} (presigned URLs)" if config.bulk.presigned_files else "the FHIR origin"
+        print(f"  Bulk Data files:     {files}", flush=True)
         counts = ", ".join(f"{name} {server.state.store.count(name)}" for name in server.state.store.types())
         print(f"  data:                {counts}", flush=True)
         if config.admin_secret:

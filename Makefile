@@ -42,7 +42,7 @@ test: setup lint docs
 	$(BIN)/pytest
 
 demo: setup
-	$(BIN)/python -m airflow_provider_smart.demo
+	$(BIN)/python scripts/demo.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .airflow docs/_build .pytest_cache .mypy_cache .ruff_cache

@@ -117,6 +117,12 @@ async def _kickoff(request: Request, grant: AccessGrant, level: str, group_id: s
             group_id=group_id,
         )
         types = _granted_types(export_request.types, export_request, supported, compartment, grant, level)
+        if export_request.include_associated and not grant.allows("Provenance", "read"):
+            message = "includeAssociatedData needs a scope that reads Provenance, e.g. system/Provenance.read"
+            if not export_request.lenient:
+                raise KickoffError(403, [issue("error", "forbidden", message, "includeAssociatedData")])
+            export_request.warnings.append(issue("warning", "forbidden", f"ignored: {message}"))
+            export_request.include_associated = []
         snapshot = StoreSnapshot(store)
         snapshot.limit_since(export_request.since)
         job = await run_in_threadpool(

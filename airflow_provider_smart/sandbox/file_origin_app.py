@@ -2,7 +2,8 @@
 
 ``GET /bulk-files/{job}/{name}.ndjson?generation=&expires=&signature=``. Refuses, as S3 does, a request
 that carries an ``Authorization`` header besides the signed query (400), a bad signature (403) and an
-expired URL (403). Every request is recorded in ``state.bulk.origins`` under the origin name ``files``.
+expired URL (403). Every request is recorded in ``state.bulk.origins`` under the origin name ``files``
+(and, by ``SandboxServer``, every request to the FHIR server under ``fhir``).
 """
 
 from __future__ import annotations

@@ -67,12 +67,13 @@ class SandboxServer:
 
     def start(self, timeout: float = 30.0) -> SandboxServer:
         from airflow_provider_smart.sandbox.app import create_app
-        from airflow_provider_smart.sandbox.file_origin_app import create_file_origin_app
+        from airflow_provider_smart.sandbox.file_origin_app import OriginLogMiddleware, create_file_origin_app
 
         if self._servers:
             raise RuntimeError("the sandbox server is already running")
         try:
-            self.port = self._serve(create_app(self.state), self._requested_port, "smart-sandbox", timeout)
+            fhir_app = OriginLogMiddleware(create_app(self.state), self.state, "fhir")
+            self.port = self._serve(fhir_app, self._requested_port, "smart-sandbox", timeout)
             # A second origin (another port) for presigned export files, as an object store would be.
             self.files_port = self._serve(create_file_origin_app(self.state), 0, "smart-sandbox-files", timeout)
         except BaseException:

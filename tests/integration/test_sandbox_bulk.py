@@ -409,6 +409,7 @@ def test_presigned_origin_serves_without_token_and_rejects_authorization(server_
     assert by_id(found["Patient"]) == by_id(store_resources(server, "Patient"))
     assert origins.requests["files"] == len(manifest["output"])
     assert not origins.authorization_seen("files")
+    assert origins.authorization_seen("fhir") and origins.requests["fhir"] >= 3  # kick-off and polls
 
     url = manifest["output"][0]["url"]
     token = session.headers["Authorization"]
@@ -647,3 +648,52 @@ def test_partial_manifest_while_running(server_with: Callable[..., Any]) -> None
     final = complete.json()
     assert final["output"] == partial["output"]  # unchanged, only the link is added
     assert final["link"][0]["relation"] == "next"
+
+
+def test_include_associated_provenance(fresh_sandbox: SandboxServer, smart_client_factory: Any) -> None:
+    server = fresh_sandbox
+    store = server.state.store
+    patients = store_resources(server, "Patient")
+    older = store.put(
+        {
+            "resourceType": "Provenance",
+            "id": "prov-old",
+            "recorded": "2024-01-01T00:00:00Z",
+            "target": [{"reference": f"Patient/{patients[0]['id']}"}],
+            "agent": [{"who": {"display": "a"}}],
+        }
+    )
+    newer = store.put(
+        {
+            "resourceType": "Provenance",
+            "id": "prov-new",
+            "recorded": "2024-02-01T00:00:00Z",
+            "target": [{"reference": f"Patient/{patients[0]['id']}"}],
+            "agent": [{"who": {"display": "b"}}],
+        }
+    )
+    store.put(
+        {
+            "resourceType": "Provenance",
+            "id": "prov-obs",
+            "recorded": "2024-02-01T00:00:00Z",
+            "target": [{"reference": "Observation/not-exported"}],
+            "agent": [{"who": {"display": "c"}}],
+        }
+    )
+    session = smart_client_factory(server=server, set_connection=False).session()  # token knows Provenance
+    url = f"{server.fhir_base}/$export"
+    relevant = landed(
+        session, export(session, url, [("_type", "Patient"), ("includeAssociatedData", "RelevantProvenanceResources")])
+    )
+    assert by_id(relevant["Provenance"]) == by_id([older, newer])
+    latest = landed(
+        session, export(session, url, [("_type", "Patient"), ("includeAssociatedData", "LatestProvenanceResources")])
+    )
+    assert by_id(latest["Provenance"]) == by_id([newer])
+    assert "Provenance" not in landed(session, export(session, url, [("_type", "Patient")]))
+
+    narrow = smart_client_factory(server=server, scope="system/Patient.read", set_connection=False).session()
+    refused = kickoff(narrow, url, [("_type", "Patient"), ("includeAssociatedData", "LatestProvenanceResources")])
+    assert refused.status_code == 403
+    assert "Provenance" in refused.json()["issue"][0]["diagnostics"]

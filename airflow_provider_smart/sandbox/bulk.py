@@ -14,7 +14,7 @@ Endpoints (FHIR Bulk Data Access 2.0.0, with the STU3 3.0.0 additions):
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -26,6 +26,7 @@ from airflow_provider_smart.sandbox.auth import AccessGrant, fhir_base, get_stat
 from airflow_provider_smart.sandbox.bulk_files import ExportFile
 from airflow_provider_smart.sandbox.bulk_jobs import ExportJob, JobGone, PolledTooSoon, build_manifest
 from airflow_provider_smart.sandbox.bulk_params import (
+    ExportRequest,
     KickoffError,
     issue,
     operation_outcome,
@@ -57,7 +58,7 @@ def _outcome_response(status: int, issues: list[dict[str, Any]], headers: dict[s
 def _retry_after(runtime: BulkRuntime) -> str:
     seconds = runtime.settings.retry_after
     if runtime.settings.retry_after_http_date:
-        return format_http_date(datetime.fromtimestamp(datetime.now(UTC).timestamp() + seconds, UTC))
+        return format_http_date(datetime.now(UTC) + timedelta(seconds=seconds))
     return str(seconds)
 
 
@@ -123,6 +124,12 @@ async def _kickoff(request: Request, grant: AccessGrant, level: str, group_id: s
                 raise KickoffError(403, [issue("error", "forbidden", message, "includeAssociatedData")])
             export_request.warnings.append(issue("warning", "forbidden", f"ignored: {message}"))
             export_request.include_associated = []
+        export_request.implicit_provenance = (
+            level != "system"
+            and export_request.types is None
+            and not export_request.include_associated
+            and grant.allows("Provenance", "read")
+        )
         snapshot = StoreSnapshot(store)
         snapshot.limit_since(export_request.since)
         job = await run_in_threadpool(
@@ -152,7 +159,7 @@ async def _kickoff(request: Request, grant: AccessGrant, level: str, group_id: s
 
 def _granted_types(
     asked: list[str] | None,
-    export_request: Any,
+    export_request: ExportRequest,
     supported: list[str],
     compartment: set[str],
     grant: AccessGrant,

@@ -204,14 +204,19 @@ class Selection:
 
     def provenance(self, exported: set[str]) -> list[dict[str, Any]]:
         """Provenance for the exported resources (``includeAssociatedData``)."""
-        if not self.request.include_associated or "Provenance" not in self.snapshot.types():
+        modes = self.request.include_associated or (
+            # Bulk Data: without includeAssociatedData, a Patient-level export SHALL include the Provenance
+            # whose target is in the compartment: the sandbox does so when the token may read Provenance.
+            ["RelevantProvenanceResources"] if self.request.implicit_provenance else []
+        )
+        if not modes or "Provenance" not in self.snapshot.types():
             return []
         found = []
         for when, prov in self.snapshot.entries("Provenance"):
             targets = {str(t.get("reference")) for t in prov.get("target") or [] if isinstance(t, dict)}
             if targets & exported and _in_window(when, self.request, self.snapshot.transaction_time):
                 found.append(prov)
-        if "RelevantProvenanceResources" in self.request.include_associated:
+        if "RelevantProvenanceResources" in modes:
             return found
         # LatestProvenanceResources: the most recent Provenance per target.
         latest: dict[str, dict[str, Any]] = {}

@@ -79,6 +79,8 @@ class ExportRequest:
     organize_output_by: str | None = None
     allow_partial_manifests: bool = False
     lenient: bool = False
+    #: Patient/Group level without _type or includeAssociatedData: add the compartment's Provenance.
+    implicit_provenance: bool = False
     warnings: list[dict[str, Any]] = field(default_factory=list)
 
 

@@ -692,6 +692,9 @@ def test_include_associated_provenance(fresh_sandbox: SandboxServer, smart_clien
     )
     assert by_id(latest["Provenance"]) == by_id([newer])
     assert "Provenance" not in landed(session, export(session, url, [("_type", "Patient")]))
+    # Patient level without _type: the compartment's Provenance comes along (Bulk Data SHALL).
+    patient_level = landed(session, export(session, f"{server.fhir_base}/Patient/$export"))
+    assert by_id(patient_level["Provenance"]) == by_id([older, newer])
 
     narrow = smart_client_factory(server=server, scope="system/Patient.read", set_connection=False).session()
     refused = kickoff(narrow, url, [("_type", "Patient"), ("includeAssociatedData", "LatestProvenanceResources")])

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import json
-import random
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ PATIENT_TYPES = {
 }
 SHARED_TYPES = {"Organization": "org", "Practitioner": "prac", "Group": "grp"}
 _PREFIX_TO_TYPE = {prefix: name for name, prefix in {**PATIENT_TYPES, **SHARED_TYPES}.items()}
+_TYPE_OFFSET = {name: position for position, name in enumerate(PATIENT_TYPES)}
 _SLOTS = 256  # lastUpdated positions per patient window and type (the most resources of a type per patient)
 
 GIVEN = ["Ana", "Ben", "Chloe", "Dmitri", "Eun-ji", "Farah", "Gus", "Hana", "Ivo", "Jun", "Kofi", "Lena", "Mateo"]
@@ -87,7 +88,46 @@ def _concept(system: str, code: str, display: str) -> dict[str, Any]:
 
 
 def _iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S+00:00")
+    # isoformat() is several times faster than strftime(), which matters for millions of resources.
+    return moment.isoformat(timespec="seconds")
+
+
+class _Draw:
+    """A small deterministic random stream from BLAKE2b (much cheaper to seed than ``random.Random``).
+
+    Offers the few ``random.Random`` methods the generator uses; the tiny modulo bias is irrelevant here.
+    """
+
+    __slots__ = ("_buffer", "_counter", "_key", "_offset")
+
+    def __init__(self, *key: int) -> None:
+        self._key = b":".join(b"%d" % part for part in key)
+        self._counter = 0
+        self._buffer = b""
+        self._offset = 0
+
+    def _next(self) -> int:
+        if self._offset + 4 > len(self._buffer):
+            self._buffer = hashlib.blake2b(self._key + b"#%d" % self._counter, digest_size=64).digest()
+            self._counter += 1
+            self._offset = 0
+        value = int.from_bytes(self._buffer[self._offset : self._offset + 4], "big")
+        self._offset += 4
+        return value
+
+    def random(self) -> float:
+        return self._next() / 4_294_967_296.0
+
+    def randrange(self, start: int, stop: int | None = None) -> int:
+        if stop is None:
+            start, stop = 0, start
+        return start + self._next() % (stop - start)
+
+    def choice(self, items: Sequence[Any]) -> Any:
+        return items[self._next() % len(items)]
+
+    def uniform(self, low: float, high: float) -> float:
+        return low + (high - low) * self.random()
 
 
 class _Plan:
@@ -112,32 +152,38 @@ class _Plan:
         "procedures",
     )
 
-    def __init__(self, dataset: SyntheticDataset, index: int) -> None:
-        rng = random.Random(dataset.seed * 1_000_003 + index)
+    def __init__(self, dataset: SyntheticDataset, index: int, details: bool = True) -> None:
+        # The counts come from one cheap hash, so the dataset can count 100,000+ patients quickly;
+        # the details (names, dates) from a seeded generator only when resources are made.
+        digest = hashlib.blake2b(b"%d:%d" % (dataset.seed, index), digest_size=16).digest()
         self.index = index
+        self.diabetic = digest[5] < 77  # about 30 %
+        n_encounters = 1 + digest[0] % 4
+        self.obs_per_encounter = [2 + digest[1 + k] % 4 + (1 if self.diabetic else 0) for k in range(n_encounters)]
+        self.conditions = digest[6] % 3 + (1 if self.diabetic else 0)
+        self.medications = digest[7] % 3
+        self.procedures = digest[8] % 3
+        self.immunizations = digest[9] % 3
+        self.allergy = 1 if digest[10] < 77 else 0
+        self.docs = 1 if digest[11] < 128 else 0
+        self.practitioner = int.from_bytes(digest[12:14], "big") % dataset.practitioners
+        self.org = int.from_bytes(digest[14:16], "big") % dataset.organizations
+        self.encounters: list[datetime] = []
+        if not details:
+            return
+        rng = _Draw(dataset.seed, index)
         self.gender = rng.choice(("female", "male"))
         self.given = rng.choice(GIVEN)
         self.family = rng.choice(FAMILY)
         self.birth = datetime(1935, 1, 1, tzinfo=UTC) + timedelta(days=rng.randrange(85 * 365))
-        self.diabetic = rng.random() < 0.3
-        n_encounters = 1 + rng.randrange(4)
         days = sorted(rng.randrange(dataset.clinical_days) for _ in range(n_encounters))
         self.encounters = [
             dataset.clinical_start + timedelta(days=day, hours=8 + rng.randrange(9), minutes=rng.randrange(60))
             for day in days
         ]
-        self.obs_per_encounter = [2 + rng.randrange(4) + (1 if self.diabetic else 0) for _ in days]
-        self.conditions = rng.randrange(3) + (1 if self.diabetic else 0)
-        self.medications = rng.randrange(3)
-        self.procedures = rng.randrange(3)
-        self.immunizations = rng.randrange(3)
-        self.allergy = 1 if rng.random() < 0.3 else 0
-        self.docs = 1 if rng.random() < 0.5 else 0
-        self.practitioner = rng.randrange(dataset.practitioners)
-        self.org = rng.randrange(dataset.organizations)
 
     def counts(self) -> dict[str, int]:
-        n_enc = len(self.encounters)
+        n_enc = len(self.obs_per_encounter)
         return {
             "Patient": 1,
             "Encounter": n_enc,
@@ -185,7 +231,7 @@ class SyntheticDataset:
         self._counts = {name: array("B") for name in PATIENT_TYPES}
         self._diabetic = bytearray()
         for index in range(patients):
-            plan = _Plan(self, index)
+            plan = _Plan(self, index, details=False)
             for name, value in plan.counts().items():
                 self._counts[name].append(value)
             self._diabetic.append(1 if plan.diabetic else 0)
@@ -255,10 +301,9 @@ class SyntheticDataset:
         for index in range(first, self.patients):
             if not counts[index]:
                 continue
-            for resource in self.patient_resources(resource_type, index):
-                key = (to_micros(resource["meta"]["lastUpdated"]), resource["id"])
-                if min_key is None or key[0] >= min_key:
-                    yield key, resource
+            for micros, resource in self._keyed(resource_type, index):
+                if min_key is None or micros >= min_key:
+                    yield (micros, resource["id"]), resource
 
     # -- helpers for callers that know the generator ----------------------------------------------
     def patient_id(self, index: int) -> str:
@@ -266,13 +311,19 @@ class SyntheticDataset:
 
     def patient_resources(self, resource_type: str, index: int) -> list[Resource]:
         """The resources of one type in patient ``index``'s record, in key order."""
+        return [resource for _, resource in self._keyed(resource_type, index)]
+
+    def _keyed(self, resource_type: str, index: int) -> list[tuple[int, Resource]]:
         plan = _Plan(self, index)
         resources = self._makers[resource_type](plan)
-        offset = list(PATIENT_TYPES).index(resource_type)
+        offset = _TYPE_OFFSET[resource_type]
         base = self.start_us + index * self.window_us + offset
+        out = []
         for position, resource in enumerate(resources):
-            resource["meta"] = {"versionId": "1", "lastUpdated": from_micros(base + (position + 1) * self.step_us)}
-        return resources
+            micros = base + (position + 1) * self.step_us
+            resource["meta"] = {"versionId": "1", "lastUpdated": from_micros(micros)}
+            out.append((micros, resource))
+        return out
 
     def _shared_ids(self, resource_type: str) -> list[str]:
         if resource_type == "Organization":
@@ -295,7 +346,7 @@ class SyntheticDataset:
         return out
 
     def _make_shared(self, resource_type: str, resource_id: str, position: int) -> Resource:
-        rng = random.Random(self.seed * 7_919 + position * 31 + len(resource_type))
+        rng = _Draw(self.seed, position, len(resource_type), 7_919)
         if resource_type == "Organization":
             city, state = rng.choice(CITIES)
             return {
@@ -337,8 +388,8 @@ class SyntheticDataset:
         }
 
     # -- per-patient makers -----------------------------------------------------------------------
-    def _rng(self, plan: _Plan, salt: int) -> random.Random:
-        return random.Random((self.seed * 1_000_003 + plan.index) * 64 + salt)
+    def _rng(self, plan: _Plan, salt: int) -> _Draw:
+        return _Draw(self.seed, plan.index, salt)
 
     def _subject(self, plan: _Plan) -> dict[str, str]:
         return _ref("Patient", f"pat-{plan.index}")
@@ -451,7 +502,7 @@ class SyntheticDataset:
         return out
 
     def _observation(
-        self, plan: _Plan, rng: random.Random, kind: str, encounter: int, when: datetime, position: int
+        self, plan: _Plan, rng: _Draw, kind: str, encounter: int, when: datetime, position: int
     ) -> Resource:
         effective = when + timedelta(minutes=5 + position)
         resource: Resource = {
@@ -461,7 +512,7 @@ class SyntheticDataset:
             "subject": self._subject(plan),
             "encounter": _ref("Encounter", f"enc-{plan.index}-{encounter}"),
             "effectiveDateTime": _iso(effective),
-            "issued": effective.strftime("%Y-%m-%dT%H:%M:%S.000+00:00"),
+            "issued": effective.isoformat(timespec="milliseconds"),
         }
         category = ("vital-signs", "Vital Signs")
         if kind == "height":
@@ -672,7 +723,7 @@ class SyntheticDataset:
                     "subject": self._subject(plan),
                     "encounter": _ref("Encounter", f"enc-{plan.index}-{k}"),
                     "effectiveDateTime": _iso(when),
-                    "issued": when.strftime("%Y-%m-%dT%H:%M:%S.000+00:00"),
+                    "issued": when.isoformat(timespec="milliseconds"),
                     "result": [_ref("Observation", f"obs-{plan.index}-{j}") for j in range(first, first + count)],
                 }
             )

@@ -41,7 +41,7 @@ import heapq
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 Resource = dict[str, Any]
@@ -80,6 +80,9 @@ PATIENT_COMPARTMENT_TYPES = frozenset(
 )
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def to_micros(value: datetime | str) -> int:
     """An instant (aware datetime or FHIR instant/dateTime text) as integer microseconds since the epoch."""
     if isinstance(value, str):
@@ -97,9 +100,8 @@ def to_micros(value: datetime | str) -> int:
 
 def from_micros(micros: int) -> str:
     """Integer microseconds since the epoch as a FHIR instant (UTC, microsecond precision)."""
-    seconds, rest = divmod(micros, 1_000_000)
-    moment = datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=rest)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    moment = _EPOCH + timedelta(microseconds=micros)
+    return moment.isoformat(timespec="microseconds")[:-6] + "Z"  # isoformat is much faster than strftime
 
 
 def reference_id(reference: str, resource_type: str | None = None) -> str | None:

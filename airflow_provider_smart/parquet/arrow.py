@@ -1,0 +1,117 @@
+"""Arrow types for schema records, and conforming narrower tables to a wider schema.
+
+Imported only by the writer and reader, never by a DAG file at module level.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from airflow_provider_smart.parquet.schema import UNMAPPED_COLUMN, Node, SchemaRecord
+
+# Field metadata telling the reader how to turn a stored value back into JSON.
+KIND_KEY = b"fhir.kind"
+JSON_META = {KIND_KEY: b"json"}
+DECIMAL_META = {KIND_KEY: b"decimal"}
+UNMAPPED_META = {KIND_KEY: b"unmapped"}
+
+_LEAF_TYPES = {
+    "string": pa.string(),
+    "boolean": pa.bool_(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "json": pa.string(),
+}
+
+
+def _field(name: str, node: Node, decimal: str) -> pa.Field:
+    metadata = None
+    if node.kind == "struct":
+        typ: pa.DataType = pa.struct([_field(k, v, decimal) for k, v in node.children.items()])
+    elif node.kind == "decimal":
+        typ = pa.float64() if decimal == "float64" else pa.string()
+        metadata = DECIMAL_META
+    else:
+        typ = _LEAF_TYPES[node.kind]
+        if node.kind == "json":
+            metadata = JSON_META
+    if node.is_list:
+        typ = pa.list_(pa.field("element", typ, metadata=metadata))
+    return pa.field(name, typ, metadata=metadata)
+
+
+def data_schema(record: SchemaRecord) -> pa.Schema:
+    """The schema of the FHIR fields only (what the JSON parser is told to produce)."""
+    return pa.schema([_field(k, v, record.decimal) for k, v in record.root.children.items()])
+
+
+def table_schema(record: SchemaRecord) -> pa.Schema:
+    """The stored schema: the FHIR fields plus the unmapped-JSON column, with file metadata."""
+    schema = data_schema(record).append(pa.field(UNMAPPED_COLUMN, pa.string(), metadata=UNMAPPED_META))
+    return schema.with_metadata(
+        {b"fhir.resourceType": record.resource_type.encode(), b"fhir.decimal": record.decimal.encode()}
+    )
+
+
+def grow_from_arrow(node: Node, typ: pa.StructType) -> bool:
+    """Grow ``node`` by the fields the JSON parser found in the data (its inferred ``typ``).
+
+    Only the shape of the inferred type is used (names, lists, objects): the types come from FHIR R4.
+    False when the data has a field R4 does not define, or a shape R4 forbids (the caller then takes
+    the exact path that routes such values to the unmapped column).
+    """
+    for i in range(typ.num_fields):
+        field = typ.field(i)
+        child = node.add(field.name)
+        if child is None:
+            return False
+        ftype = field.type
+        if pa.types.is_list(ftype) or pa.types.is_large_list(ftype):
+            if not child.is_list:
+                return False
+            ftype = ftype.value_type
+        elif child.is_list:
+            return False
+        if pa.types.is_struct(ftype):
+            if child.kind != "struct" or not grow_from_arrow(child, ftype):
+                return False
+        elif child.kind in ("struct", "json") or pa.types.is_null(ftype):
+            return False
+    return True
+
+
+def conform(array: pa.Array, target: pa.DataType) -> pa.Array:
+    """``array`` as ``target``, a type with the same or more struct fields (missing ones are null)."""
+    if array.type == target:
+        return array
+    if pa.types.is_null(array.type):
+        return pa.nulls(len(array), target)
+    if pa.types.is_struct(target):
+        present = {array.type.field(i).name for i in range(array.type.num_fields)}
+        children = []
+        for i in range(target.num_fields):
+            field = target.field(i)
+            if field.name in present:
+                children.append(conform(array.field(field.name), field.type))
+            else:
+                children.append(pa.nulls(len(array), field.type))
+        mask = pc.is_null(array) if array.null_count else None
+        return pa.StructArray.from_arrays(children, fields=list(target), mask=mask)
+    if pa.types.is_list(target):
+        values = conform(array.values, target.value_type)
+        mask = pc.is_null(array) if array.null_count else None
+        return pa.ListArray.from_arrays(array.offsets, values, type=target, mask=mask)
+    return array.cast(target)
+
+
+def conform_table(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    columns = []
+    for field in schema:
+        if field.name in table.column_names:
+            column = table.column(field.name)
+            chunks = [conform(chunk, field.type) for chunk in column.chunks]
+            columns.append(pa.chunked_array(chunks, type=field.type))
+        else:
+            columns.append(pa.chunked_array([pa.nulls(len(table), field.type)], type=field.type))
+    return pa.Table.from_arrays(columns, schema=schema)

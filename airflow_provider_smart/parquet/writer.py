@@ -1,0 +1,638 @@
+"""Streaming NDJSON -> Parquet writer: one table per resource type, one pass, flat memory.
+
+Input is cut into chunks of whole lines (``chunk_bytes``). Each chunk goes through the fast path when it
+can: Arrow's C++ JSON parser told the exact schema (types from FHIR R4), which refuses anything that
+does not fit (a non-R4 field, a wrong JSON type, an integer out of range) instead of guessing. When the
+refusal is only about fields not seen before, the parser's view of their shape grows the schema record
+(types still from R4) and the chunk is parsed again. Anything else, and chunks holding a JSON ``null``,
+take the exact path (``normalize.py``) that routes every value that does not fit to the unmapped-JSON
+column. Both paths give the same rows.
+
+Rows are buffered up to ``row_group_bytes`` and written as one row group. A part file has one schema, so
+when the record grows the current part is closed and the next one starts with the wider schema; at
+commit, parts written before the last growth are rewritten (row group by row group) so every part of a
+type in a run has the identical schema. Parts are written under ``_tmp.`` names and renamed at commit,
+then the schema record and the ``_SUCCESS`` marker are written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import json
+import logging
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import IO, TYPE_CHECKING, Any, cast
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from airflow_provider_smart.parquet.arrow import conform_table, data_schema, grow_from_arrow, table_schema
+from airflow_provider_smart.parquet.normalize import Normalizer
+from airflow_provider_smart.parquet.schema import UNMAPPED_COLUMN, SchemaError, SchemaRecord
+from airflow_provider_smart.storage.atomic import (
+    TMP_PREFIX,
+    atomic_write_json,
+    clear_directory,
+    mark_complete,
+    mark_incomplete,
+    read_json,
+    replace,
+)
+from airflow_provider_smart.storage.paths import safe_segment
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+log = logging.getLogger(__name__)
+
+SCHEMA_FILE = "_schema.json"
+DEFAULT_CHUNK_BYTES = 8 << 20
+DEFAULT_ROW_GROUP_BYTES = 64 << 20
+DEFAULT_PART_BYTES = 1 << 30
+# A JSON null anywhere: the Arrow parser reads an explicit null as "absent", so such chunks take the exact
+# path (which keeps them). Matches inside string values too, which only costs speed.
+_NULL = re.compile(rb"[\[:,]\s*null\b")
+_RESOURCE_TYPE = re.compile(rb'"resourceType"\s*:\s*"([A-Za-z0-9]+)"')
+
+
+@dataclass
+class _Part:
+    tmp: ObjectStoragePath
+    name: str
+    version: int
+    rows: int = 0
+
+
+@dataclass
+class TypeSummary:
+    rows: int = 0
+    files: list[str] = field(default_factory=list)
+    fast_chunks: int = 0
+    exact_chunks: int = 0
+
+
+class _TypeWriter:
+    """Writes the parts of one resource type in one run."""
+
+    def __init__(self, owner: FhirParquetWriter, record: SchemaRecord) -> None:
+        self.owner = owner
+        self.record = record
+        self.directory = owner.destination / record.resource_type / owner.run
+        mark_incomplete(self.directory)
+        clear_directory(self.directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.normalizer = Normalizer(record.root, grow=not record.pinned, exact_decimal=record.decimal == "string")
+        self.buffer: list[pa.Table] = []
+        self.buffered = 0
+        self.parts: list[_Part] = []
+        self.part: _Part | None = None
+        self.handle: IO[bytes] | None = None
+        self.pq_writer: pq.ParquetWriter | None = None
+        self.part_bytes = 0
+        self._schemas: tuple[int, pa.Schema, pa.Schema] | None = None
+        self.summary = TypeSummary()
+
+    # -- schemas ---------------------------------------------------------------------------------
+    def schemas(self) -> tuple[pa.Schema, pa.Schema]:
+        """(schema told to the JSON parser, stored table schema) for the record's current version."""
+        if self._schemas is None or self._schemas[0] != self.record.version:
+            self._schemas = (self.record.version, data_schema(self.record), table_schema(self.record))
+        return self._schemas[1], self._schemas[2]
+
+    def grew(self) -> None:
+        self.record.version += 1
+
+    # -- fast path -------------------------------------------------------------------------------
+    def _parse(self, chunk: bytes, schema: pa.Schema, behaviour: str) -> pa.Table:
+        return pajson.read_json(
+            pa.py_buffer(chunk),
+            read_options=pajson.ReadOptions(block_size=1 << 20),
+            parse_options=pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior=behaviour),
+        )
+
+    def try_fast(self, chunk: bytes) -> pa.Table | None:
+        contained: list[list[str] | None] | None = None
+        if b'"contained"' in chunk:
+            node = self.record.root.children.get("contained") or (
+                None if self.record.pinned else self.record.root.child_for("contained")
+            )
+            if node is None or node.kind != "json" or not node.is_list:
+                return None
+            split = split_contained(chunk)
+            if split is None:
+                return None
+            chunk, contained = split
+            if "contained" not in self.record.root.children:
+                self.record.root.add("contained")
+                self.grew()
+        parse_schema = self.parse_schema(contained is not None)
+        try:
+            if len(self.record.root.children) <= 2 and not self.record.pinned:
+                # A fresh record certainly misses fields: go straight to learning them.
+                raise pa.ArrowInvalid("fresh schema record")
+            table = self._parse(chunk, parse_schema, "error")
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            if self.record.pinned:
+                return None
+            try:
+                inferred = self._parse(chunk, parse_schema, "infer")
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                return None
+            before = self.record.root.count()
+            ok = grow_from_arrow(self.record.root, pa.struct(list(inferred.schema)))
+            if self.record.root.count() != before:
+                self.grew()
+            if not ok:
+                return None
+            parse_schema = self.parse_schema(contained is not None)
+            try:
+                table = self._parse(chunk, parse_schema, "error")
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                return None
+        if contained is not None:
+            if len(contained) != len(table):
+                return None
+            table = table.append_column("contained", pa.array(contained, type=pa.list_(pa.string())))
+        types = table.column("resourceType")
+        if types.null_count or not pc.all(pc.equal(types, self.record.resource_type)).as_py():
+            return None
+        return table.append_column(pa.field(UNMAPPED_COLUMN, pa.string()), pa.nulls(len(table), pa.string()))
+
+    def parse_schema(self, without_contained: bool) -> pa.Schema:
+        schema, _ = self.schemas()
+        if without_contained and "contained" in schema.names:
+            schema = schema.remove(schema.get_field_index("contained"))
+        return schema
+
+    # -- exact path ------------------------------------------------------------------------------
+    def table_from_resources(self, resources: list[dict[str, Any]]) -> pa.Table:
+        self.normalizer.grew = False
+        rows = [self.normalizer.row(r) for r in resources]
+        if self.normalizer.grew:
+            self.grew()
+        _, schema = self.schemas()
+        return pa.Table.from_struct_array(pa.array(rows, type=pa.struct(list(schema)))).cast(schema)
+
+    # -- writing ---------------------------------------------------------------------------------
+    def add(self, table: pa.Table) -> None:
+        if not len(table):
+            return
+        self.buffer.append(table)
+        self.buffered += table.nbytes
+        self.summary.rows += len(table)
+        if self.buffered >= self.owner.row_group_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        _, schema = self.schemas()
+        tables = [conform_table(t, schema) for t in self.buffer]
+        self.buffer, self.buffered = [], 0
+        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        if self.part is not None and self.part.version != self.record.version:
+            self.close_part()
+        if self.part is None:
+            self.open_part(schema)
+        assert self.pq_writer is not None and self.part is not None
+        self.pq_writer.write_table(table, row_group_size=len(table))
+        self.part.rows += len(table)
+        self.part_bytes += table.nbytes
+        if self.part_bytes >= self.owner.part_bytes:
+            self.close_part()
+
+    def _writer(self, handle: IO[bytes], schema: pa.Schema) -> pq.ParquetWriter:
+        return pq.ParquetWriter(
+            handle,
+            schema,
+            compression=self.owner.compression,
+            write_statistics=True,
+            store_schema=True,
+        )
+
+    def open_part(self, schema: pa.Schema) -> None:
+        name = f"part-{len(self.parts):05d}.parquet"
+        tmp = self.directory / f"{TMP_PREFIX}{name}"
+        self.part = _Part(tmp, name, self.record.version)
+        self.handle = tmp.open("wb")  # type: ignore[no-untyped-call]
+        self.pq_writer = self._writer(self.handle, schema)
+        self.part_bytes = 0
+
+    def close_part(self) -> None:
+        if self.part is None:
+            return
+        assert self.pq_writer is not None and self.handle is not None
+        self.pq_writer.close()
+        self.handle.close()
+        self.parts.append(self.part)
+        self.part, self.pq_writer, self.handle = None, None, None
+
+    def finish(self) -> None:
+        """Flush, close, bring every part to the final schema, and rename the parts into place."""
+        self.flush()
+        self.close_part()
+        _, schema = self.schemas()
+        for part in self.parts:
+            if part.version != self.record.version:
+                self._rewrite(part, schema)
+        for part in self.parts:
+            final = self.directory / part.name
+            replace(part.tmp, final)
+            self.summary.files.append(str(final))
+
+    def _rewrite(self, part: _Part, schema: pa.Schema) -> None:
+        new_tmp = self.directory / f"{TMP_PREFIX}rewrite.{part.name}"
+        with part.tmp.open("rb") as src, new_tmp.open("wb") as dst:  # type: ignore[no-untyped-call]
+            reader = pq.ParquetFile(src)
+            writer = self._writer(dst, schema)
+            for i in range(reader.num_row_groups):
+                writer.write_table(conform_table(reader.read_row_group(i), schema))
+            writer.close()
+        part.tmp.unlink()
+        part.tmp = new_tmp
+        part.version = self.record.version
+
+    def abort(self) -> None:
+        for closer in (self.pq_writer, self.handle):
+            try:
+                if closer is not None:
+                    closer.close()
+            except Exception:  # noqa: S110 - best effort on the way out; the original error matters
+                pass
+        clear_directory(self.directory)
+
+
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+_DECODER = json.JSONDecoder()
+_WS = " \t\r\n"
+
+
+def split_contained(chunk: bytes) -> tuple[bytes, list[list[str] | None]] | None:
+    """Cut each line's top-level ``contained`` array out, as the JSON text of each contained resource.
+
+    Contained resources are stored as JSON text (any resource type may appear there). Lifting them out
+    textually lets the Arrow parser handle the rest of the line. Returns the chunk without them and, per
+    non-blank line, the list of texts (None when the line has no ``contained``); None when a line does
+    not have the expected shape (the caller then takes the exact path).
+    """
+    lines: list[str] = []
+    found: list[list[str] | None] = []
+    decode = _DECODER.raw_decode
+    for text in chunk.decode("utf-8").split("\n"):
+        key = text.find('"contained"')
+        if key < 0:
+            if text and not text.isspace():
+                lines.append(text)
+                found.append(None)
+            continue
+        prefix = text[:key]
+        if prefix.count("{") != 1 or "}" in prefix or "[" in prefix:
+            # Braces may sit inside string values: look again with the strings taken out.
+            bare = _STRINGS.sub("", prefix)
+            if bare.count("{") - bare.count("}") != 1 or bare.count("[") != bare.count("]"):
+                return None  # not the resource's own element
+        pos = key + 11
+        try:
+            while text[pos] in _WS:
+                pos += 1
+            if text[pos] != ":":
+                return None
+            pos += 1
+            while text[pos] in _WS:
+                pos += 1
+            if text[pos] != "[":
+                return None
+            pos += 1
+            items: list[str] = []
+            while True:
+                while text[pos] in _WS:
+                    pos += 1
+                if text[pos] == "]" and not items:
+                    pos += 1
+                    break
+                if text.startswith("null", pos):
+                    return None  # a null item: the exact path keeps it as a null
+                _, end = decode(text, pos)
+                items.append(text[pos:end])
+                pos = end
+                while text[pos] in _WS:
+                    pos += 1
+                if text[pos] == ",":
+                    pos += 1
+                    continue
+                if text[pos] == "]":
+                    pos += 1
+                    break
+                return None
+        except (ValueError, IndexError):
+            return None
+        head, tail = prefix.rstrip(), text[pos:].lstrip()
+        if tail.startswith(","):
+            tail = tail[1:]
+        elif head.endswith(","):
+            head = head[:-1]
+        lines.append(head + tail)
+        found.append(items)
+    lines.append("")
+    return "\n".join(lines).encode("utf-8"), found
+
+
+@contextlib.contextmanager
+def open_ndjson(source: Any) -> Iterator[IO[bytes]]:
+    """Open a path / ObjectStoragePath / file object for reading bytes, gunzipping when gzipped."""
+    with contextlib.ExitStack() as stack:
+        if hasattr(source, "read"):
+            raw: Any = source
+        elif hasattr(source, "open"):
+            raw = stack.enter_context(source.open("rb"))
+        else:
+            raw = stack.enter_context(open(source, "rb"))
+        buffered: Any = raw if hasattr(raw, "peek") else io.BufferedReader(raw)
+        if buffered.peek(2)[:2] == b"\x1f\x8b":
+            yield cast("IO[bytes]", stack.enter_context(gzip.GzipFile(fileobj=buffered)))
+        else:
+            yield cast("IO[bytes]", buffered)
+
+
+def iter_chunks(handle: IO[bytes], chunk_bytes: int) -> Iterator[bytes]:
+    """Whole-line chunks of about ``chunk_bytes`` bytes (a line longer than that is one chunk)."""
+    rest = b""
+    while True:
+        block = handle.read(chunk_bytes)
+        if not block:
+            break
+        cut = block.rfind(b"\n")
+        if cut < 0:
+            rest += block
+            continue
+        yield rest + block[: cut + 1] if rest else block[: cut + 1]
+        rest = block[cut + 1 :]
+    if rest.strip():
+        yield rest + b"\n"
+
+
+class FhirParquetWriter:
+    """Write FHIR resources to Parquet tables ``<destination>/<ResourceType>/<run>/part-NNNNN.parquet``.
+
+    Use as a context manager (commits on success, removes partial output on error) or call
+    :meth:`commit` / :meth:`abort`. Feed it NDJSON files (:meth:`write_ndjson`), NDJSON lines
+    (:meth:`write_lines`) or parsed resources (:meth:`write_resources`); several sources of the same
+    type end up in the same table with one schema.
+
+    :param destination: root directory (``ObjectStoragePath``, URI or local path).
+    :param run: run label, one path segment per run (e.g. the Airflow run id).
+    :param decimal: ``"float64"`` (default) or ``"string"`` to keep each decimal's exact text.
+    :param schemas: pinned schema records by resource type (dicts as written in ``_schema.json`` or
+        paths to such files). A pinned type never grows; fields outside the record go to ``unmapped_json``.
+    :param compression: Parquet codec (default zstd).
+    :param row_group_bytes: uncompressed bytes buffered per row group.
+    :param chunk_bytes: bytes of NDJSON parsed at a time.
+    :param part_bytes: a part is closed after about this many uncompressed bytes.
+    :param fast: use the Arrow JSON parser wherever it gives the same rows (default); False forces the
+        exact Python path everywhere (slower; the output is the same).
+    """
+
+    def __init__(
+        self,
+        destination: Any,
+        run: str,
+        *,
+        decimal: str = "float64",
+        schemas: Mapping[str, Any] | None = None,
+        compression: str = "zstd",
+        row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        part_bytes: int = DEFAULT_PART_BYTES,
+        fast: bool = True,
+        conn_id: str | None = None,
+    ) -> None:
+        from airflow_provider_smart.storage.paths import resolve_output
+
+        self.destination = resolve_output(destination, conn_id)
+        self.run = safe_segment(run)
+        if decimal not in ("float64", "string"):
+            raise SchemaError(f"decimal must be 'float64' or 'string' (exact text), not {decimal!r}")
+        self.decimal = decimal
+        self.pinned = {k: _load_pinned(k, v) for k, v in (schemas or {}).items()}
+        self.compression = compression
+        self.row_group_bytes = row_group_bytes
+        self.chunk_bytes = chunk_bytes
+        self.part_bytes = part_bytes
+        self.fast = fast
+        self.writers: dict[str, _TypeWriter] = {}
+        self.closed = False
+        self.result: dict[str, dict[str, Any]] = {}  # what commit() returned
+
+    def __enter__(self) -> FhirParquetWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+    def _writer_for(self, resource_type: str) -> _TypeWriter:
+        tw = self.writers.get(resource_type)
+        if tw is None:
+            pinned = self.pinned.get(resource_type)
+            if pinned is not None:
+                if pinned.decimal != self.decimal:
+                    raise SchemaError(
+                        f"the pinned {resource_type} record keeps decimals as {pinned.decimal!r} but the writer "
+                        f"was asked for {self.decimal!r}"
+                    )
+                record = pinned
+            else:
+                record = SchemaRecord(resource_type, self.decimal)
+                stored = read_json(self.destination / resource_type / SCHEMA_FILE)
+                if stored is not None:
+                    record.merge(SchemaRecord.from_json(stored))
+                record.version = 0
+            tw = _TypeWriter(self, record)
+            self.writers[resource_type] = tw
+        return tw
+
+    # -- inputs ----------------------------------------------------------------------------------
+    def write_ndjson(self, source: Any, resource_type: str | None = None) -> int:
+        """Convert one NDJSON file (plain or gzipped). Returns the number of resources read.
+
+        :param resource_type: the type the file should hold (Bulk Data files hold one type); lines of
+            other types still land in their own tables.
+        """
+        with open_ndjson(source) as handle:
+            return self._write_chunks(iter_chunks(handle, self.chunk_bytes), str(source), resource_type)
+
+    def write_lines(self, lines: Iterable[bytes | str], resource_type: str | None = None) -> int:
+        """Convert NDJSON lines (each one resource) arriving from a stream."""
+
+        def chunks() -> Iterator[bytes]:
+            buf: list[bytes] = []
+            size = 0
+            for line in lines:
+                data = line.encode() if isinstance(line, str) else line
+                if not data.endswith(b"\n"):
+                    data += b"\n"
+                buf.append(data)
+                size += len(data)
+                if size >= self.chunk_bytes:
+                    yield b"".join(buf)
+                    buf, size = [], 0
+            if buf:
+                yield b"".join(buf)
+
+        return self._write_chunks(chunks(), "<lines>", resource_type)
+
+    def write_resources(self, resources: Iterable[Mapping[str, Any]]) -> int:
+        """Convert parsed resources (dicts)."""
+        batch: list[dict[str, Any]] = []
+        count = 0
+        for resource in resources:
+            batch.append(dict(resource))
+            if len(batch) >= 2048:
+                count += self._write_parsed(batch)
+                batch = []
+        if batch:
+            count += self._write_parsed(batch)
+        return count
+
+    def _write_chunks(self, chunks: Iterable[bytes], source: str, resource_type: str | None) -> int:
+        self._check_open()
+        count = 0
+        line_no = 1
+        for chunk in chunks:
+            rtype = resource_type
+            if rtype is None:
+                match = _RESOURCE_TYPE.search(chunk, 0, chunk.find(b"\n"))
+                rtype = match.group(1).decode() if match else None
+            table = None
+            if rtype is not None and self.fast and self.decimal == "float64" and not self._has_null(chunk):
+                tw = self._writer_for(rtype)
+                table = tw.try_fast(chunk)
+                if table is not None:
+                    tw.add(table)
+                    tw.summary.fast_chunks += 1
+                    count += len(table)
+            if table is None:
+                count += self._write_exact(chunk, source, line_no)
+            line_no += chunk.count(b"\n")
+        return count
+
+    @staticmethod
+    def _has_null(chunk: bytes) -> bool:
+        return b"null" in chunk and _NULL.search(chunk) is not None
+
+    def _write_exact(self, chunk: bytes, source: str, first_line: int) -> int:
+        parse_float = Decimal if self.decimal == "string" else float
+        resources = []
+        where = []
+        for offset, line in enumerate(chunk.split(b"\n")):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line, parse_float=parse_float)
+            except ValueError as err:
+                raise ValueError(
+                    f"{source} line {first_line + offset}: not valid JSON ({err}); each line of an NDJSON file "
+                    "must be one complete JSON resource"
+                ) from None
+            resources.append(value)
+            where.append(f"{source} line {first_line + offset}")
+        return self._write_parsed(resources, where)
+
+    def _write_parsed(self, resources: list[dict[str, Any]], where: list[str] | None = None) -> int:
+        self._check_open()
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for i, value in enumerate(resources):
+            rtype = value.get("resourceType") if isinstance(value, dict) else None
+            if not isinstance(rtype, str) or not rtype.isalnum():
+                raise ValueError(
+                    f"{where[i] if where else f'resource {i}'}: not a FHIR resource (a JSON object with a "
+                    "resourceType string); check that the input is FHIR NDJSON"
+                )
+            groups.setdefault(rtype, []).append(value)
+        for rtype, group in groups.items():
+            tw = self._writer_for(rtype)
+            tw.add(tw.table_from_resources(group))
+            tw.summary.exact_chunks += 1
+        return len(resources)
+
+    # -- commit ----------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError("this FhirParquetWriter was already committed or aborted; make a new one")
+
+    def commit(self) -> dict[str, dict[str, Any]]:
+        """Finish every table; returns ``{resourceType: {"rows", "files", "schema"}}``."""
+        self._check_open()
+        try:
+            result: dict[str, dict[str, Any]] = {}
+            for rtype, tw in self.writers.items():
+                tw.finish()
+                record_json = tw.record.to_json()
+                schema_path = self.destination / rtype / SCHEMA_FILE
+                if not tw.record.pinned:
+                    # Another run may have grown the stored record meanwhile: keep its fields too.
+                    stored = read_json(schema_path)
+                    if stored is not None:
+                        merged = SchemaRecord.from_json(record_json)
+                        merged.merge(SchemaRecord.from_json(stored))
+                        record_json = merged.to_json()
+                    atomic_write_json(schema_path, record_json)
+                atomic_write_json(tw.directory / SCHEMA_FILE, tw.record.to_json())
+                summary = {
+                    "rows": tw.summary.rows,
+                    "files": tw.summary.files,
+                    "schema": str(schema_path),
+                    "columns": len(tw.record.root.children) + 1,
+                }
+                mark_complete(tw.directory, {"resourceType": rtype, "rows": tw.summary.rows})
+                log.info(
+                    "Parquet %s: %d rows in %d file(s); %d chunk(s) fast, %d exact",
+                    rtype,
+                    tw.summary.rows,
+                    len(tw.summary.files),
+                    tw.summary.fast_chunks,
+                    tw.summary.exact_chunks,
+                )
+                result[rtype] = summary
+            self.result = result
+            return result
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            self.closed = True
+
+    def abort(self) -> None:
+        """Remove everything this run wrote (no ``_SUCCESS`` marker is left behind)."""
+        for tw in self.writers.values():
+            try:
+                tw.abort()
+            except Exception:
+                log.warning("could not clean %s", tw.directory, exc_info=True)
+        self.closed = True
+
+
+def _load_pinned(resource_type: str, value: Any) -> SchemaRecord:
+    if not isinstance(value, Mapping):
+        path = value
+        from airflow_provider_smart.storage.paths import resolve_output
+
+        target = resolve_output(path)
+        if not target.exists():
+            raise SchemaError(f"pinned schema for {resource_type}: {path} does not exist")
+        value = json.loads(target.read_bytes())
+    record = SchemaRecord.from_json(value, pinned=True)
+    if record.resource_type != resource_type:
+        raise SchemaError(
+            f"the schema pinned for {resource_type} is a record of {record.resource_type}; pass it under its own type"
+        )
+    return record

@@ -1,0 +1,87 @@
+"""Writer mechanics: layout, atomic commit, reruns, bad input, row groups, gzip, ObjectStoragePath."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from airflow.sdk import ObjectStoragePath
+
+from airflow_provider_smart.parquet.reader import iter_resources
+from airflow_provider_smart.parquet.writer import FhirParquetWriter
+from tests.unit.parquet.helpers import canon, write_ndjson
+
+PATIENTS = [
+    {"resourceType": "Patient", "id": f"p{i}", "gender": "female", "birthDate": "1980-01-01", "name": [{"family": "F"}]}
+    for i in range(300)
+]
+
+
+def test_layout_zstd_statistics_and_bounded_row_groups(tmp_path: Path) -> None:
+    source = tmp_path / "Patient.ndjson.gz"
+    source.write_bytes(gzip.compress("".join(json.dumps(p) + "\n" for p in PATIENTS).encode()))
+    out = ObjectStoragePath(f"file://{tmp_path}/out")
+    with FhirParquetWriter(out, "manual__2024-01-01T00:00:00+00:00", row_group_bytes=4096, chunk_bytes=2048) as w:
+        assert w.write_ndjson(ObjectStoragePath(f"file://{source}")) == 300
+    run_dir = tmp_path / "out" / "Patient" / "manual__2024-01-01T00_00_00_00_00"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["_SUCCESS", "_schema.json", "part-00000.parquet"]
+    meta = pq.ParquetFile(run_dir / "part-00000.parquet").metadata
+    assert meta.num_rows == 300 and meta.num_row_groups > 1
+    column = meta.row_group(0).column(1)
+    assert column.compression == "ZSTD" and column.statistics is not None and column.statistics.has_min_max
+    assert [canon(r) for r in iter_resources(out / "Patient" / run_dir.name / "part-00000.parquet")] == [
+        canon(p) for p in PATIENTS
+    ]
+
+
+def test_mixed_types_in_one_file_land_in_their_own_tables(tmp_path: Path) -> None:
+    mixed = [PATIENTS[0], {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p0"}}]
+    source = write_ndjson(tmp_path / "mixed.ndjson", mixed)
+    with FhirParquetWriter(str(tmp_path / "out"), "r") as writer:
+        writer.write_ndjson(str(source))
+        writer.write_lines([json.dumps(PATIENTS[1]).encode()], "Patient")
+        writer.write_resources([PATIENTS[2]])
+    patients = [r["id"] for r in iter_resources(str(tmp_path / "out" / "Patient" / "r" / "part-00000.parquet"))]
+    assert patients == ["p0", "p1", "p2"]
+    assert (tmp_path / "out" / "Condition" / "r" / "_SUCCESS").exists()
+
+
+def test_a_failed_run_leaves_no_complete_looking_output_and_a_rerun_replaces(tmp_path: Path) -> None:
+    good = write_ndjson(tmp_path / "good.ndjson", PATIENTS[:10])
+    bad = tmp_path / "bad.ndjson"
+    bad.write_text(json.dumps(PATIENTS[0]) + "\n{not json\n")
+    run_dir = tmp_path / "out" / "Patient" / "r"
+    with (
+        pytest.raises(ValueError, match=r"bad.ndjson line 2: not valid JSON"),
+        FhirParquetWriter(str(tmp_path / "out"), "r") as writer,
+    ):
+        writer.write_ndjson(str(good))
+        writer.write_ndjson(str(bad))
+    assert not any(run_dir.glob("part-*")) and not (run_dir / "_SUCCESS").exists()
+
+    for _ in range(2):  # the same run twice: replaced, never duplicated
+        with FhirParquetWriter(str(tmp_path / "out"), "r") as writer:
+            writer.write_ndjson(str(good))
+    assert sorted(p.name for p in run_dir.iterdir()) == ["_SUCCESS", "_schema.json", "part-00000.parquet"]
+    assert pq.read_metadata(run_dir / "part-00000.parquet").num_rows == 10
+
+
+def test_lines_that_are_not_resources_are_refused_with_the_line_number(tmp_path: Path) -> None:
+    source = tmp_path / "x.ndjson"
+    source.write_text(json.dumps(PATIENTS[0]) + "\n\n" + json.dumps({"id": "no-type"}) + "\n")
+    writer = FhirParquetWriter(str(tmp_path / "out"), "r")
+    with pytest.raises(ValueError, match=r"x.ndjson line 3: not a FHIR resource"):
+        writer.write_ndjson(str(source))
+    writer.abort()
+    with pytest.raises(RuntimeError, match="already committed or aborted"):
+        writer.write_ndjson(str(source))
+
+
+def test_bad_options_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="decimal must be"):
+        FhirParquetWriter(str(tmp_path), "r", decimal="exact")
+    with pytest.raises(ValueError, match="cannot build a path segment"):
+        FhirParquetWriter(str(tmp_path), "///")

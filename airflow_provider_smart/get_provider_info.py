@@ -29,7 +29,10 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": "SMART on FHIR",
-                "python-modules": ["airflow_provider_smart.operators.search"],
+                "python-modules": [
+                    "airflow_provider_smart.operators.search",
+                    "airflow_provider_smart.operators.parquet",
+                ],
             }
         ],
         "triggers": [],

@@ -25,10 +25,15 @@ _LEAF_TYPES = {
 }
 
 
-def _field(name: str, node: Node, decimal: str) -> pa.Field:
+def _field(name: str, node: Node, decimal: str) -> pa.Field | None:
+    """The Arrow field of ``node``; None for a struct with no typed field yet (Parquet cannot store one:
+    such values are kept in the unmapped column until the struct gains a field)."""
     metadata = None
     if node.kind == "struct":
-        typ: pa.DataType = pa.struct([_field(k, v, decimal) for k, v in node.children.items()])
+        fields = [f for f in (_field(k, v, decimal) for k, v in node.children.items()) if f is not None]
+        if not fields:
+            return None
+        typ: pa.DataType = pa.struct(fields)
     elif node.kind == "decimal":
         typ = pa.float64() if decimal == "float64" else pa.string()
         metadata = DECIMAL_META
@@ -43,7 +48,8 @@ def _field(name: str, node: Node, decimal: str) -> pa.Field:
 
 def data_schema(record: SchemaRecord) -> pa.Schema:
     """The schema of the FHIR fields only (what the JSON parser is told to produce)."""
-    return pa.schema([_field(k, v, record.decimal) for k, v in record.root.children.items()])
+    fields = (_field(k, v, record.decimal) for k, v in record.root.children.items())
+    return pa.schema([f for f in fields if f is not None])
 
 
 def table_schema(record: SchemaRecord) -> pa.Schema:

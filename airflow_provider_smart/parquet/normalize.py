@@ -61,6 +61,7 @@ class Normalizer:
                 if type(value) is not list:
                     patches.append([[*path, key], value])
                     continue
+                mark = len(patches)
                 items: list[Any] = []
                 for i, item in enumerate(value):
                     if item is None:
@@ -71,6 +72,10 @@ class Normalizer:
                         patches.append([[*path, key, i], item])
                         conv = None
                     items.append(conv)
+                if child.kind == "struct" and child.is_empty():
+                    del patches[mark:]  # no column for it yet: keep the whole list as JSON
+                    patches.append([[*path, key], value])
+                    continue
                 out[key] = items
             else:
                 conv = self._value(value, child, (*path, key), patches) if value is not None else _BAD
@@ -86,7 +91,14 @@ class Normalizer:
         if kind == "string":
             return value if vtype is str else _BAD
         if kind == "struct":
-            return self._struct(value, node, path, patches) if vtype is dict else _BAD
+            if vtype is not dict:
+                return _BAD
+            mark = len(patches)
+            out = self._struct(value, node, path, patches)
+            if not out and node.is_empty():
+                del patches[mark:]  # no column for it yet: the caller keeps the whole value as JSON
+                return _BAD
+            return out
         if kind == "boolean":
             return value if vtype is bool else _BAD
         if kind == "int32":

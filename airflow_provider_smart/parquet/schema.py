@@ -66,6 +66,10 @@ class Node:
         inner: Any = {k: v.to_json() for k, v in self.children.items()} if self.kind == "struct" else self.kind
         return [inner] if self.is_list else inner
 
+    def is_empty(self) -> bool:
+        """A struct with no leaf below it: it has no column (Parquet cannot store an empty struct)."""
+        return self.kind == "struct" and all(c.is_empty() for c in self.children.values())
+
     def count(self) -> int:
         return 1 + sum(c.count() for c in self.children.values())
 

@@ -39,6 +39,8 @@ from airflow_provider_smart.sandbox.search import (
 from airflow_provider_smart.sandbox.store import Key, Resource, from_micros
 
 router = APIRouter()
+#: Without ``_total``, a filtered search is counted only when its type has at most this many resources.
+TOTAL_SCAN_LIMIT = 50_000
 SearchGrant = Annotated[AccessGrant, Depends(require_token(interaction="search"))]
 _TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]+$")
 
@@ -127,7 +129,12 @@ def _search(request: Request, resource_type: str, params: list[tuple[str, str]],
 
     def scan(start_after: Key | None) -> Any:
         for key, resource in store.iter_entries(
-            resource_type, min_key=criteria.min_key, max_key=criteria.max_key, after=start_after, as_of=snapshot
+            resource_type,
+            min_key=criteria.min_key,
+            max_key=criteria.max_key,
+            after=start_after,
+            as_of=snapshot,
+            patient_ids=criteria.patient_ids,
         ):
             if criteria.matches(resource):
                 yield key, resource
@@ -140,8 +147,13 @@ def _search(request: Request, resource_type: str, params: list[tuple[str, str]],
                 has_more = True
                 break
             page.append(item)
-    if criteria.total != "none" and total is None:
-        total = len(page) if (after is None and not has_more and criteria.count) else sum(1 for _ in scan(None))
+    if total is None and _wants_total(criteria, store.count(resource_type)):
+        if after is None and not has_more and criteria.count:
+            total = len(page)
+        elif not criteria.predicates and criteria.ids is None:
+            total = store.count(resource_type)
+        else:
+            total = sum(1 for _ in scan(None))
 
     base = fhir_base(request)
     entries: list[dict[str, Any]] = []
@@ -180,11 +192,21 @@ def _search(request: Request, resource_type: str, params: list[tuple[str, str]],
         "meta": {"lastUpdated": from_micros(snapshot)},
         "type": "searchset",
     }
-    if total is not None and criteria.total != "none":
+    if total is not None:
         bundle["total"] = total
     bundle["link"] = links
     bundle["entry"] = entries
     return JSONResponse(bundle, media_type=FHIR_JSON)
+
+
+def _wants_total(criteria: Criteria, type_count: int) -> bool:
+    """``_total=accurate`` always counts; without ``_total`` only while counting is cheap (a plain
+    listing, or a type small enough to scan), as large servers do; ``none`` never."""
+    if criteria.total == "none":
+        return False
+    if criteria.total_given:
+        return True
+    return (not criteria.predicates and criteria.ids is None) or type_count <= TOTAL_SCAN_LIMIT
 
 
 def _includes(

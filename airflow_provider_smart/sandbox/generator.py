@@ -18,7 +18,7 @@ import gzip
 import hashlib
 import json
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -304,6 +304,29 @@ class SyntheticDataset:
             for micros, resource in self._keyed(resource_type, index):
                 if min_key is None or micros >= min_key:
                     yield (micros, resource["id"]), resource
+
+    def iter_patient_entries(
+        self, resource_type: str, patient_ids: Collection[str], min_key: int | None = None
+    ) -> Iterator[tuple[Key, Resource]]:
+        """Like :meth:`iter_entries`, limited to the compartments of the given patient ids (made directly,
+        without scanning the other patients). Shared types have no compartment: nothing."""
+        if resource_type not in PATIENT_TYPES:
+            return
+        indexes = sorted({index for index in (self._patient_index(pid) for pid in patient_ids) if index is not None})
+        counts = self._counts[resource_type]
+        for index in indexes:
+            if not counts[index]:
+                continue
+            for micros, resource in self._keyed(resource_type, index):
+                if min_key is None or micros >= min_key:
+                    yield (micros, resource["id"]), resource
+
+    def _patient_index(self, patient_id: str) -> int | None:
+        prefix, _, number = patient_id.partition("-")
+        if prefix != "pat" or not number.isdigit() or str(int(number)) != number:
+            return None
+        index = int(number)
+        return index if index < self.patients else None
 
     # -- helpers for callers that know the generator ----------------------------------------------
     def patient_id(self, index: int) -> str:

@@ -289,8 +289,10 @@ class Criteria:
     min_key: int | None = None
     max_key: int | None = None
     ids: set[str] | None = None
+    patient_ids: set[str] | None = None  # the compartment(s) a patient= parameter limits the search to
     count: int = 50
     total: str = "accurate"
+    total_given: bool = False
     includes: list[tuple[str, str | None]] = field(default_factory=list)  # (param, target type)
     ignored: list[str] = field(default_factory=list)
 
@@ -336,6 +338,7 @@ def parse_search(
             if value not in ("none", "estimate", "accurate"):
                 raise SearchError(f"_total must be none, estimate or accurate, got {value!r}")
             criteria.total = value
+            criteria.total_given = True
         elif name == "_sort":
             if value not in ("_lastUpdated",):
                 unknown(raw_name, f"_sort={value} is not supported (only _sort=_lastUpdated)")
@@ -361,6 +364,8 @@ def parse_search(
                 criteria.max_key = high if criteria.max_key is None else min(criteria.max_key, high)
         elif name == "patient" and resource_type != "Patient":
             criteria.predicates.append(_reference_predicate(name, value, PATIENT_FIELDS, "Patient"))
+            wanted = {item.strip().rstrip("/").split("/")[-1] for item in value.split(",")}
+            criteria.patient_ids = wanted if criteria.patient_ids is None else criteria.patient_ids & wanted
         elif name == "subject":
             criteria.predicates.append(_reference_predicate(name, value, ("subject",), None))
         elif name == "code" and resource_type in CODE_FIELDS:

@@ -26,7 +26,8 @@ Lazy sources
 API
     ``types()``; ``count(type)``; ``get(type, id)``; ``resolve(reference)``;
     ``iter_type(type, since=, until=, as_of=)`` (dicts); ``iter_entries(type, min_key=, max_key=, after=,
-    as_of=)`` (``(key, resource)`` pairs, for keyset paging); ``put(resource)``; ``load(resources)``;
+    as_of=, patient_ids=)`` (``(key, resource)`` pairs, for keyset paging; ``patient_ids`` limits to those
+    patients' compartments, fast for generated data); ``put(resource)``; ``load(resources)``;
     ``delete(type, id)``; ``iter_deletions(type, min_key=, max_key=, as_of=)``;
     ``now()``; ``patient_refs(resource)`` (patient ids a resource belongs to: its own id for Patient, else
     ``subject`` / ``patient`` / ``beneficiary`` references as ``Patient/x``, ``urn:uuid:x`` or absolute
@@ -39,7 +40,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -321,9 +322,13 @@ class ResourceStore:
         max_key: int | None = None,
         after: Key | None = None,
         as_of: int | None = None,
+        patient_ids: Collection[str] | None = None,
     ) -> Iterator[tuple[Key, Resource]]:
         """``(key, resource)`` in ascending key order with ``min_key <= key micros <= max_key``, strictly
-        after the ``after`` key, each resource in its version current at ``as_of`` (default: now)."""
+        after the ``after`` key, each resource in its version current at ``as_of`` (default: now).
+
+        With ``patient_ids``, only resources in those patients' compartments (see :meth:`patient_refs`);
+        sources that can (the generator) then make only those patients' resources instead of scanning."""
         lower = min_key
         if after is not None:
             lower = after[0] if lower is None else max(lower, after[0])
@@ -346,8 +351,15 @@ class ResourceStore:
                     continue
                 yield key, version.resource
 
+        wanted = None if patient_ids is None else frozenset(patient_ids)
+
         def source_entries(source: ResourceSource) -> Iterator[tuple[Key, Resource]]:
-            for key, resource in source.iter_entries(resource_type, lower):
+            by_patient = getattr(source, "iter_patient_entries", None)
+            if wanted is not None and by_patient is not None:
+                entries = by_patient(resource_type, wanted, lower)
+            else:
+                entries = source.iter_entries(resource_type, lower)
+            for key, resource in entries:
                 if key[0] > snapshot:
                     break
                 shadow = shadowed.get(key[1])
@@ -362,6 +374,8 @@ class ResourceStore:
                 continue
             if max_key is not None and key[0] > max_key:
                 return
+            if wanted is not None and self.patient_refs(resource).isdisjoint(wanted):
+                continue
             yield key, resource
 
     def iter_type(

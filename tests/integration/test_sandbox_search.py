@@ -283,3 +283,33 @@ def test_synthea_fixture_urn_uuid_references(sandbox_factory, smart_client_facto
         f"{server.fhir_base}/Observation", params={"_include": "Observation:patient", "_count": 50}, timeout=30
     ).json()
     assert any(e["search"]["mode"] == "include" for e in bundle["entry"])
+
+
+def test_patient_search_uses_the_compartment_and_agrees_with_a_scan(sandbox, smart_client):
+    store = sandbox.state.store
+    for resource_type in ("Observation", "Immunization", "Encounter"):
+        scanned = [r["id"] for r in store.iter_type(resource_type) if store.patient_refs(r) & {"pat-3", "pat-7"}]
+        direct = [r["id"] for _, r in store.iter_entries(resource_type, patient_ids={"pat-3", "pat-7"})]
+        assert direct == scanned and direct
+    session = smart_client.session()
+    found = _matches(
+        _pages(session, f"{sandbox.fhir_base}/Observation", {"patient": "pat-3,Patient/pat-7", "_count": 4})
+    )
+    assert sorted(r["id"] for r in found) == sorted(
+        r["id"] for r in store.iter_type("Observation") if store.patient_refs(r) & {"pat-3", "pat-7"}
+    )
+
+
+def test_total_is_left_out_of_expensive_filtered_searches(sandbox, smart_client, monkeypatch):
+    from airflow_provider_smart.sandbox import fhir_rest
+
+    session = smart_client.session()
+    monkeypatch.setattr(fhir_rest, "TOTAL_SCAN_LIMIT", 5)
+    filtered = session.get(f"{sandbox.fhir_base}/Observation", params={"status": "final", "_count": 2}).json()
+    assert "total" not in filtered
+    plain = session.get(f"{sandbox.fhir_base}/Observation", params={"_count": 2}).json()
+    assert plain["total"] == sandbox.state.store.count("Observation")
+    asked = session.get(
+        f"{sandbox.fhir_base}/Observation", params={"status": "final", "_count": 2, "_total": "accurate"}
+    ).json()
+    assert asked["total"] == sum(1 for r in sandbox.state.store.iter_type("Observation") if r["status"] == "final")

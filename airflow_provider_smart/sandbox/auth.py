@@ -68,7 +68,10 @@ def require_admin(request: Request) -> None:
         except (ValueError, UnicodeDecodeError):
             user = password = ""
     expected_user, expected_password = state.admin_auth
-    if not (secrets.compare_digest(user, expected_user) and secrets.compare_digest(password, expected_password)):
+    # Compared as bytes: compare_digest refuses non-ASCII text, and a wrong password must be a 401.
+    same_user = secrets.compare_digest(user.encode(), expected_user.encode())
+    same_password = secrets.compare_digest(password.encode(), expected_password.encode())
+    if not (same_user and same_password):
         raise FhirHTTPError(
             401,
             "login",

@@ -235,6 +235,7 @@ class SyntheticDataset:
             for name, value in plan.counts().items():
                 self._counts[name].append(value)
             self._diabetic.append(1 if plan.diabetic else 0)
+        self._totals = {name: sum(values) for name, values in self._counts.items()}
         self._makers: dict[str, Callable[[_Plan], list[Resource]]] = {
             "Patient": self._patient,
             "Encounter": self._encounters,
@@ -254,8 +255,8 @@ class SyntheticDataset:
 
     def count(self, resource_type: str) -> int:
         if resource_type in PATIENT_TYPES:
-            return sum(self._counts[resource_type])
-        return len(self._shared_ids(resource_type))
+            return self._totals[resource_type]
+        return self._shared_count(resource_type)
 
     def type_of(self, resource_id: str) -> str | None:
         prefix = resource_id.split("-", 1)[0]
@@ -281,14 +282,22 @@ class SyntheticDataset:
                 return resources[position]
             return None
         if resource_type in SHARED_TYPES:
-            for _, resource in self._shared(resource_type):
-                if resource["id"] == resource_id:
-                    return resource
+            ids = self._shared_ids(resource_type)
+            # Made directly from the id: a read must not build thousands of Practitioners.
+            if resource_type == "Group":
+                position = ids.index(resource_id) if resource_id in ids else -1
+            elif parts[0] == SHARED_TYPES[resource_type] and len(parts) == 2 and parts[1].isdigit():
+                position = int(parts[1]) if str(int(parts[1])) == parts[1] else -1
+            else:
+                position = -1
+            if 0 <= position < self._shared_count(resource_type):
+                return self._shared_entry(resource_type, position)[1]
         return None
 
     def iter_entries(self, resource_type: str, min_key: int | None = None) -> Iterator[tuple[Key, Resource]]:
         if resource_type in SHARED_TYPES:
-            for key, resource in self._shared(resource_type):
+            for position in range(self._shared_count(resource_type)):
+                key, resource = self._shared_entry(resource_type, position)
                 if min_key is None or key[0] >= min_key:
                     yield key, resource
             return
@@ -357,16 +366,27 @@ class SyntheticDataset:
             return ["grp-all", "grp-diabetes"] if self.patients else []
         return []
 
-    def _shared(self, resource_type: str) -> list[tuple[Key, Resource]]:
-        ids = self._shared_ids(resource_type)
-        out = []
-        for position, resource_id in enumerate(ids):
-            # Shared resources come before every patient window, one second apart.
-            micros = self.start_us - (len(ids) - position) * 1_000_000 - list(SHARED_TYPES).index(resource_type)
-            resource = self._make_shared(resource_type, resource_id, position)
-            resource["meta"] = {"versionId": "1", "lastUpdated": from_micros(micros)}
-            out.append(((micros, resource_id), resource))
-        return out
+    def _shared_count(self, resource_type: str) -> int:
+        if resource_type == "Organization":
+            return self.organizations
+        if resource_type == "Practitioner":
+            return self.practitioners
+        if resource_type == "Group":
+            return 2 if self.patients else 0
+        return 0
+
+    def _shared_entry(self, resource_type: str, position: int) -> tuple[Key, Resource]:
+        total = self._shared_count(resource_type)
+        resource_id = (
+            self._shared_ids(resource_type)[position]
+            if resource_type == "Group"
+            else (f"{SHARED_TYPES[resource_type]}-{position}")
+        )
+        # Shared resources come before every patient window, one second apart.
+        micros = self.start_us - (total - position) * 1_000_000 - list(SHARED_TYPES).index(resource_type)
+        resource = self._make_shared(resource_type, resource_id, position)
+        resource["meta"] = {"versionId": "1", "lastUpdated": from_micros(micros)}
+        return (micros, resource_id), resource
 
     def _make_shared(self, resource_type: str, resource_id: str, position: int) -> Resource:
         rng = _Draw(self.seed, position, len(resource_type), 7_919)

@@ -37,6 +37,8 @@ def test_registration_needs_the_admin_credential(sandbox):
     assert requests.put(f"{sandbox.base_url}/Client/x", json=body, timeout=10).status_code == 401
     wrong = (sandbox.admin_auth[0], "not-the-secret")
     assert requests.put(f"{sandbox.base_url}/Client/x", json=body, auth=wrong, timeout=10).status_code == 401
+    non_ascii = (b"admin", "pässwörd".encode())
+    assert requests.put(f"{sandbox.base_url}/Client/x", json=body, auth=non_ascii, timeout=10).status_code == 401
     ok = requests.put(f"{sandbox.base_url}/Client/x", json=body, auth=sandbox.admin_auth, timeout=10)
     assert ok.status_code == 201
     again = requests.get(f"{sandbox.base_url}/Client/x", auth=sandbox.admin_auth, timeout=10)

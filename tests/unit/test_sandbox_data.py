@@ -79,6 +79,25 @@ def test_generated_content_has_the_shapes_tests_need():
     assert stamps[0][:4] == "2023" and stamps[-1][:4] == "2024"  # spread over the two-year span
 
 
+def test_reads_of_shared_resources_and_unknown_ids():
+    dataset = SyntheticDataset(120, seed=5)
+    practitioners = [r for _, r in dataset.iter_entries("Practitioner")]
+    assert len(practitioners) == dataset.count("Practitioner") == 6
+    assert all(dataset.get("Practitioner", p["id"]) == p for p in practitioners)
+    assert dataset.get("Group", "grp-all")["quantity"] == 120
+    for resource_type, resource_id in [
+        ("Practitioner", "prac-6"),
+        ("Practitioner", "prac-01"),
+        ("Organization", "prac-0"),
+        ("Group", "grp-none"),
+        ("Patient", "pat-120"),
+        ("Patient", "pat-x"),
+        ("Observation", "obs-1-999"),
+    ]:
+        assert dataset.get(resource_type, resource_id) is None
+    assert dataset.type_of("enc-3-0") == "Encounter" and dataset.type_of("zzz-1") is None
+
+
 def test_lazy_iteration_starts_at_a_key():
     dataset = SyntheticDataset(200, seed=1)
     entries = list(dataset.iter_entries("Encounter"))

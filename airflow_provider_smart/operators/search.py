@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -19,6 +20,7 @@ from airflow_provider_smart.fhir.search import (
     normalize_params,
     validate_resource_type,
 )
+from airflow_provider_smart.parquet.sink import ParquetOnlyRunWriter, ParquetRunSink, check_formats, parquet_root
 from airflow_provider_smart.storage.ndjson import (
     DEFAULT_MAX_PART_BYTES,
     DEFAULT_MAX_PART_LINES,
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_FORMATS = ("ndjson",)
+SUPPORTED_FORMATS = ("ndjson", "parquet")
 INCREMENTAL_MODES = ("data_interval", "watermark", None)
 _INCLUDE_PARAMS = ("_include", "_revinclude")
 _PROGRESS_EVERY_PAGES = 50
@@ -84,7 +86,12 @@ class FhirSearchOperator(BaseOperator):
     :param output: output root: an ``ObjectStoragePath``, a URI (``s3://bucket/fhir``) or a local
         directory; kept as the ``output_location`` attribute (``output`` is the task's XComArg). (templated)
     :param output_conn_id: Airflow connection for the output store (e.g. an ``aws`` connection). (templated)
-    :param formats: output formats; ``("ndjson",)``.
+    :param formats: output formats: ``("ndjson",)`` (default), ``("ndjson", "parquet")`` or ``("parquet",)``.
+        Parquet tables (one per resource type, typed by FHIR R4, see the Parquet docs page) are written under
+        ``parquet_output`` with the same ``<ResourceType>/<run>/`` layout.
+    :param parquet_output: root of the Parquet tables; default ``<output>/parquet``. (templated)
+    :param parquet_options: options of the Parquet writer, e.g. ``{"decimal": "string"}`` or
+        ``{"schemas": {"Observation": "/etc/fhir/observation.json"}}``.
     :param compression: ``None`` or ``"gzip"`` (``.ndjson.gz`` parts).
     :param smart_fhir_conn_id: the ``smart_fhir`` connection of the FHIR server. (templated)
     :param incremental: ``"data_interval"`` (default): only resources with ``meta.lastUpdated`` in the DAG
@@ -106,6 +113,7 @@ class FhirSearchOperator(BaseOperator):
         "output_location",
         "output_conn_id",
         "smart_fhir_conn_id",
+        "parquet_output",
     )
     template_fields_renderers: ClassVar[dict[str, str]] = {"search_params": "json"}
     ui_color = "#e8f4fd"
@@ -127,9 +135,13 @@ class FhirSearchOperator(BaseOperator):
         max_part_lines: int = DEFAULT_MAX_PART_LINES,
         page_retries: int = 5,
         asset_alias: str | None = None,
+        parquet_output: Any = None,
+        parquet_options: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.parquet_output = parquet_output
+        self.parquet_options = dict(parquet_options or {})
         self.resource_type = resource_type
         # Not ``params``: BaseOperator owns that name (task Params, merged with the DAG's).
         self.search_params = search_params
@@ -155,14 +167,7 @@ class FhirSearchOperator(BaseOperator):
 
     @staticmethod
     def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
-        chosen = (formats,) if isinstance(formats, str) else tuple(formats)
-        unknown = [f for f in chosen if f not in SUPPORTED_FORMATS]
-        if unknown or not chosen:
-            raise ValueError(
-                f"unsupported output format(s) {unknown or list(chosen)!r}: formats must name one or more of "
-                f"{list(SUPPORTED_FORMATS)}"
-            )
-        return chosen
+        return check_formats(formats)
 
     # -- Assets ---------------------------------------------------------------------------------------------
 
@@ -264,20 +269,40 @@ class FhirSearchOperator(BaseOperator):
             storage_uri(output),
             run,
         )
-        with NdjsonRunWriter(
-            output,
-            run,
-            primary_type=resource_type,
-            compression=self.compression,
-            max_part_bytes=self.max_part_bytes,
-            max_part_lines=self.max_part_lines,
-        ) as writer:
+        sink = None
+        if "parquet" in self.formats:
+            sink = ParquetRunSink(
+                parquet_root(output, self.parquet_output, self.output_conn_id),
+                run,
+                primary_type=resource_type,
+                options=self.parquet_options,
+            )
+        writer: NdjsonRunWriter | ParquetOnlyRunWriter
+        if "ndjson" in self.formats:
+            writer = NdjsonRunWriter(
+                output,
+                run,
+                primary_type=resource_type,
+                compression=self.compression,
+                max_part_bytes=self.max_part_bytes,
+                max_part_lines=self.max_part_lines,
+            )
+            tee = sink
+        else:
+            assert sink is not None
+            writer, tee = ParquetOnlyRunWriter(sink), None
+        parquet_tables: dict[str, Any] | None = None
+        with writer, contextlib.ExitStack() as cleanup:
+            if tee is not None:
+                cleanup.enter_context(tee)
             for page in search.pages():
                 for resource in page.matches:
                     # With _include in play the same resource may arrive as a match and an include.
-                    writer.write(resource, deduplicate=has_includes)
+                    if writer.write(resource, deduplicate=has_includes) and tee is not None:
+                        tee.write(resource)
                 for resource in page.includes:
-                    writer.write(resource, deduplicate=True)
+                    if writer.write(resource, deduplicate=True) and tee is not None:
+                        tee.write(resource)
                 if page.number % _PROGRESS_EVERY_PAGES == 0:
                     self.log.info("Page %d: %s written so far", page.number, writer.counts)
             results = writer.commit(
@@ -288,12 +313,19 @@ class FhirSearchOperator(BaseOperator):
                     "window": window,
                 }
             )
+            if tee is not None:
+                # After the NDJSON commit: the raw layer is complete before its typed copy appears.
+                parquet_tables = tee.commit()
+            elif sink is not None:
+                parquet_tables = {name: {"rows": r.count, "files": r.parts} for name, r in results.items()}
 
         watermark = search.high_water_mark
         if store is not None:
             # Only now, with every file committed, may the next run start after this mark.
             watermark = store.advance(search.high_water_mark, run=run, previous=previous)
 
+        # With Parquet only, the files listed are the Parquet parts.
+        data_root = output if sink is None or "ndjson" in self.formats else sink.root
         summary: dict[str, Any] = {
             "run": run,
             "resource_type": resource_type,
@@ -303,10 +335,10 @@ class FhirSearchOperator(BaseOperator):
             "incremental": self.incremental,
             "window": window,
             "counts": {name: result.count for name, result in sorted(results.items())},
-            "directories": {name: storage_uri(output / safe_segment(name) / run) for name in sorted(results)},
+            "directories": {name: storage_uri(data_root / safe_segment(name) / run) for name in sorted(results)},
             "paths": {
                 name: [
-                    f"{storage_uri(output / safe_segment(name) / run)}/{part.rsplit('/', 1)[-1]}" for part in r.parts
+                    f"{storage_uri(data_root / safe_segment(name) / run)}/{part.rsplit('/', 1)[-1]}" for part in r.parts
                 ]
                 for name, r in sorted(results.items())
             },
@@ -317,6 +349,13 @@ class FhirSearchOperator(BaseOperator):
             "duplicates_dropped": writer.duplicates,
             "server_total": search.stats.total,
         }
+        if sink is not None and parquet_tables is not None:
+            root = sink.root
+            summary["parquet"] = {
+                "output": storage_uri(root),
+                "counts": {name: info["rows"] for name, info in sorted(parquet_tables.items())},
+                "directories": {name: storage_uri(root / name / run) for name in sorted(parquet_tables)},
+            }
         self.log.info(
             "Committed run %s: %s in %d pages (%d page retries)",
             run,

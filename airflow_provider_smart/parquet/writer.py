@@ -460,6 +460,11 @@ class FhirParquetWriter:
             self.writers[resource_type] = tw
         return tw
 
+    def declare(self, resource_type: str) -> None:
+        """Commit a table for ``resource_type`` even if no resource of it arrives (an empty run of it)."""
+        self._check_open()
+        self._writer_for(resource_type)
+
     # -- inputs ----------------------------------------------------------------------------------
     def write_ndjson(self, source: Any, resource_type: str | None = None) -> int:
         """Convert one NDJSON file (plain or gzipped). Returns the number of resources read.

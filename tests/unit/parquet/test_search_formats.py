@@ -49,7 +49,8 @@ def test_both_formats_write_the_same_resources(tmp_path: Path) -> None:
     )
     summary = op.execute(context())
     json.dumps(summary)
-    ndjson = [json.loads(line) for line in gzip.open(tmp_path / "out" / "Observation" / LABEL / "part-00000.ndjson.gz")]
+    raw = gzip.decompress((tmp_path / "out" / "Observation" / LABEL / "part-00000.ndjson.gz").read_bytes())
+    ndjson = [json.loads(line) for line in raw.splitlines()]
     parquet_root = tmp_path / "out" / "parquet"
     assert [canon(r) for r in _parquet(parquet_root, "Observation")] == [canon(r) for r in ndjson]
     assert [canon(r) for r in ndjson] == [canon(r) for r in observations]

@@ -27,7 +27,8 @@ with DAG(
     # A data-interval timetable: each run covers [start, end) of one day, which the search turns into
     # _lastUpdated=ge<start>&_lastUpdated=lt<end>.
     schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
-    start_date=datetime(2024, 1, 1, tzinfo=UTC),
+    # The sandbox's synthetic data is updated from 2023 on; set your own start for a real server.
+    start_date=datetime(2023, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=4,
     params={

@@ -318,7 +318,14 @@ class FhirSearch:
         while True:
             attempt += 1
             try:
-                response = self.http.request(method, url, **kwargs)
+                try:
+                    response = self.http.request(method, url, **kwargs)
+                except FhirError as exc:
+                    if exc.status is None:
+                        # No HTTP answer at all (the client gave up on a dropped or refused connection):
+                        # as transient as a 503, and the page is fetched again from its start.
+                        raise _TruncatedPage(str(exc)) from exc
+                    raise
                 page = self._parse(number, url, response)
                 page.attempts = attempt
                 return page
@@ -392,7 +399,7 @@ def _json_outcome(body: bytes) -> dict[str, Any] | None:
 
 
 class _TruncatedPage(FhirError):
-    """A page body that could not be parsed: retried like a dropped connection."""
+    """A page that never arrived whole (no answer, a body cut short): fetched again."""
 
 
 def _split_bundle(number: int, url: str, bundle: dict[str, Any]) -> SearchPage:

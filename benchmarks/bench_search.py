@@ -81,12 +81,15 @@ def main() -> None:
         child(args)
         return
 
+    from airflow_provider_smart.sandbox.generator import SyntheticDataset
     from airflow_provider_smart.sandbox.server import SandboxServer
     from airflow_provider_smart.sandbox.state import SandboxConfig
     from tests.sandbox_fixtures import SmartClient, make_key, register_client
 
-    # About 11 Observations per synthetic patient; make enough patients for the target.
-    patients = max(10, int(args.resources / 10.5))
+    # Enough synthetic patients for the target (counting is cheap: nothing is generated yet).
+    patients = max(10, args.resources // 12)
+    while SyntheticDataset(patients, seed=7).count("Observation") < args.resources:
+        patients = int(patients * 1.1) + 1
     print(f"Starting the sandbox with {patients:,} patients ...", flush=True)
     with SandboxServer(SandboxConfig(patients=patients, seed=7, max_count=max(1000, args.page_size))) as server:
         store = server.state.store

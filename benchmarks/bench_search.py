@@ -50,10 +50,12 @@ def child(args: argparse.Namespace) -> None:
         compression="gzip" if args.gzip else None,
     )
     before = rss_mib()
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     summary = operator.execute({"run_id": f"bench-{datetime.now(UTC):%H%M%S}"})  # type: ignore[arg-type]
     elapsed = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak = usage.ru_maxrss / 1024
     count = summary["counts"]["Observation"]
     print(
         json.dumps(
@@ -62,6 +64,7 @@ def child(args: argparse.Namespace) -> None:
                 "seconds": elapsed,
                 "rss_before_mib": before,
                 "peak_rss_mib": peak,
+                "client_cpu_seconds": usage.ru_utime + usage.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime,
                 "pages": summary["pages"],
             }
         )
@@ -123,7 +126,8 @@ def main() -> None:
                 f"{stats['count']:>8,} resources in {stats['seconds']:6.1f}s = {rate:8,.0f} resources/s; "
                 f"{stats['pages']} pages of {args.page_size}; {size / 2**20:,.1f} MiB written"
                 f"{' (gzip)' if args.gzip else ''}; client RSS {stats['rss_before_mib']:.0f} MiB before the "
-                f"search, peak {stats['peak_rss_mib']:.0f} MiB",
+                f"search, peak {stats['peak_rss_mib']:.0f} MiB; client CPU {stats['client_cpu_seconds']:.1f}s "
+                "(the rest is the sandbox serving)",
                 flush=True,
             )
 

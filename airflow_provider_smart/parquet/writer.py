@@ -133,24 +133,22 @@ class _TypeWriter:
                 self.record.root.add("contained")
                 self.grew()
         parse_schema = self.parse_schema(contained is not None)
+        # Fields of the record are converted strictly (a wrong JSON type raises); fields the record does not
+        # have yet are inferred and appended, which tells what to add without a second failing parse.
         try:
-            if len(self.record.root.children) <= 2 and not self.record.pinned:
-                # A fresh record certainly misses fields: go straight to learning them.
-                raise pa.ArrowInvalid("fresh schema record")
-            table = self._parse(chunk, parse_schema, "error")
+            table = self._parse(chunk, parse_schema, "infer")
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return None
+        if not table.schema.equals(parse_schema, check_metadata=False):
             if self.record.pinned:
                 return None
-            try:
-                inferred = self._parse(chunk, parse_schema, "infer")
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                return None
             before = self.record.root.count()
-            ok = grow_from_arrow(self.record.root, pa.struct(list(inferred.schema)))
+            ok = grow_from_arrow(self.record.root, pa.struct(list(table.schema)))
             if self.record.root.count() != before:
                 self.grew()
             if not ok:
                 return None
+            # Parse again: the new fields' values must be read with their FHIR types, not inferred ones.
             parse_schema = self.parse_schema(contained is not None)
             try:
                 table = self._parse(chunk, parse_schema, "error")
@@ -189,6 +187,8 @@ class _TypeWriter:
         self.summary.rows += len(table)
         if self.buffered >= self.owner.row_group_bytes:
             self.flush()
+        else:
+            self.owner.keep_buffers_bounded()
 
     def flush(self) -> None:
         if not self.buffer:
@@ -205,6 +205,8 @@ class _TypeWriter:
         self.pq_writer.write_table(table, row_group_size=len(table))
         self.part.rows += len(table)
         self.part_bytes += table.nbytes
+        del tables, table
+        pa.default_memory_pool().release_unused()  # hand the row group's memory back: RSS stays flat
         if self.part_bytes >= self.owner.part_bytes:
             self.close_part()
 
@@ -459,6 +461,16 @@ class FhirParquetWriter:
             tw = _TypeWriter(self, record)
             self.writers[resource_type] = tw
         return tw
+
+    def keep_buffers_bounded(self) -> None:
+        """Buffers of all types together stay under ``row_group_bytes``: flush the largest when over.
+
+        Without this, every type's partly filled row group would wait for the commit, and memory would grow
+        with the number of types times the row-group size.
+        """
+        total = sum(tw.buffered for tw in self.writers.values())
+        if total >= self.row_group_bytes:
+            max(self.writers.values(), key=lambda tw: tw.buffered).flush()
 
     def declare(self, resource_type: str) -> None:
         """Commit a table for ``resource_type`` even if no resource of it arrives (an empty run of it)."""

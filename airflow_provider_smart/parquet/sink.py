@@ -72,7 +72,7 @@ class ParquetRunSink:
         self.primary_type = primary_type
         self.options = dict(options or {})
         self._writer: FhirParquetWriter | None = None
-        self._lines: list[bytes] = []
+        self._lines: dict[str, list[bytes]] = {}  # by resource type: the fast path wants one type a chunk
         self._size = 0
         self._seen: set[str] = set()
 
@@ -103,7 +103,7 @@ class ParquetRunSink:
         elif resource.get("id") is not None:
             self._seen.add(f"{resource.get('resourceType')}/{resource.get('id')}")
         line = json.dumps(resource, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        self._lines.append(line)
+        self._lines.setdefault(str(resource.get("resourceType")), []).append(line)
         self._size += len(line) + 1
         if self._size >= _BATCH_BYTES:
             self._flush()
@@ -115,9 +115,9 @@ class ParquetRunSink:
         return self.writer.write_ndjson(source, resource_type)
 
     def _flush(self) -> None:
-        if self._lines:
-            lines, self._lines, self._size = self._lines, [], 0
-            self.writer.write_lines(lines)
+        pending, self._lines, self._size = self._lines, {}, 0
+        for resource_type, lines in pending.items():
+            self.writer.write_lines(lines, resource_type)
 
     def commit(self) -> dict[str, dict[str, Any]]:
         """Commit every table; returns per type the rows, files and schema record path."""

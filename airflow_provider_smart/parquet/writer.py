@@ -40,6 +40,7 @@ from airflow_provider_smart.storage.atomic import (
     TMP_PREFIX,
     atomic_write_json,
     clear_directory,
+    is_hidden,
     mark_complete,
     mark_incomplete,
     read_json,
@@ -85,6 +86,15 @@ class _TypeWriter:
         self.owner = owner
         self.record = record
         self.directory = owner.destination / record.resource_type / owner.run
+        if self.directory.exists():
+            foreign = [
+                c.name for c in self.directory.iterdir() if not is_hidden(c.name) and not c.name.endswith(".parquet")
+            ]
+            if foreign:
+                raise ValueError(
+                    f"{self.directory} holds other files ({', '.join(sorted(foreign)[:3])}); a rerun would replace "
+                    "them: give the Parquet tables their own root (e.g. <output>/parquet)"
+                )
         mark_incomplete(self.directory)
         clear_directory(self.directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -132,6 +142,10 @@ class _TypeWriter:
             if "contained" not in self.record.root.children:
                 self.record.root.add("contained")
                 self.grew()
+        # Every line must be of this type before its fields may teach this type's record anything.
+        lines = chunk.count(b"\n") - chunk.count(b"\n\n")
+        if chunk.count(b'"resourceType":"' + self.record.resource_type.encode() + b'"') != lines:
+            return None
         parse_schema = self.parse_schema(contained is not None)
         # Fields of the record are converted strictly (a wrong JSON type raises); fields the record does not
         # have yet are inferred and appended, which tells what to add without a second failing parse.
@@ -524,6 +538,8 @@ class FhirParquetWriter:
         self._check_open()
         count = 0
         line_no = 1
+        if resource_type is not None and not resource_type.isalnum():
+            resource_type = None
         for chunk in chunks:
             rtype = resource_type
             if rtype is None:

@@ -85,3 +85,15 @@ def test_bad_options_are_refused(tmp_path: Path) -> None:
         FhirParquetWriter(str(tmp_path), "r", decimal="exact")
     with pytest.raises(ValueError, match="cannot build a path segment"):
         FhirParquetWriter(str(tmp_path), "///")
+
+
+def test_a_run_directory_holding_other_files_is_never_cleared(tmp_path: Path) -> None:
+    run_dir = tmp_path / "fhir" / "Patient" / "r"
+    run_dir.mkdir(parents=True)
+    (run_dir / "part-00000.ndjson").write_text(json.dumps(PATIENTS[0]) + "\n")
+    with (
+        pytest.raises(ValueError, match=r"holds other files .*part-00000.ndjson.*own root"),
+        FhirParquetWriter(str(tmp_path / "fhir"), "r") as writer,
+    ):
+        writer.write_ndjson(str(run_dir / "part-00000.ndjson"))
+    assert (run_dir / "part-00000.ndjson").exists()

@@ -39,8 +39,10 @@ class MotoS3:
         return bytes(self.client().get_object(Bucket=self.bucket, Key=key)["Body"].read())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
+    """One server per test session: Airflow caches the filesystem of a connection id (with its endpoint)
+    for the life of the process, so a second server on another port would never be reached."""
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

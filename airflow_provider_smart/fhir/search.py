@@ -123,17 +123,35 @@ class SearchRequest:
     resource_type: str
     params: tuple[tuple[str, str], ...] = ()
     method: Method = "GET"
+    headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def build(cls, resource_type: str, params: SearchParams = None, method: str = "GET") -> SearchRequest:
+    def build(
+        cls,
+        resource_type: str,
+        params: SearchParams = None,
+        method: str = "GET",
+        *,
+        handling: str | None = None,
+    ) -> SearchRequest:
+        """:param handling: ``"strict"`` or ``"lenient"``: sent as ``Prefer: handling=...`` (FHIR search)."""
         verb = str(method).upper()
         if verb not in ("GET", "POST"):
             raise ValueError(f"method must be 'GET' or 'POST' (POST [type]/_search); got {method!r}")
-        return cls(validate_resource_type(resource_type), tuple(normalize_params(params)), verb)  # type: ignore[arg-type]
+        headers: tuple[tuple[str, str], ...] = ()
+        if handling is not None:
+            if handling not in ("strict", "lenient"):
+                raise ValueError(f"handling must be 'strict', 'lenient' or None; got {handling!r}")
+            headers = (("Prefer", f"handling={handling}"),)
+        pairs = tuple(normalize_params(params))
+        return cls(validate_resource_type(resource_type), pairs, verb, headers)  # type: ignore[arg-type]
+
+    def page_headers(self) -> dict[str, str]:
+        return {"Accept": FHIR_JSON, **dict(self.headers)}
 
     def first_page(self) -> tuple[str, str, dict[str, Any]]:
         """(method, relative path, request keyword arguments) of the first page."""
-        headers = {"Accept": FHIR_JSON}
+        headers = self.page_headers()
         if self.method == "POST":
             headers["Content-Type"] = "application/x-www-form-urlencoded"
             # A search changes nothing on the server, so the client may repeat this POST like a GET.
@@ -295,7 +313,7 @@ class FhirSearch:
                 raise FhirError(f"search stopped: the server sent page {redact_url(page.next_url)} twice")
             seen.add(page.next_url)
             # Paging links are plain GETs with everything in the (opaque) URL, also after a POST _search.
-            method, url, kwargs = "GET", page.next_url, {"headers": {"Accept": FHIR_JSON}}
+            method, url, kwargs = "GET", page.next_url, {"headers": self.request.page_headers()}
 
     def entries(self) -> Iterator[tuple[EntryMode, dict[str, Any]]]:
         """Every ``(mode, resource)`` in server order: ``match`` and ``include`` (outcomes are logged)."""

@@ -102,6 +102,9 @@ class FhirSearchOperator(BaseOperator):
     :param max_part_bytes: start a new part file before this many uncompressed bytes.
     :param max_part_lines: start a new part file after this many resources.
     :param page_retries: times one page is fetched again after a transient failure.
+    :param handling: ``"strict"`` or ``"lenient"``, sent as ``Prefer: handling=...``: whether the server
+        should refuse unknown or unsupported parameters (strict) or ignore them and say so in the Bundle
+        (lenient; the operator logs those notes as warnings). None sends nothing (the server's default).
     :param asset_alias: name of the ``AssetAlias`` declared when ``output`` or ``resource_type`` is
         templated (default ``fhir-search/<dag_id>/<task_id>``). With both known at parse time, the
         operator declares ``Asset("<output>/<ResourceType>")`` itself.
@@ -134,6 +137,7 @@ class FhirSearchOperator(BaseOperator):
         max_part_bytes: int = DEFAULT_MAX_PART_BYTES,
         max_part_lines: int = DEFAULT_MAX_PART_LINES,
         page_retries: int = 5,
+        handling: str | None = None,
         asset_alias: str | None = None,
         parquet_output: Any = None,
         parquet_options: Mapping[str, Any] | None = None,
@@ -163,6 +167,9 @@ class FhirSearchOperator(BaseOperator):
         self.max_part_bytes = max_part_bytes
         self.max_part_lines = max_part_lines
         self.page_retries = page_retries
+        if handling not in ("strict", "lenient", None):
+            raise ValueError(f"handling must be 'strict', 'lenient' or None; got {handling!r}")
+        self.handling = handling
         self._declare_outlets(asset_alias)
 
     @staticmethod
@@ -256,7 +263,7 @@ class FhirSearchOperator(BaseOperator):
                     window_params = [("_lastUpdated", f"gt{previous}")]
                 window = {"after": previous}
 
-        request = SearchRequest.build(resource_type, params + window_params, self.method)
+        request = SearchRequest.build(resource_type, params + window_params, self.method, handling=self.handling)
         has_includes = any(k in _INCLUDE_PARAMS for k, _ in params)
         search = FhirSearch(self.get_http(), request, page_retries=self.page_retries)
         self.log.info(

@@ -173,6 +173,17 @@ def test_unknown_parameter_stops_with_the_operation_outcome_text(
     assert not (tmp_path / "out" / "Observation").exists()
 
 
+def test_lenient_handling_lands_the_matches_and_logs_the_servers_note(
+    sandbox: SandboxServer, smart_client: SmartClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("WARNING")
+    op = operator(tmp_path, handling="lenient", search_params={"code": HBA1C, "colour": "red"})
+    summary = op.execute(ctx())
+    assert ids(read_dir(tmp_path / "out" / "Observation" / "run")) == ids(expected_hba1c(sandbox))
+    assert "colour" in caplog.text  # the outcome entry, logged as a warning
+    assert summary["counts"] == {"Observation": len(expected_hba1c(sandbox))}  # outcomes are not data
+
+
 def _split_points(server: SandboxServer) -> tuple[datetime, datetime, datetime]:
     """Three instants cutting the HbA1c results in two non-empty intervals (cut between two results)."""
     times = sorted(updated(r) for r in expected_hba1c(server))

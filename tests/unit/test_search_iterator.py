@@ -275,3 +275,18 @@ def test_instants() -> None:
     assert parse_instant("2024-01-01T00:00:00.123456789Z") == datetime(2024, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)
     assert parse_instant("2024-01-01") is None and parse_instant("2024-01-01T00:00:00") is None
     assert parse_instant(None) is None and parse_instant("garbage T") is None
+
+
+@responses.activate
+def test_handling_preference_is_sent_on_every_page() -> None:
+    prefer = [matchers.header_matcher({"Prefer": "handling=lenient"})]
+    responses.get(
+        OBS,
+        match=[matchers.query_param_matcher({}), *prefer],
+        json=bundle([resource("Observation", "1")], next_url="Observation?page=2"),
+    )
+    responses.get(OBS, match=[*page_param(2), *prefer], json=bundle([resource("Observation", "2")]))
+    search = FhirSearch(PlainHttp(), SearchRequest.build("Observation", handling="lenient"))
+    assert [k for _, k in run(search)] == ["Observation/1", "Observation/2"]
+    with pytest.raises(ValueError, match="'strict', 'lenient'"):
+        SearchRequest.build("Observation", handling="loose")

@@ -71,6 +71,8 @@ class SmartClient:
     jwk: dict[str, Any] = field(repr=False)
     scope: str = "system/*.read"
     jwks_uri: str | None = None
+    #: For ``jwks_uri`` clients: the loopback server publishing the JWKS (set ``.jwks`` to rotate keys).
+    jwks_server: Any = field(default=None, repr=False)
 
     @property
     def kid(self) -> str:
@@ -253,6 +255,7 @@ def smart_client_factory(
         key, pem, public = make_key(algorithm)
         client_id = client_id or f"client-{uuid.uuid4().hex[:10]}"
         uri = None
+        jwks_server = None
         if jwks_uri:
             jwks_server = _JwksServer()
             jwks_server.jwks = {"keys": [public]}
@@ -261,7 +264,7 @@ def smart_client_factory(
             register_client(target, client_id, jwks_uri=uri, scope=scope)
         else:
             register_client(target, client_id, jwks={"keys": [public]}, scope=scope)
-        client = SmartClient(target, client_id, conn_id, algorithm, key, pem, public, scope, uri)
+        client = SmartClient(target, client_id, conn_id, algorithm, key, pem, public, scope, uri, jwks_server)
         if set_connection:
             monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", client.connection_json())
         return client

@@ -217,6 +217,25 @@ def test_jwks_uri_is_fetched_and_cached(smart_client_factory, sandbox):
     assert sandbox.state.jwks_fetches[client.jwks_uri] == 1
 
 
+def test_jwks_uri_is_fetched_again_for_a_new_kid(smart_client_factory, sandbox):
+    client = smart_client_factory(jwks_uri=True)
+    assert client.token_response().status_code == 200
+    new_key, _, new_public = make_key()
+    client.jwks_server.jwks = {"keys": [client.jwk, new_public]}  # the client publishes its next key
+    rotated = client.assertion(key=new_key, headers={"kid": new_public["kid"]})
+    assert client.token_response(assertion=rotated).status_code == 200
+    assert sandbox.state.jwks_fetches[client.jwks_uri] == 2
+    client.jwks_server.jwks = {"keys": [new_public]}  # the old key retired: the cache still has it
+    assert client.token_response().status_code == 200
+
+
+def test_unreachable_jwks_uri_is_an_invalid_client(smart_client_factory, sandbox):
+    client = smart_client_factory(jwks_uri=True)
+    client.jwks_server.close()
+    status, error, description = _error(client.token_response())
+    assert (status, error) == (401, "invalid_client") and "jwks_uri" in description
+
+
 def test_registered_lifetime_and_early_expiry_fault(smart_client, sandbox):
     sandbox.state.faults.expire_tokens_after(1)
     response = smart_client.token_response()
@@ -255,3 +274,10 @@ def test_scope_enforcement_on_reads(smart_client_factory, sandbox):
         timeout=10,
     )
     assert forged.status_code == 401
+
+
+def test_registration_can_shorten_the_token_lifetime(sandbox):
+    key, _, public = make_key()
+    register_client(sandbox, "short-lived", jwks={"keys": [public]}, access_token_expiration=60)
+    client = SmartClient(sandbox, "short-lived", "unused", "RS384", key, "", public)
+    assert client.token_response().json()["expires_in"] == 60

@@ -5,7 +5,7 @@ backfills and reruns are idempotent: a rerun of a day replaces that day's files 
 The patients the results refer to come along through ``_include`` (drop it from ``search_params`` if
 you do not need them).
 
-Where files go: the ``output_dir`` run parameter, else the ``smart_fhir_output_dir`` Variable, else
+Where files go: the ``output`` run parameter, else the ``smart_fhir_output_dir`` Variable, else
 ``$AIRFLOW_HOME/fhir-output`` (``/tmp/fhir-output`` without AIRFLOW_HOME). The FHIR server is the
 ``smart_fhir_default`` connection.
 """
@@ -32,7 +32,7 @@ with DAG(
     catchup=False,
     max_active_runs=4,
     params={
-        "output_dir": Param(None, type=["null", "string"], description="Output root (local path or URI)"),
+        "output": Param(None, type=["null", "string"], description="Output root (local path or URI)"),
     },
     user_defined_macros={"default_output": DEFAULT_OUTPUT},
     tags=["fhir", "smart", "search"],
@@ -45,7 +45,7 @@ with DAG(
             "code": "http://loinc.org|4548-4",
             "_include": "Observation:patient",
         },
-        output="{{ params.output_dir or var.value.get('smart_fhir_output_dir', default_output) }}",
+        output="{{ params.output or var.value.get('smart_fhir_output_dir', default_output) }}",
         compression="gzip",
         incremental="data_interval",
         page_size=200,

@@ -307,7 +307,7 @@ def test_example_dag_under_airflow_dags_test(
         "fhir_search_hba1c",
         end.isoformat(),
         "--conf",
-        json.dumps({"output_dir": str(out)}),
+        json.dumps({"output": str(out)}),
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]

@@ -112,10 +112,14 @@ def test_a_search_of_several_pages_lands_exactly_the_matching_resources(
     assert "Bearer" not in token_free and smart_client.private_key_pem[40:80] not in token_free
 
 
+@pytest.mark.parametrize("style", ["relative", "path"])
 def test_relative_next_links_and_gzip(
-    sandbox_factory: Callable[..., SandboxServer], smart_client_factory: Callable[..., SmartClient], tmp_path: Path
+    sandbox_factory: Callable[..., SandboxServer],
+    smart_client_factory: Callable[..., SmartClient],
+    tmp_path: Path,
+    style: str,
 ) -> None:
-    server = sandbox_factory(patients=PATIENTS, seed=42, next_links="relative")
+    server = sandbox_factory(patients=PATIENTS, seed=42, next_links=style)
     smart_client_factory(server=server)
     expected = expected_hba1c(server)
     summary = operator(tmp_path, page_size=2, compression="gzip", search_params={"code": HBA1C}).execute(ctx())
@@ -143,6 +147,19 @@ def test_injected_429s_5xx_and_a_dropped_response_land_the_same_set(
     assert ids(landed) == ids(expected)
     assert sorted(ids(read_dir(tmp_path / "out" / "Patient" / "run"))) == sorted(patient_ids(expected))
     assert summary["counts"]["Observation"] == len(expected)
+
+
+def test_an_access_token_expiring_between_pages_does_not_break_the_search(
+    sandbox: SandboxServer, smart_client: SmartClient, tmp_path: Path
+) -> None:
+    expected = expected_hba1c(sandbox)
+    # Tokens live 3 s (whole seconds: 2-3 s in practice) and each page takes 0.8 s: 6+ pages outlive one.
+    sandbox.state.faults.expire_tokens_after(3)
+    sandbox.state.faults.slow("/fhir/Observation*", delay=0.8)
+    summary = operator(tmp_path, page_size=max(1, len(expected) // 6), search_params={"code": HBA1C}).execute(ctx())
+    assert summary["pages"] >= 6
+    assert sandbox.state.faults.count("/auth/token") >= 2  # a new token was fetched on the way
+    assert ids(read_dir(tmp_path / "out" / "Observation" / "run")) == ids(expected)
 
 
 def test_a_lasting_outage_fails_the_run_and_commits_nothing(

@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import re
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -39,7 +40,6 @@ from airflow_provider_smart.parquet.schema import UNMAPPED_COLUMN, SchemaError, 
 from airflow_provider_smart.storage.atomic import (
     TMP_PREFIX,
     atomic_write_json,
-    clear_directory,
     is_hidden,
     mark_complete,
     mark_incomplete,
@@ -95,8 +95,8 @@ class _TypeWriter:
                     f"{self.directory} holds other files ({', '.join(sorted(foreign)[:3])}); a rerun would replace "
                     "them: give the Parquet tables their own root (e.g. <output>/parquet)"
                 )
-        mark_incomplete(self.directory)
-        clear_directory(self.directory)
+        # A previous attempt of this run stays whole (marker included) until this one commits.
+        self.token = uuid.uuid4().hex[:12]
         self.directory.mkdir(parents=True, exist_ok=True)
         self.normalizer = Normalizer(record.root, grow=not record.pinned, exact_decimal=record.decimal == "string")
         self.buffer: list[pa.Table] = []
@@ -235,7 +235,7 @@ class _TypeWriter:
 
     def open_part(self, schema: pa.Schema) -> None:
         name = f"part-{len(self.parts):05d}.parquet"
-        tmp = self.directory / f"{TMP_PREFIX}{name}"
+        tmp = self.directory / f"{TMP_PREFIX}{self.token}.{name}"
         self.part = _Part(tmp, name, self.record.version)
         self.handle = tmp.open("wb")  # type: ignore[no-untyped-call]
         self.pq_writer = self._writer(self.handle, schema)
@@ -251,20 +251,29 @@ class _TypeWriter:
         self.part, self.pq_writer, self.handle = None, None, None
 
     def finish(self) -> None:
-        """Flush, close, bring every part to the final schema, and rename the parts into place."""
+        """Flush, close, bring every part to the final schema, and swap the parts into place.
+
+        Up to here a previous attempt of the same run is untouched; now its marker goes first, then its
+        parts (and stale temp files of dead attempts), then the new parts are renamed in.
+        """
         self.flush()
         self.close_part()
         _, schema = self.schemas()
         for part in self.parts:
             if part.version != self.record.version:
                 self._rewrite(part, schema)
+        mark_incomplete(self.directory)
+        mine = {part.tmp.name for part in self.parts}
+        for child in list(self.directory.iterdir()):
+            if child.name not in mine and child.name.endswith(".parquet"):  # parts and temp parts only
+                child.unlink()
         for part in self.parts:
             final = self.directory / part.name
             replace(part.tmp, final)
             self.summary.files.append(str(final))
 
     def _rewrite(self, part: _Part, schema: pa.Schema) -> None:
-        new_tmp = self.directory / f"{TMP_PREFIX}rewrite.{part.name}"
+        new_tmp = self.directory / f"{TMP_PREFIX}{self.token}.rewrite.{part.name}"
         with part.tmp.open("rb") as src, new_tmp.open("wb") as dst:  # type: ignore[no-untyped-call]
             reader = pq.ParquetFile(src)
             writer = self._writer(dst, schema)
@@ -282,7 +291,14 @@ class _TypeWriter:
                     closer.close()
             except Exception:  # noqa: S110 - best effort on the way out; the original error matters
                 pass
-        clear_directory(self.directory)
+        # Only this attempt's temp files: a committed earlier attempt of the run stays as it was.
+        if self.directory.exists():
+            for child in list(self.directory.iterdir()):
+                if child.name.startswith(f"{TMP_PREFIX}{self.token}."):
+                    child.unlink()
+        with contextlib.suppress(OSError):
+            if not any(self.directory.iterdir()):
+                self.directory.rmdir()
 
 
 _STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')

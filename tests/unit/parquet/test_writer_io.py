@@ -60,13 +60,29 @@ def test_a_failed_run_leaves_no_complete_looking_output_and_a_rerun_replaces(tmp
     ):
         writer.write_ndjson(str(good))
         writer.write_ndjson(str(bad))
-    assert not any(run_dir.glob("part-*")) and not (run_dir / "_SUCCESS").exists()
+    assert not run_dir.exists()
 
     for _ in range(2):  # the same run twice: replaced, never duplicated
         with FhirParquetWriter(str(tmp_path / "out"), "r") as writer:
             writer.write_ndjson(str(good))
     assert sorted(p.name for p in run_dir.iterdir()) == ["_SUCCESS", "_schema.json", "part-00000.parquet"]
     assert pq.read_metadata(run_dir / "part-00000.parquet").num_rows == 10
+
+    # A rerun that fails leaves the committed attempt as it was, marker included.
+    with pytest.raises(ValueError, match="not valid JSON"), FhirParquetWriter(str(tmp_path / "out"), "r") as writer:
+        writer.write_ndjson(str(write_ndjson(tmp_path / "more.ndjson", PATIENTS[:50])))
+        writer.write_ndjson(str(bad))
+    assert sorted(p.name for p in run_dir.iterdir()) == ["_SUCCESS", "_schema.json", "part-00000.parquet"]
+    assert pq.read_metadata(run_dir / "part-00000.parquet").num_rows == 10
+
+    # A rerun with less data replaces every part of the earlier one.
+    with FhirParquetWriter(str(tmp_path / "out"), "r", row_group_bytes=1, part_bytes=1, chunk_bytes=64) as writer:
+        writer.write_ndjson(str(write_ndjson(tmp_path / "three.ndjson", PATIENTS[:3])))
+    assert len(list(run_dir.glob("part-*.parquet"))) == 3
+    with FhirParquetWriter(str(tmp_path / "out"), "r") as writer:
+        writer.write_ndjson(str(write_ndjson(tmp_path / "one.ndjson", PATIENTS[:1])))
+    assert sorted(p.name for p in run_dir.iterdir()) == ["_SUCCESS", "_schema.json", "part-00000.parquet"]
+    assert json.loads((run_dir / "_SUCCESS").read_text())["rows"] == 1
 
 
 def test_lines_that_are_not_resources_are_refused_with_the_line_number(tmp_path: Path) -> None:

@@ -17,7 +17,17 @@ from typing import Any
 from airflow_provider_smart.parquet.schema import UNMAPPED_COLUMN, Node
 
 _BAD = object()
-Path = tuple[str | int, ...]
+# A path is a chain ``(parent_chain, step)`` built in O(1) per level; it is flattened only for a patch.
+Path = tuple[Any, ...]
+
+
+def _flat(chain: Path, *steps: str | int) -> list[str | int]:
+    out: list[str | int] = list(reversed(steps))
+    while chain:
+        chain, step = chain
+        out.append(step)
+    out.reverse()
+    return out
 
 
 def _json_default(value: Any) -> Any:
@@ -55,11 +65,11 @@ class Normalizer:
                 if child is not None:
                     self.grew = True
             if child is None:
-                patches.append([[*path, key], value])
+                patches.append([_flat(path, key), value])
                 continue
             if child.is_list:
                 if type(value) is not list:
-                    patches.append([[*path, key], value])
+                    patches.append([_flat(path, key), value])
                     continue
                 mark = len(patches)
                 items: list[Any] = []
@@ -67,20 +77,20 @@ class Normalizer:
                     if item is None:
                         items.append(None)
                         continue
-                    conv = self._value(item, child, (*path, key, i), patches)
+                    conv = self._value(item, child, ((path, key), i), patches)
                     if conv is _BAD:
-                        patches.append([[*path, key, i], item])
+                        patches.append([_flat(path, key, i), item])
                         conv = None
                     items.append(conv)
                 if child.kind == "struct" and child.is_empty():
                     del patches[mark:]  # no column for it yet: keep the whole list as JSON
-                    patches.append([[*path, key], value])
+                    patches.append([_flat(path, key), value])
                     continue
                 out[key] = items
             else:
-                conv = self._value(value, child, (*path, key), patches) if value is not None else _BAD
+                conv = self._value(value, child, (path, key), patches) if value is not None else _BAD
                 if conv is _BAD:
-                    patches.append([[*path, key], value])
+                    patches.append([_flat(path, key), value])
                 else:
                     out[key] = conv
         return out

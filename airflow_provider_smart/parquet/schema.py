@@ -31,7 +31,7 @@ class SchemaError(ValueError):
 class Node:
     """One field of a schema record."""
 
-    __slots__ = ("children", "fhir_type", "is_list", "kind", "lineage")
+    __slots__ = ("children", "fhir_type", "is_list", "kind", "leafy", "lineage")
 
     def __init__(self, kind: str, is_list: bool, fhir_type: str | None = None, lineage: tuple[str, ...] = ()):
         self.kind = kind  # a leaf kind or "struct"
@@ -39,6 +39,7 @@ class Node:
         self.fhir_type = fhir_type  # complex type of a struct (model lookups), None for leaves
         self.lineage = lineage  # complex types from the root down to this struct, for the nesting cap
         self.children: dict[str, Node] = {}
+        self.leafy = kind != "struct"  # has a leaf below it; records only grow, so once True stays True
 
     def child_for(self, name: str) -> Node | None:
         """A new node for element ``name`` as FHIR R4 defines it (not attached), or None if R4 has none."""
@@ -68,7 +69,12 @@ class Node:
 
     def is_empty(self) -> bool:
         """A struct with no leaf below it: it has no column (Parquet cannot store an empty struct)."""
-        return self.kind == "struct" and all(c.is_empty() for c in self.children.values())
+        if self.leafy:
+            return False
+        if any(not c.is_empty() for c in self.children.values()):
+            self.leafy = True
+            return False
+        return True
 
     def count(self) -> int:
         return 1 + sum(c.count() for c in self.children.values())

@@ -32,10 +32,16 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_provider_smart.operators.search",
                     "airflow_provider_smart.operators.parquet",
+                    "airflow_provider_smart.operators.bulk_export",
                 ],
             }
         ],
-        "triggers": [],
+        "triggers": [
+            {
+                "integration-name": "SMART on FHIR",
+                "python-modules": ["airflow_provider_smart.triggers.bulk_export"],
+            }
+        ],
         "connection-types": [
             {
                 "connection-type": "smart_fhir",

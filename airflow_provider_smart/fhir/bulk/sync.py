@@ -40,7 +40,16 @@ class RequestClient(Protocol):
     @property
     def base_url(self) -> str: ...
 
-    def request(self, method: str, url_or_path: str, **kwargs: Any) -> requests.Response: ...
+    def request(
+        self,
+        method: str,
+        url_or_path: str,
+        *,
+        params: Any = ...,
+        json: Any = ...,
+        headers: Any = ...,
+        raise_for_status: bool = ...,
+    ) -> requests.Response: ...
 
 
 class ExportFailedError(FhirError):

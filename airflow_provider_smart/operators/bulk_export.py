@@ -1,0 +1,669 @@
+"""Bulk Data ``$export`` operators: kick off (or re-attach), wait (deferred), download, finalise."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+
+from airflow_provider_smart.fhir.bulk.kickoff import ExportRequest
+from airflow_provider_smart.fhir.bulk.manifest import Manifest, manifest_to_dict, parse_manifest, plan_files
+from airflow_provider_smart.fhir.bulk.status import ExportComplete, ExportFailed, PollPolicy
+from airflow_provider_smart.fhir.urls import redact_url
+from airflow_provider_smart.storage.export_state import (
+    ExportLayout,
+    read_watermark,
+    utcnow_iso,
+    watermark_path,
+    write_watermark,
+)
+from airflow_provider_smart.storage.paths import resolve_output, safe_segment
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context, ObjectStoragePath
+
+    from airflow_provider_smart.hooks.smart import SmartFhirHook
+
+#: Formats the export operator can land. The Parquet writer adds "parquet".
+SUPPORTED_FORMATS: tuple[str, ...] = ("ndjson",)
+SINCE_MODES = ("watermark", "data_interval")
+DOWNLOAD_MODES = ("inline", "fanout")
+
+
+def _seconds(value: timedelta | float | int | None) -> float | None:
+    if value is None:
+        return None
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def default_export_label(context: Context) -> str:
+    """The run id (plus the map index of a mapped task): one export directory per logical run."""
+    label = str(context["run_id"])
+    map_index = getattr(context.get("ti"), "map_index", -1)
+    if isinstance(map_index, int) and map_index >= 0:
+        label = f"{label}.{map_index}"
+    return safe_segment(label)
+
+
+class _ExportBase(BaseOperator):
+    """Shared plumbing: hook, layout, refreshing the manifest, and finishing an export."""
+
+    smart_fhir_conn_id: str
+
+    def _hook(self) -> SmartFhirHook:
+        from airflow_provider_smart.hooks.smart import SmartFhirHook
+
+        return SmartFhirHook(smart_fhir_conn_id=self.smart_fhir_conn_id)
+
+    def _refetch_manifest(self, client: Any, status_url: str) -> Manifest:
+        """A fresh manifest from the status URL (new file URLs after a 410 Gone)."""
+        from airflow_provider_smart.fhir.bulk.sync import ExportFailedError, fetch_manifest, poll_once
+
+        result = poll_once(client, status_url)
+        if not isinstance(result, ExportComplete):
+            message = getattr(result, "message", type(result).__name__)
+            raise ExportFailedError(f"could not fetch the manifest again for fresh file URLs: {message}")
+        self.log.info("fetched the manifest again from %s for fresh file URLs", redact_url(status_url))
+        return fetch_manifest(client, result.manifest, status_url)
+
+    def _finish(
+        self,
+        client: Any,
+        layout: ExportLayout,
+        state: dict[str, Any],
+        manifest: Manifest,
+        *,
+        delete_on_success: bool,
+        fail_on_severity: str | None,
+    ) -> dict[str, Any]:
+        """Markers, error-file report, watermark, DELETE, and the summary; after every file has landed."""
+        from airflow_provider_smart.fhir.bulk.sync import delete_export
+        from airflow_provider_smart.storage.export_landing import ExportOutcomeError, finalize
+
+        status_url = state.get("status_url")
+        try:
+            summary = finalize(layout, manifest, fail_on_severity=fail_on_severity, logger=self.log)
+        except ExportOutcomeError as exc:
+            # The export is over on the server either way; a retry starts a new one.
+            if status_url and delete_on_success:
+                delete_export(client, status_url)
+            layout.write_state(dict(state, phase="failed", message=str(exc)))
+            raise
+        scope = state["scope"]
+        conn_id = state["conn_id"]
+        wm = write_watermark(layout.root, conn_id, scope, manifest.transaction_time, layout.label)
+        deleted = bool(status_url and delete_on_success and delete_export(client, status_url))
+        summary.update(
+            level=scope.get("level"),
+            group_id=scope.get("group_id"),
+            since=state.get("since"),
+            watermark=str(wm),
+            deleted_on_server=deleted,
+        )
+        layout.write_state(dict(state, phase="complete", summary=summary, completed_at=utcnow_iso()))
+        self.log.info(
+            "export %s landed: %s resources by type, transactionTime %s",
+            layout.label,
+            summary["counts"],
+            summary["transaction_time"],
+        )
+        return summary
+
+
+class FhirBulkExportOperator(_ExportBase):
+    """Run a FHIR Bulk Data ``$export`` and land its files on any ObjectStoragePath.
+
+    Deferrable by default: the task kicks off the export, writes the status URL to a state file at the
+    output location (before deferring, so a retried task re-attaches to the running export instead of
+    starting another), and hands the polling to
+    :class:`~airflow_provider_smart.triggers.bulk_export.BulkExportStatusTrigger`. When the export is
+    complete it downloads every file (streamed, checked line by line, committed atomically), reports
+    the error files, advances the incremental watermark and sends DELETE.
+
+    :param smart_fhir_conn_id: the ``smart_fhir`` connection. (templated)
+    :param level: ``system``, ``patient`` or ``group``. (templated)
+    :param group_id: the Group id for ``level="group"``. (templated)
+    :param output: where files land: an ObjectStoragePath, a URI (``s3://bucket/fhir``) or a local
+        directory. (templated)
+    :param output_conn_id: the Airflow connection of the storage (e.g. ``aws_default``).
+    :param export_label: the directory name of this export under each resource type; default the run
+        id (plus map index). (templated)
+    :param since: ``_since``: a datetime or ISO instant, ``"watermark"`` (the transactionTime of the
+        previous complete export of the same scope to the same output; a full export the first time) or
+        ``"data_interval"`` (the run's data interval start). (templated)
+    :param until: ``_until`` (Bulk Data 2.0+ servers). (templated)
+    :param types: ``_type``: resource types to export. (templated)
+    :param elements: ``_elements``. (templated)
+    :param type_filters: ``_typeFilter`` values such as ``"MedicationRequest?status=active"``. (templated)
+    :param patients: ``patient`` references (POST only) narrowing a Patient or Group export. (templated)
+    :param include_associated_data: ``includeAssociatedData`` codes. (templated)
+    :param organize_output_by: ``organizeOutputBy`` resource type (STU3); files land in ``by-<Type>/``.
+        (templated)
+    :param allow_partial_manifests: ``allowPartialManifests``; paged manifests are followed either way.
+    :param output_format: ``_outputFormat``; default ``application/fhir+ndjson``. (templated)
+    :param kickoff_method: ``auto`` (GET, or POST when ``patients`` is given), ``GET`` or ``POST``
+        (STU4 ballot servers may be POST-only).
+    :param type_style: ``comma`` (``_type=A,B``) or ``repeat`` (``_type=A&_type=B``); also applies to
+        ``_elements`` and ``includeAssociatedData``.
+    :param type_filter_style: ``repeat`` (default; safe with commas inside values) or ``comma``.
+    :param lenient: send ``Prefer: handling=lenient`` so unsupported parameters are ignored, not refused.
+    :param formats: output formats to land; ``("ndjson",)``.
+    :param deferrable: poll in the triggerer (default) or in the worker.
+    :param poll_interval: seconds between polls when the server sends no Retry-After.
+    :param min_poll_interval: lower clamp of Retry-After.
+    :param max_poll_interval: upper clamp of Retry-After.
+    :param max_transient_errors: failed status polls in a row before the export is given up.
+    :param export_timeout: how long the export may take on the server (timedelta or seconds) before it
+        is cancelled with DELETE; None to wait forever.
+    :param delete_on_success: send DELETE after the files have landed (frees the server's export slot).
+    :param fail_on_severity: fail the task (after keeping the data) when an error file holds an issue of
+        this severity or worse: ``fatal`` (default), ``error``, ``warning``, ``information`` or ``none``.
+    :param download_mode: ``inline`` (this task downloads and returns the summary) or ``fanout`` (this
+        task returns a list of batches for :class:`FhirBulkDownloadOperator` to map over with
+        ``.expand(batch=export.output)``, and pushes a reference to the export under the XCom key
+        ``export`` for :class:`FhirBulkExportFinalizeOperator` (``export=export.output["export"]``)).
+    :param max_download_workers: parallel downloads in this task.
+    :param max_download_attempts: attempts per file (connection drops restart the file).
+    :param fanout_batch_size: files per mapped download task; default spreads the files over at most
+        ``max_batches`` tasks.
+    :param max_batches: most mapped download tasks; default ``[core] max_map_length``.
+    """
+
+    template_fields: Sequence[str] = (
+        "smart_fhir_conn_id",
+        "level",
+        "group_id",
+        "output_uri",
+        "export_label",
+        "since",
+        "until",
+        "types",
+        "elements",
+        "type_filters",
+        "patients",
+        "include_associated_data",
+        "organize_output_by",
+        "output_format",
+    )
+    ui_color = "#d8f0e6"
+
+    def __init__(
+        self,
+        *,
+        output: Any,
+        smart_fhir_conn_id: str = "smart_fhir_default",
+        level: str = "system",
+        group_id: str | None = None,
+        output_conn_id: str | None = None,
+        export_label: str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        types: str | Sequence[str] | None = None,
+        elements: str | Sequence[str] | None = None,
+        type_filters: str | Sequence[str] | None = None,
+        patients: str | Sequence[str] | None = None,
+        include_associated_data: str | Sequence[str] | None = None,
+        organize_output_by: str | None = None,
+        allow_partial_manifests: bool | None = None,
+        output_format: str | None = "application/fhir+ndjson",
+        kickoff_method: str = "auto",
+        type_style: str = "comma",
+        type_filter_style: str = "repeat",
+        lenient: bool = False,
+        formats: Sequence[str] = ("ndjson",),
+        deferrable: bool = True,
+        poll_interval: float = 10.0,
+        min_poll_interval: float = 1.0,
+        max_poll_interval: float = 3600.0,
+        max_transient_errors: int = 10,
+        export_timeout: timedelta | float | None = timedelta(hours=24),
+        delete_on_success: bool = True,
+        fail_on_severity: str | None = "fatal",
+        download_mode: str = "inline",
+        max_download_workers: int = 4,
+        max_download_attempts: int = 5,
+        fanout_batch_size: int | None = None,
+        max_batches: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        fmts = tuple(formats)
+        unknown = [f for f in fmts if f not in SUPPORTED_FORMATS]
+        if unknown or not fmts:
+            raise ValueError(f"formats={fmts!r}: supported formats are {SUPPORTED_FORMATS}")
+        if download_mode not in DOWNLOAD_MODES:
+            raise ValueError(f"download_mode={download_mode!r} must be one of {DOWNLOAD_MODES}")
+        if fail_on_severity not in (None, "none", "fatal", "error", "warning", "information"):
+            raise ValueError(
+                f"fail_on_severity={fail_on_severity!r} must be fatal, error, warning, information or none"
+            )
+        self.smart_fhir_conn_id = smart_fhir_conn_id
+        self.level = level
+        self.group_id = group_id
+        # ``output`` is BaseOperator's XComArg property, so the location lives in ``output_uri``.
+        self.output_uri = output
+        self.output_conn_id = output_conn_id
+        self.export_label = export_label
+        self.since = since
+        self.until = until
+        self.types = types
+        self.elements = elements
+        self.type_filters = type_filters
+        self.patients = patients
+        self.include_associated_data = include_associated_data
+        self.organize_output_by = organize_output_by
+        self.allow_partial_manifests = allow_partial_manifests
+        self.output_format = output_format
+        self.kickoff_method = kickoff_method
+        self.type_style = type_style
+        self.type_filter_style = type_filter_style
+        self.lenient = lenient
+        self.formats = fmts
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self.min_poll_interval = min_poll_interval
+        self.max_poll_interval = max_poll_interval
+        self.max_transient_errors = max_transient_errors
+        self.export_timeout = _seconds(export_timeout)
+        self.delete_on_success = delete_on_success
+        self.fail_on_severity = fail_on_severity
+        self.download_mode = download_mode
+        self.max_download_workers = max_download_workers
+        self.max_download_attempts = max_download_attempts
+        self.fanout_batch_size = fanout_batch_size
+        self.max_batches = max_batches
+        self._active: tuple[Any, ExportLayout, str] | None = None
+
+    # -- building blocks ---------------------------------------------------------------------------
+    @property
+    def policy(self) -> PollPolicy:
+        return PollPolicy(
+            interval=float(self.poll_interval),
+            min_interval=float(self.min_poll_interval),
+            max_interval=float(self.max_poll_interval),
+            max_transient_errors=int(self.max_transient_errors),
+        )
+
+    def build_request(self, since: datetime | str | None = None) -> ExportRequest:
+        return ExportRequest.create(
+            level=self.level,
+            group_id=self.group_id,
+            output_format=self.output_format,
+            since=since,
+            until=self.until,
+            types=self.types,
+            elements=self.elements,
+            type_filters=self.type_filters,
+            patients=self.patients,
+            include_associated_data=self.include_associated_data,
+            organize_output_by=self.organize_output_by,
+            allow_partial_manifests=self.allow_partial_manifests,
+            method=self.kickoff_method,
+            type_style=self.type_style,
+            type_filter_style=self.type_filter_style,
+            lenient=self.lenient,
+        )
+
+    def _root(self) -> ObjectStoragePath:
+        return resolve_output(self.output_uri, self.output_conn_id)
+
+    def _layout(self, context: Context) -> ExportLayout:
+        label = self.export_label or default_export_label(context)
+        return ExportLayout(self._root(), label)
+
+    def _resolve_since(self, context: Context, layout: ExportLayout, scope: dict[str, Any]) -> str | None:
+        since = self.since
+        if since == "watermark":
+            mark = read_watermark(layout.root, self.smart_fhir_conn_id, scope)
+            if mark is None:
+                self.log.info("no watermark yet at %s: running a full export", layout.root)
+            else:
+                self.log.info("incremental export since the last export's transactionTime %s", mark)
+            return mark
+        if since == "data_interval":
+            start = context.get("data_interval_start")
+            if start is None:
+                raise ValueError("since='data_interval' needs a run with a data interval (a scheduled DAG run)")
+            return ExportRequest.create(since=start).since
+        if isinstance(since, str) and since.strip().lower() in ("", "none"):
+            return None
+        return ExportRequest.create(since=since).since if since else None
+
+    # -- execute -----------------------------------------------------------------------------------
+    def execute(self, context: Context) -> Any:
+        from airflow_provider_smart.fhir.bulk.sync import kick_off, poll_once
+
+        request = self.build_request()
+        scope = request.scope()
+        layout = self._layout(context)
+        hook = self._hook()
+        client = hook.get_client()
+        state = layout.read_state()
+        if state is not None:
+            layout.check_scope(state, scope)
+            phase = state.get("phase")
+            if phase == "complete":
+                self.log.info("export %s already landed completely; nothing to do", layout.label)
+                if self.download_mode == "fanout":
+                    context["ti"].xcom_push(key="export", value=self._fanout_ref(layout, state.get("transaction_time")))
+                    return []
+                return state.get("summary")
+            if phase == "downloading" and state.get("manifest"):
+                self.log.info("resuming the download of export %s", layout.label)
+                return self._on_manifest(context, client, layout, state, None)
+            if phase == "pending" and state.get("status_url"):
+                status_url = state["status_url"]
+                self.log.info("re-attaching to the running export at %s", redact_url(status_url))
+                result = poll_once(client, status_url, max_retry_after=float(self.max_poll_interval))
+                if isinstance(result, ExportComplete):
+                    return self._on_manifest(context, client, layout, state, result.manifest)
+                if isinstance(result, ExportFailed):
+                    if not result.gone:
+                        layout.write_state(dict(state, phase="failed", message=result.message))
+                        raise RuntimeError(f"the export this task started failed: {result.message}")
+                    self.log.warning("the server no longer knows export %s; starting a new one", layout.label)
+                else:
+                    return self._wait(context, client, layout, state)
+
+        since = self._resolve_since(context, layout, scope)
+        request = self.build_request(since=since)
+        layout.clear()
+        status_url = kick_off(client, request, max_retry_after=float(self.max_poll_interval))
+        now = time.time()
+        state = {
+            "scope": scope,
+            "conn_id": self.smart_fhir_conn_id,
+            "since": request.since,
+            "until": request.until,
+            "status_url": status_url,
+            "phase": "pending",
+            "kicked_off_at": utcnow_iso(),
+            "deadline": now + self.export_timeout if self.export_timeout else None,
+            "kickoffs": int((state or {}).get("kickoffs", 0)) + 1,
+        }
+        # Written before deferring: a retried task finds the status URL and re-attaches.
+        layout.write_state(state)
+        self.log.info("export kicked off; status at %s", redact_url(status_url))
+        return self._wait(context, client, layout, state)
+
+    def _wait(self, context: Context, client: Any, layout: ExportLayout, state: dict[str, Any]) -> Any:
+        status_url = state["status_url"]
+        deadline = state.get("deadline")
+        self._active = (client, layout, status_url)
+        if self.deferrable:
+            from airflow_provider_smart.triggers.bulk_export import BulkExportStatusTrigger
+
+            self.defer(
+                trigger=BulkExportStatusTrigger(
+                    smart_fhir_conn_id=self.smart_fhir_conn_id,
+                    status_url=status_url,
+                    poll_interval=float(self.poll_interval),
+                    min_poll_interval=float(self.min_poll_interval),
+                    max_poll_interval=float(self.max_poll_interval),
+                    max_transient_errors=int(self.max_transient_errors),
+                    deadline=deadline,
+                    request_timeout=float(getattr(client, "timeout", 60.0) or 60.0),
+                    verify=getattr(client, "verify", True),
+                ),
+                method_name="execute_complete",
+            )
+        from airflow.sdk.exceptions import AirflowTaskTimeout
+
+        from airflow_provider_smart.fhir.bulk.sync import ExportTimeoutError, wait_for_export
+
+        try:
+            result = wait_for_export(client, status_url, policy=self.policy, deadline=deadline)
+        except (ExportTimeoutError, AirflowTaskTimeout) as exc:
+            self._cancel_export(client, layout, state, f"timed out: {exc}")
+            raise
+        except Exception as exc:
+            from airflow_provider_smart.fhir.bulk.sync import ExportFailedError
+
+            if isinstance(exc, ExportFailedError):
+                layout.write_state(dict(state, phase="failed", message=str(exc)))
+            raise
+        return self._on_manifest(context, client, layout, state, result.manifest)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        """Called when the trigger fires: download on ``complete``; DELETE and fail otherwise."""
+        layout = self._layout(context)
+        state = layout.read_state()
+        if state is None:
+            raise RuntimeError(f"export state {layout.state_path} disappeared while the task was deferred")
+        client = self._hook().get_client()
+        status = (event or {}).get("status")
+        if status == "complete":
+            return self._on_manifest(context, client, layout, state, (event or {}).get("manifest"))
+        message = str((event or {}).get("message") or f"unexpected trigger event {event!r}")
+        if status == "timeout":
+            self._cancel_export(client, layout, state, message)
+            raise RuntimeError(f"{message}; the export was cancelled with DELETE (export_timeout)")
+        layout.write_state(dict(state, phase="failed", message=message))
+        raise RuntimeError(f"Bulk Data export failed: {message}")
+
+    def _cancel_export(self, client: Any, layout: ExportLayout, state: dict[str, Any], why: str) -> None:
+        from airflow_provider_smart.fhir.bulk.sync import delete_export
+
+        status_url = state.get("status_url")
+        if status_url:
+            delete_export(client, status_url)
+        layout.write_state(dict(state, phase="failed", message=why))
+
+    def on_kill(self) -> None:
+        """The task is being killed: cancel the server-side export so it does not hold the export slot."""
+        if self._active is None:
+            return
+        client, layout, status_url = self._active
+        state = layout.read_state() or {}
+        if state.get("phase") == "pending":
+            self.log.info("task killed: cancelling export %s with DELETE", redact_url(status_url))
+            self._cancel_export(client, layout, state, "task killed")
+
+    # -- after the export is complete -------------------------------------------------------------
+    def _on_manifest(
+        self,
+        context: Context,
+        client: Any,
+        layout: ExportLayout,
+        state: dict[str, Any],
+        first_page: dict[str, Any] | None,
+    ) -> Any:
+        from airflow_provider_smart.fhir.bulk.sync import fetch_manifest
+        from airflow_provider_smart.storage.export_landing import DownloadSettings, land_files
+
+        self._active = None
+        status_url = state.get("status_url") or ""
+        if first_page is not None:
+            manifest = fetch_manifest(client, first_page, status_url, policy=self.policy)
+            state = dict(
+                state,
+                phase="downloading",
+                manifest=manifest_to_dict(manifest),
+                transaction_time=manifest.transaction_time,
+            )
+            layout.write_state(state)
+            self.log.info(
+                "export complete: transactionTime %s, %d output, %d error and %d deleted files",
+                manifest.transaction_time,
+                len(manifest.output),
+                len(manifest.error),
+                len(manifest.deleted),
+            )
+        else:
+            manifest = parse_manifest(state["manifest"])
+        if self.download_mode == "fanout":
+            return self._fan_out(context, layout, manifest, state)
+        settings = DownloadSettings(
+            max_workers=int(self.max_download_workers), max_attempts=int(self.max_download_attempts)
+        )
+        land_files(
+            client,
+            layout,
+            manifest,
+            settings=settings,
+            refresh_manifest=(lambda: self._refetch_manifest(client, status_url)) if status_url else None,
+            logger=self.log,
+        )
+        return self._finish(
+            client,
+            layout,
+            state,
+            manifest,
+            delete_on_success=self.delete_on_success,
+            fail_on_severity=self.fail_on_severity,
+        )
+
+    def _fan_out(
+        self, context: Context, layout: ExportLayout, manifest: Manifest, state: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Return the batches to map over; the export reference goes to the ``export`` XCom key."""
+        keys = [p.key for p in plan_files(manifest) if not layout.is_committed(p)]
+        limit = max(1, int(self.max_batches or _max_map_length()))
+        if self.fanout_batch_size:
+            per_batch = max(int(self.fanout_batch_size), math.ceil(len(keys) / limit))
+        else:
+            per_batch = max(1, math.ceil(len(keys) / limit))
+        ref = self._fanout_ref(layout, manifest.transaction_time)
+        batches = [dict(ref, keys=keys[i : i + per_batch]) for i in range(0, len(keys), per_batch)]
+        context["ti"].xcom_push(key="export", value=dict(ref, files=len(plan_files(manifest)), batches=len(batches)))
+        self.log.info("fan-out: %d files to download in %d batches", len(keys), len(batches))
+        return batches
+
+    def _fanout_ref(self, layout: ExportLayout, transaction_time: str | None) -> dict[str, Any]:
+        output = self.output_uri if isinstance(self.output_uri, str) else str(layout.root)
+        return {
+            "output": output,
+            "output_conn_id": self.output_conn_id,
+            "export_label": layout.label,
+            "transaction_time": transaction_time,
+            "delete_on_success": self.delete_on_success,
+            "fail_on_severity": self.fail_on_severity,
+        }
+
+
+def _max_map_length() -> int:
+    from airflow.configuration import conf
+
+    return conf.getint("core", "max_map_length", fallback=1024)
+
+
+def _layout_from_ref(ref: dict[str, Any]) -> ExportLayout:
+    if not isinstance(ref, dict) or "output" not in ref or "export_label" not in ref:
+        raise ValueError(
+            "expected the export task's fan-out reference (a dict with 'output' and 'export_label'), "
+            f"got {type(ref).__name__}; pass export_task.output['export'] (or map downloads over export_task.output)"
+        )
+    return ExportLayout(resolve_output(ref["output"], ref.get("output_conn_id")), ref["export_label"])
+
+
+class FhirBulkDownloadOperator(_ExportBase):
+    """Download one batch of a fanned-out export's files (map it with ``.expand(batch=...)``).
+
+    Each file is committed atomically with its record, so a retried or re-run batch downloads only the
+    files still missing.
+
+    :param batch: one item of the fanned-out export task's return value: ``output``,
+        ``output_conn_id``, ``export_label`` and ``keys``. (templated)
+    :param smart_fhir_conn_id: the ``smart_fhir`` connection. (templated)
+    :param max_download_workers: parallel downloads in this task.
+    :param max_download_attempts: attempts per file.
+    """
+
+    template_fields: Sequence[str] = ("batch", "smart_fhir_conn_id")
+
+    def __init__(
+        self,
+        *,
+        batch: Any,
+        smart_fhir_conn_id: str = "smart_fhir_default",
+        max_download_workers: int = 4,
+        max_download_attempts: int = 5,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.batch = batch
+        self.smart_fhir_conn_id = smart_fhir_conn_id
+        self.max_download_workers = max_download_workers
+        self.max_download_attempts = max_download_attempts
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_provider_smart.storage.export_landing import DownloadSettings, land_files
+
+        layout = _layout_from_ref(self.batch)
+        state = layout.read_state()
+        if not state or not state.get("manifest"):
+            raise RuntimeError(f"no completed export manifest in {layout.state_path}; run the export task first")
+        manifest = parse_manifest(state["manifest"])
+        client = self._hook().get_client()
+        status_url = state.get("status_url") or ""
+        counts = land_files(
+            client,
+            layout,
+            manifest,
+            keys=list(self.batch.get("keys") or []),
+            settings=DownloadSettings(
+                max_workers=int(self.max_download_workers), max_attempts=int(self.max_download_attempts)
+            ),
+            refresh_manifest=(lambda: self._refetch_manifest(client, status_url)) if status_url else None,
+            logger=self.log,
+        )
+        return {"export_label": layout.label, **counts}
+
+
+class FhirBulkExportFinalizeOperator(_ExportBase):
+    """Finish a fanned-out export once every batch has landed: check, markers, watermark, DELETE.
+
+    Use ``trigger_rule="none_failed"`` so it also runs when the export had no files (zero mapped tasks).
+
+    :param export: the export reference the fanned-out export task pushed (``export_task.output["export"]``).
+        (templated)
+    :param smart_fhir_conn_id: the ``smart_fhir`` connection. (templated)
+    :param delete_on_success: send DELETE after everything has landed; default: what the export task says.
+    :param fail_on_severity: as on :class:`FhirBulkExportOperator`; default: what the export task says.
+    """
+
+    template_fields: Sequence[str] = ("export", "smart_fhir_conn_id")
+
+    def __init__(
+        self,
+        *,
+        export: Any,
+        smart_fhir_conn_id: str = "smart_fhir_default",
+        delete_on_success: bool | None = None,
+        fail_on_severity: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.export = export
+        self.smart_fhir_conn_id = smart_fhir_conn_id
+        self.delete_on_success = delete_on_success
+        self.fail_on_severity = fail_on_severity
+
+    def execute(self, context: Context) -> Any:
+        layout = _layout_from_ref(self.export)
+        state = layout.read_state()
+        if not state or not state.get("manifest"):
+            raise RuntimeError(f"no completed export manifest in {layout.state_path}; run the export task first")
+        if state.get("phase") == "complete":
+            return state.get("summary")
+        manifest = parse_manifest(state["manifest"])
+        delete = self.delete_on_success
+        if delete is None:
+            delete = bool(self.export.get("delete_on_success", True))
+        severity = self.fail_on_severity or self.export.get("fail_on_severity", "fatal")
+        return self._finish(
+            self._hook().get_client(), layout, state, manifest, delete_on_success=delete, fail_on_severity=severity
+        )
+
+
+__all__ = [
+    "SUPPORTED_FORMATS",
+    "FhirBulkDownloadOperator",
+    "FhirBulkExportFinalizeOperator",
+    "FhirBulkExportOperator",
+    "watermark_path",
+]

@@ -1,0 +1,43 @@
+"""Nightly incremental system-level Bulk Data export.
+
+Each run exports what changed since the previous complete export's ``transactionTime`` (the watermark
+kept beside the data), lands it under ``<output>/<ResourceType>/<run id>/`` and DELETEs the export on
+the server. The first run is a full export.
+
+Set the output with the DAG param ``output_dir`` (``airflow dags trigger -c '{"output_dir": "s3://..."}'``)
+or the Variable ``fhir_bulk_output_dir``; the default is ``~/fhir-bulk`` on the worker.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import DAG, Param
+
+from airflow_provider_smart.operators.bulk_export import FhirBulkExportOperator
+
+DEFAULT_OUTPUT = str(Path.home() / "fhir-bulk")
+
+with DAG(
+    dag_id="fhir_bulk_export_nightly",
+    schedule="@daily",
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,  # incremental runs must not overlap: each starts from the previous watermark
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=5)},
+    params={
+        "output_dir": Param(None, type=["null", "string"], description="Where the files land (path or URI)."),
+    },
+    tags=["fhir", "bulk-data"],
+) as dag:
+    FhirBulkExportOperator(
+        task_id="export",
+        smart_fhir_conn_id="smart_fhir_default",
+        level="system",
+        since="watermark",
+        output="{{ params.output_dir or var.value.get('fhir_bulk_output_dir', '" + DEFAULT_OUTPUT + "') }}",
+        export_timeout=timedelta(hours=12),
+        poll_interval=30,
+    )

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from airflow_provider_smart.triggers.bulk_export import BulkExportStatusTrigger
+
+BASE = "http://fhir.test/fhir"
+STATUS = f"{BASE}/status/9"
+MANIFEST = {"transactionTime": "2024-01-01T00:00:00Z", "requiresAccessToken": True, "output": []}
+
+
+class Script:
+    """Answers status polls from a list of (status, headers, body); records the requests."""
+
+    def __init__(self, answers: list[tuple[int, dict[str, str], Any]]) -> None:
+        self.answers = answers
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        status, headers, body = self.answers.pop(0)
+        content = json.dumps(body).encode() if isinstance(body, dict) else (body or b"")
+        return httpx.Response(status, headers=headers, content=content)
+
+
+def make_trigger(script: Script, monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> BulkExportStatusTrigger:
+    trigger = BulkExportStatusTrigger(
+        smart_fhir_conn_id="c",
+        status_url=kwargs.pop("status_url", STATUS),
+        poll_interval=0.01,
+        min_poll_interval=0,
+        **kwargs,
+    )
+    tokens = iter(["t1", "t2", "t3"])
+    forced: list[bool] = []
+
+    def token(force: bool) -> str:
+        forced.append(force)
+        return next(tokens)
+
+    monkeypatch.setattr(trigger, "_base_url", lambda: BASE)
+    monkeypatch.setattr(trigger, "_token", token)
+    monkeypatch.setattr(
+        trigger,
+        "_http_client",
+        lambda: httpx.AsyncClient(transport=httpx.MockTransport(script), follow_redirects=False),
+    )
+    trigger.forced = forced  # type: ignore[attr-defined]
+    return trigger
+
+
+async def first_event(trigger: BulkExportStatusTrigger) -> dict[str, Any]:
+    async for event in trigger.run():
+        return dict(event.payload)
+    raise AssertionError("no event")
+
+
+def test_serialize_round_trip_is_json_safe() -> None:
+    t = BulkExportStatusTrigger(smart_fhir_conn_id="c", status_url=STATUS, deadline=123.0)
+    path, kwargs = t.serialize()
+    assert path == "airflow_provider_smart.triggers.bulk_export.BulkExportStatusTrigger"
+    assert json.loads(json.dumps(kwargs)) == kwargs
+    assert BulkExportStatusTrigger(**kwargs).serialize() == (path, kwargs)
+
+
+def test_polls_through_pending_throttle_and_transient_then_completes(monkeypatch: pytest.MonkeyPatch) -> None:
+    script = Script(
+        [
+            (202, {"X-Progress": "10%", "Retry-After": "0"}, b""),
+            (429, {"Retry-After": "0"}, b""),
+            (503, {}, b"busy"),
+            (202, {"X-Progress": "90%"}, b""),
+            (200, {"Expires": "later"}, MANIFEST),
+        ]
+    )
+    event = asyncio.run(first_event(make_trigger(script, monkeypatch)))
+    assert event == {"status": "complete", "status_url": STATUS, "manifest": MANIFEST, "expires": "later"}
+    assert [r.headers["Authorization"] for r in script.requests] == ["Bearer t1"] * 5
+
+
+def test_reauthenticates_once_on_401(monkeypatch: pytest.MonkeyPatch) -> None:
+    script = Script([(401, {}, b""), (200, {}, MANIFEST)])
+    trigger = make_trigger(script, monkeypatch)
+    event = asyncio.run(first_event(trigger))
+    assert event["status"] == "complete"
+    assert [r.headers["Authorization"] for r in script.requests] == ["Bearer t1", "Bearer t2"]
+    assert trigger.forced == [False, True]  # type: ignore[attr-defined]
+
+
+def test_failed_export_yields_error_with_outcome_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "exception", "diagnostics": "disk full"}],
+    }
+    event = asyncio.run(first_event(make_trigger(Script([(500, {}, outcome)]), monkeypatch)))
+    assert event["status"] == "error" and "disk full" in event["message"] and event["http_status"] == 500
+
+
+def test_gives_up_after_too_many_transient_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    script = Script([(503, {}, b"")] * 3)
+    event = asyncio.run(first_event(make_trigger(script, monkeypatch, max_transient_errors=2)))
+    assert event["status"] == "error" and "3 failed status polls" in event["message"]
+
+
+def test_deadline_yields_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    script = Script([(202, {"Retry-After": "3600"}, b"")] * 5)
+    event = asyncio.run(first_event(make_trigger(script, monkeypatch, deadline=0.0)))
+    assert event["status"] == "timeout" and script.requests == []
+
+
+def test_no_token_to_a_status_url_on_another_origin(monkeypatch: pytest.MonkeyPatch) -> None:
+    script = Script([(200, {}, MANIFEST)])
+    trigger = make_trigger(script, monkeypatch, status_url="http://elsewhere.test/status/1")
+    event = asyncio.run(first_event(trigger))
+    assert event["status"] == "complete"
+    assert "Authorization" not in script.requests[0].headers
+    assert trigger.forced == []  # type: ignore[attr-defined]

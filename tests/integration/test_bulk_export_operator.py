@@ -1,0 +1,425 @@
+"""FhirBulkExportOperator end to end over loopback against the sandbox's Bulk Data endpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airflow_provider_smart.sandbox.bulk_jobs import BulkSettings
+from airflow_provider_smart.sandbox.bulk_runtime import FHIR_FILE_PATHS, KICKOFF_PATHS, STATUS_PATHS
+
+from airflow_provider_smart.operators.bulk_export import (
+    FhirBulkDownloadOperator,
+    FhirBulkExportFinalizeOperator,
+    FhirBulkExportOperator,
+)
+from airflow_provider_smart.sandbox.server import SandboxServer
+from airflow_provider_smart.sandbox.state import SandboxConfig
+from tests.integration.bulk_helpers import context, kickoffs, landed, run_deferred, store_view
+from tests.sandbox_fixtures import SmartClient
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+def export_op(tmp_path: Path, **kwargs: Any) -> FhirBulkExportOperator:
+    defaults: dict[str, Any] = {
+        "task_id": "export",
+        "output": str(tmp_path / "out"),
+        "poll_interval": 0.2,
+        "min_poll_interval": 0.0,
+        "max_poll_interval": 2.0,
+        "max_download_attempts": 3,
+    }
+    defaults.update(kwargs)
+    return FhirBulkExportOperator(**defaults)
+
+
+@pytest.fixture
+def bulk_server(
+    sandbox_factory: Callable[..., SandboxServer], smart_client_factory: Callable[..., SmartClient]
+) -> Callable[..., tuple[SandboxServer, SmartClient]]:
+    """A fresh sandbox with the Bulk settings a test asks for, and a registered client as the default conn."""
+
+    def start(**settings: Any) -> tuple[SandboxServer, SmartClient]:
+        settings.setdefault("retry_after", 1)
+        server = sandbox_factory(SandboxConfig(patients=10, seed=42, bulk=BulkSettings(**settings)))
+        return server, smart_client_factory(server=server)
+
+    return start
+
+
+def status_gone(server: SandboxServer, client: SmartClient, status_url: str) -> bool:
+    return client.session().get(status_url, timeout=30).status_code == 404
+
+
+def test_system_export_deferred_lands_exactly_the_store(bulk_server: Callable[..., Any], tmp_path: Path) -> None:
+    server, client = bulk_server(polls_to_complete=2, max_file_resources=20)
+    summary, triggers = run_deferred(export_op(tmp_path), context())
+    assert len(triggers) == 1  # polled by the trigger with httpx, not in the worker
+    out = tmp_path / "out"
+    assert landed(out, "manual__run1") == store_view(server)
+    assert summary["counts"] == {t: len(v) for t, v in store_view(server).items()}
+    assert summary["deleted_on_server"] is True
+    assert status_gone(server, client, triggers[0].status_url)
+    assert (out / "Observation/manual__run1/_SUCCESS").exists()
+    assert len(list((out / "Observation/manual__run1").glob("*.ndjson"))) == 5  # 91 resources, 20 per file
+    assert (out / "_exports/manual__run1/_SUCCESS").exists()
+    assert not list(out.rglob("_tmp.*"))
+    text = json.dumps(summary)
+    assert client.private_key_pem not in text and "Bearer" not in text and "access_token" not in text
+    assert kickoffs(server) == 1
+
+
+def test_patient_level_post_with_patients(bulk_server: Callable[..., Any], tmp_path: Path) -> None:
+    server, _ = bulk_server()
+    op = export_op(tmp_path, level="patient", patients=["pat-1", "Patient/pat-2"], deferrable=False)
+    run_deferred(op, context())
+    got = landed(tmp_path / "out", "manual__run1")
+    assert got  # something landed
+    assert got == store_view(server, sorted(got), patients={"pat-1", "pat-2"})
+    assert set(got["Patient"]) == {"pat-1", "pat-2"}
+
+
+def test_group_export_lands_the_members_compartments(bulk_server: Callable[..., Any], tmp_path: Path) -> None:
+    server, _ = bulk_server()
+    members = set(server.state.store.group_member_ids("grp-diabetes") or [])
+    assert members
+    run_deferred(export_op(tmp_path, level="group", group_id="grp-diabetes", types=["Patient", "Condition"]), context())
+    got = landed(tmp_path / "out", "manual__run1")
+    assert set(got) == {"Patient", "Condition"}
+    assert got == store_view(server, ["Patient", "Condition"], patients=members)
+
+
+def test_presigned_files_never_see_an_authorization_header(bulk_server: Callable[..., Any], tmp_path: Path) -> None:
+    server, _ = bulk_server(presigned_files=True, max_file_resources=30)
+    summary, _ = run_deferred(export_op(tmp_path), context())
+    origins = server.state.bulk.origins
+    assert origins.requests["files"] >= len(store_view(server))
+    assert not origins.authorization_seen("files")
+    assert landed(tmp_path / "out", "manual__run1") == store_view(server)
+    assert summary["counts"]["Observation"] == 91
+
+
+def test_organize_output_by_and_partial_manifests(bulk_server: Callable[..., Any], tmp_path: Path) -> None:
+    server, _ = bulk_server(max_file_resources=7, manifest_page_size=2)
+    op = export_op(tmp_path, organize_output_by="Patient", allow_partial_manifests=True, types=["Patient", "Condition"])
+    run_deferred(op, context())
+    got = landed(tmp_path / "out", "manual__run1")
+    want = store_view(server, ["Patient", "Condition"])
+    assert set(got["Patient"]) == set(want["Patient"]) and set(got["Condition"]) <= set(want["Condition"])
+    assert list((tmp_path / "out").glob("by-Patient/manual__run1/block.*.ndjson"))
+
+
+CLEAN_TYPES = ["Patient", "Observation", "Condition"]
+
+
+def _fault_throttle_kickoff(server: SandboxServer) -> None:
+    server.state.faults.throttle(KICKOFF_PATHS, times=1, retry_after=1)
+
+
+def _fault_throttle_status(server: SandboxServer) -> None:
+    server.state.faults.throttle(STATUS_PATHS, times=2, retry_after=1)
+
+
+def _fault_transient_status(server: SandboxServer) -> None:
+    server.state.faults.fail(STATUS_PATHS, status=503, times=2)
+
+
+def _fault_drop_file(server: SandboxServer) -> None:
+    server.state.faults.drop(FHIR_FILE_PATHS, times=2, after_bytes=200)
+
+
+def _fault_expire_file(server: SandboxServer) -> None:
+    server.state.bulk.faults.expire_files = 1
+
+
+def _fault_token_revoked(server: SandboxServer) -> None:
+    server.state.bulk.faults.invalidate_tokens_after_downloads = 2
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        _fault_throttle_kickoff,
+        _fault_throttle_status,
+        _fault_transient_status,
+        _fault_drop_file,
+        _fault_expire_file,
+        _fault_token_revoked,
+    ],
+)
+@pytest.mark.parametrize("deferrable", [True, False])
+def test_faults_are_survived_with_the_same_data(
+    bulk_server: Callable[..., Any], tmp_path: Path, fault: Callable[[SandboxServer], None], deferrable: bool
+) -> None:
+    server, _ = bulk_server(max_file_resources=25)
+    fault(server)
+    summary, _ = run_deferred(export_op(tmp_path, types=CLEAN_TYPES, deferrable=deferrable), context())
+    assert landed(tmp_path / "out", "manual__run1") == store_view(server, CLEAN_TYPES)
+    assert summary["counts"] == {t: len(v) for t, v in store_view(server, CLEAN_TYPES).items()}
+    assert kickoffs(server) == 1 + (fault is _fault_throttle_kickoff)
+    assert sum(server.state.faults.fired.values()) >= 1 or fault in (_fault_expire_file, _fault_token_revoked)
+
+
+@pytest.mark.parametrize("deferrable", [True, False])
+def test_failed_export_fails_with_the_servers_message(
+    bulk_server: Callable[..., Any], tmp_path: Path, deferrable: bool
+) -> None:
+    server, _ = bulk_server()
+    server.state.bulk.faults.fail_exports = True
+    with pytest.raises(Exception, match=r"(?i)export") as info:
+        run_deferred(export_op(tmp_path, types=["Patient"], deferrable=deferrable), context())
+    assert "fatal" in str(info.value) or "500" in str(info.value)
+    state = json.loads((tmp_path / "out/_exports/manual__run1/state.json").read_text())
+    assert state["phase"] == "failed"
+    # A retry starts a new export (the failed one is over on the server).
+    server.state.bulk.faults.fail_exports = False
+    run_deferred(export_op(tmp_path, types=["Patient"], deferrable=deferrable), context())
+    assert kickoffs(server) == 2
+    assert landed(tmp_path / "out", "manual__run1") == store_view(server, ["Patient"])
+
+
+def test_fatal_error_file_fails_after_the_data_landed(bulk_server: Callable[..., Any], tmp_path: Path) -> None:
+    server, _ = bulk_server()
+    server.state.bulk.faults.error_file = True
+    with pytest.raises(Exception, match="fatal") as info:
+        run_deferred(export_op(tmp_path, types=["Patient", "Condition"]), context())
+    assert "kept" in str(info.value)
+    out = tmp_path / "out"
+    assert landed(out, "manual__run1") == store_view(server, ["Patient", "Condition"])
+    assert list(out.glob("errors/manual__run1/OperationOutcome.*.ndjson"))
+    assert not (out / "_exports/manual__run1/_SUCCESS").exists()
+    assert not list(out.glob("_watermarks/*.json"))  # the watermark does not move past an incomplete export
+
+    # Told to accept fatal issues, the same kind of export succeeds and reports them.
+    summary, _ = run_deferred(
+        export_op(tmp_path, types=["Patient", "Condition"], fail_on_severity="none", export_label="accepting"),
+        context(),
+    )
+    assert summary["errors"]["counts"]["fatal"] >= 1 and summary["errors"]["counts"]["information"] >= 1
+    assert summary["error_messages"][0].startswith("[fatal]")
+
+
+def test_retry_while_pending_reattaches_without_a_second_kickoff(
+    bulk_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    from airflow.sdk.exceptions import TaskDeferred
+
+    server, _ = bulk_server(polls_to_complete=3)
+    with pytest.raises(TaskDeferred) as first:
+        export_op(tmp_path).execute(context())
+    # The worker dies here; the retry is a new operator instance in a new process.
+    with pytest.raises(TaskDeferred) as second:
+        export_op(tmp_path).execute(context())
+    assert second.value.trigger.status_url == first.value.trigger.status_url
+    assert kickoffs(server) == 1
+    summary, _ = run_deferred(export_op(tmp_path), context())
+    assert kickoffs(server) == 1
+    assert landed(tmp_path / "out", "manual__run1") == store_view(server)
+    assert summary["transaction_time"]
+
+
+_WORKER = """
+import sys
+from airflow_provider_smart.operators.bulk_export import FhirBulkExportOperator
+from tests.integration.bulk_helpers import context, run_deferred
+op = FhirBulkExportOperator(task_id="export", output=sys.argv[1], deferrable=False, poll_interval=0.2,
+                            min_poll_interval=0, max_poll_interval=1)
+run_deferred(op, context())
+"""
+
+
+def _worker(out: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _WORKER, str(out)],
+        cwd=REPO,
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_worker_killed_while_pending_reattaches_on_retry(bulk_server: Callable[..., Any], tmp_path: Path) -> None:
+    server, _ = bulk_server(seconds_to_complete=4, polls_to_complete=1)
+    out = tmp_path / "out"
+    state_file = out / "_exports/manual__run1/state.json"
+    worker = _worker(out)
+    try:
+        _wait_for(state_file.exists)
+        time.sleep(0.5)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert json.loads(state_file.read_text())["phase"] == "pending"
+    run_deferred(export_op(tmp_path, deferrable=False), context())
+    assert kickoffs(server) == 1
+    assert landed(out, "manual__run1") == store_view(server)
+
+
+def test_run_killed_mid_download_resumes_with_only_the_missing_files(
+    bulk_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    server, _ = bulk_server(max_file_resources=10, seconds_to_complete=0)
+    out = tmp_path / "out"
+    # Files are slow to serve: the worker is killed after a few have been committed.
+    server.state.faults.slow(FHIR_FILE_PATHS, delay=0.3)
+    worker = _worker(out)
+    records = out / "_exports/manual__run1/files"
+    try:
+        _wait_for(lambda: records.exists() and len(list(records.glob("*.json"))) >= 3)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    committed = {p.stem for p in records.glob("*.json")}
+    total_files = sum(-(-len(v) // 10) for v in store_view(server).values())
+    assert 3 <= len(committed) < total_files
+    server.state.faults.reset()
+    before = sum(n for path, n in server.state.faults.requests.items() if "$bulk-file" in path)
+    assert before == 0  # reset clears the request log too
+    summary, _ = run_deferred(export_op(tmp_path, deferrable=False), context())
+    fetched = sum(n for path, n in server.state.faults.requests.items() if "$bulk-file" in path)
+    assert fetched == total_files - len(committed)
+    assert kickoffs(server) == 0  # the retry did not kick off again
+    assert landed(out, "manual__run1") == store_view(server)
+    assert summary["counts"]["Observation"] == 91
+
+
+def test_incremental_second_run_exports_only_changes(bulk_server: Callable[..., Any], tmp_path: Path) -> None:
+    server, _ = bulk_server()
+    first, _ = run_deferred(export_op(tmp_path, since="watermark"), context("scheduled__1"))
+    assert first["since"] is None
+    store = server.state.store
+    time.sleep(1.1)  # transactionTime has second precision on some servers
+    patient = dict(store.get("Patient", "pat-3") or {})
+    patient["active"] = False
+    store.put(patient)
+    new_obs = {
+        "resourceType": "Observation",
+        "id": "obs-new-1",
+        "status": "final",
+        "code": {"text": "new"},
+        "subject": {"reference": "Patient/pat-3"},
+    }
+    store.put(new_obs)
+    store.delete("Condition", next(iter(store_view(server, ["Condition"])["Condition"])))
+    second, _ = run_deferred(export_op(tmp_path, since="watermark"), context("scheduled__2"))
+    assert second["since"] == first["transaction_time"]
+    got = landed(tmp_path / "out", "scheduled__2")
+    assert set(got) == {"Patient", "Observation"}
+    assert set(got["Patient"]) == {"pat-3"} and got["Patient"]["pat-3"]["active"] is False
+    assert set(got["Observation"]) == {"obs-new-1"}
+    assert second["deleted_bundles"] >= 1
+    deleted = (tmp_path / "out/deleted/scheduled__2").glob("Bundle.*.ndjson")
+    assert any("Condition/" in p.read_text() for p in deleted)
+    wm = json.loads(Path(second["watermark"].removeprefix("file://")).read_text())
+    assert wm["transaction_time"] == second["transaction_time"]
+
+
+def test_since_data_interval(bulk_server: Callable[..., Any], tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    server, _ = bulk_server()
+    start = datetime(2020, 1, 1, tzinfo=UTC)
+    summary, _ = run_deferred(
+        export_op(tmp_path, since="data_interval", types=["Patient"]), context(data_interval_start=start)
+    )
+    assert summary["since"] == "2020-01-01T00:00:00Z"
+    assert landed(tmp_path / "out", "manual__run1") == store_view(server, ["Patient"])
+
+
+def test_fanout_batches_land_the_same_data(bulk_server: Callable[..., Any], tmp_path: Path) -> None:
+    server, _ = bulk_server(max_file_resources=10)
+    ctx = context()
+    batches, _ = run_deferred(export_op(tmp_path, download_mode="fanout", max_batches=4), ctx)
+    assert 1 < len(batches) <= 4
+    ref = ctx["ti"].xcoms["export"]
+    for n, batch in enumerate(batches):
+        FhirBulkDownloadOperator(task_id=f"download_{n}", batch=batch).execute(context())
+    summary = FhirBulkExportFinalizeOperator(task_id="finalize", export=ref).execute(context())
+    assert landed(tmp_path / "out", "manual__run1") == store_view(server)
+    assert summary["counts"]["Observation"] == 91 and summary["deleted_on_server"] is True
+    # Running a batch again downloads nothing.
+    again = FhirBulkDownloadOperator(task_id="again", batch=batches[0]).execute(context())
+    assert again["downloaded"] == 0 and again["skipped"] == len(batches[0]["keys"])
+
+
+def test_export_timeout_cancels_with_delete(bulk_server: Callable[..., Any], tmp_path: Path) -> None:
+    server, client = bulk_server(seconds_to_complete=60)
+    with pytest.raises(RuntimeError, match="DELETE"):
+        run_deferred(export_op(tmp_path, export_timeout=1.5), context())
+    state = json.loads((tmp_path / "out/_exports/manual__run1/state.json").read_text())
+    assert state["phase"] == "failed"
+    assert status_gone(server, client, state["status_url"])
+
+
+def test_on_kill_cancels_the_pending_export(bulk_server: Callable[..., Any], tmp_path: Path) -> None:
+    server, client = bulk_server(seconds_to_complete=60)
+    op = export_op(tmp_path, deferrable=False)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            op.execute(context())
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    state_file = tmp_path / "out/_exports/manual__run1/state.json"
+    _wait_for(state_file.exists)
+    _wait_for(lambda: op._active is not None)
+    op.on_kill()
+    thread.join(60)
+    state = json.loads(state_file.read_text())
+    assert state["phase"] == "failed"
+    assert status_gone(server, client, state["status_url"])
+    assert errors  # the polling loop saw the export disappear
+
+
+def test_scope_mismatch_under_one_label_is_refused(bulk_server: Callable[..., Any], tmp_path: Path) -> None:
+    bulk_server()
+    run_deferred(export_op(tmp_path, types=["Patient"]), context())
+    with pytest.raises(Exception, match="different export"):
+        export_op(tmp_path, types=["Condition"]).execute(context())
+
+
+def test_completed_export_is_not_repeated(bulk_server: Callable[..., Any], tmp_path: Path) -> None:
+    server, _ = bulk_server()
+    first, _ = run_deferred(export_op(tmp_path, types=["Patient"]), context())
+    again, triggers = run_deferred(export_op(tmp_path, types=["Patient"]), context())
+    assert again == first and triggers == [] and kickoffs(server) == 1
+
+
+def test_unknown_connection_fails_clearly(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="nope"):
+        export_op(tmp_path, smart_fhir_conn_id="nope").execute(context())
+
+
+def test_requests_helper_is_not_leaking_tokens_in_state(bulk_server: Callable[..., Any], tmp_path: Path) -> None:
+    _, client = bulk_server()
+    run_deferred(export_op(tmp_path, types=["Patient"]), context())
+    for path in (tmp_path / "out").rglob("*.json"):
+        text = path.read_text()
+        assert "Bearer" not in text and client.private_key_pem[40:80] not in text

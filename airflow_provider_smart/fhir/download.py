@@ -249,6 +249,9 @@ class BulkDownloader:
             status = response.status_code
             if status == 410:
                 raise FileExpiredError(f"{source} answered 410 Gone (the file URL expired)", status=410)
+            if status == 403 and not same_origin(url, self.client.base_url):
+                # Presigned storage URLs answer 403 once their signature has expired (S3, GCS, Azure).
+                raise FileExpiredError(f"{source} answered 403 (a presigned URL past its expiry?)", status=403)
             if status != 200:
                 text = describe_error_body(response.content[:4096], response.headers.get("Content-Type"))
                 if is_retryable_status(status):

@@ -59,10 +59,18 @@ def landed(root: Path, label: str, directory: str | None = None) -> dict[str, di
             continue
         for line in path.read_text().splitlines():
             resource = json.loads(line)
+            if _is_block_header(resource):
+                continue
             by_id = found.setdefault(resource["resourceType"], {})
             assert resource["id"] not in by_id, f"{resource['resourceType']}/{resource['id']} landed twice"
             by_id[resource["id"]] = resource
     return found
+
+
+def _is_block_header(resource: dict[str, Any]) -> bool:
+    """The Parameters line that starts an organizeOutputBy block (it names the block's resource)."""
+    params = resource.get("parameter") or [{}]
+    return resource["resourceType"] == "Parameters" and params[0].get("name") == "header"
 
 
 def store_view(

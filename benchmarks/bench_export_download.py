@@ -144,7 +144,6 @@ def main() -> None:
         return
 
     from airflow_provider_smart.sandbox.bulk_jobs import BulkSettings
-
     from airflow_provider_smart.sandbox.server import SandboxServer
     from airflow_provider_smart.sandbox.state import SandboxConfig
     from tests.sandbox_fixtures import make_key, register_client

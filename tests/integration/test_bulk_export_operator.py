@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow_provider_smart.sandbox.bulk_jobs import BulkSettings
-from airflow_provider_smart.sandbox.bulk_runtime import FHIR_FILE_PATHS, KICKOFF_PATHS, STATUS_PATHS
 
 from airflow_provider_smart.operators.bulk_export import (
     FhirBulkDownloadOperator,
     FhirBulkExportFinalizeOperator,
     FhirBulkExportOperator,
 )
+from airflow_provider_smart.sandbox.bulk_jobs import BulkSettings
+from airflow_provider_smart.sandbox.bulk_runtime import FHIR_FILE_PATHS, KICKOFF_PATHS, STATUS_PATHS
 from airflow_provider_smart.sandbox.server import SandboxServer
 from airflow_provider_smart.sandbox.state import SandboxConfig
 from tests.integration.bulk_helpers import context, kickoffs, landed, run_deferred, store_view

@@ -5,8 +5,8 @@ manifest's files in batches; ``download`` maps over the batches (each commits it
 skips files already landed, so retries are cheap); ``finalize`` checks everything landed, reports the
 error files, advances the watermark and DELETEs the export.
 
-Params: ``group_id`` (default ``1``) and ``output_dir`` (or the Variable ``fhir_bulk_output_dir``;
-default ``~/fhir-bulk``).
+Params: ``group_id`` (default ``grp-all``, a sandbox Group) and ``output`` (or the Variable
+``fhir_bulk_output_dir``; default ``~/fhir-bulk``).
 """
 
 from __future__ import annotations
@@ -32,8 +32,12 @@ with DAG(
     catchup=False,
     default_args={"retries": 2, "retry_delay": timedelta(minutes=2)},
     params={
-        "group_id": Param("1", type="string", description="Id of the Group to export."),
-        "output_dir": Param(None, type=["null", "string"], description="Where the files land (path or URI)."),
+        "group_id": Param(
+            "grp-all",
+            type="string",
+            description="Id of the Group to export (the sandbox has grp-all and grp-diabetes).",
+        ),
+        "output": Param(None, type=["null", "string"], description="Where the files land (path or URI)."),
     },
     tags=["fhir", "bulk-data"],
 ) as dag:
@@ -42,7 +46,7 @@ with DAG(
         smart_fhir_conn_id="smart_fhir_default",
         level="group",
         group_id="{{ params.group_id }}",
-        output="{{ params.output_dir or var.value.get('fhir_bulk_output_dir', '" + DEFAULT_OUTPUT + "') }}",
+        output="{{ params.output or var.value.get('fhir_bulk_output_dir', '" + DEFAULT_OUTPUT + "') }}",
         download_mode="fanout",
         fanout_batch_size=4,
     )

@@ -4,7 +4,7 @@ Each run exports what changed since the previous complete export's ``transaction
 kept beside the data), lands it under ``<output>/<ResourceType>/<run id>/`` and DELETEs the export on
 the server. The first run is a full export.
 
-Set the output with the DAG param ``output_dir`` (``airflow dags trigger -c '{"output_dir": "s3://..."}'``)
+Set the output with the DAG param ``output`` (``airflow dags trigger -c '{"output": "s3://..."}'``)
 or the Variable ``fhir_bulk_output_dir``; the default is ``~/fhir-bulk`` on the worker.
 """
 
@@ -28,7 +28,7 @@ with DAG(
     max_active_runs=1,  # incremental runs must not overlap: each starts from the previous watermark
     default_args={"retries": 2, "retry_delay": timedelta(minutes=5)},
     params={
-        "output_dir": Param(None, type=["null", "string"], description="Where the files land (path or URI)."),
+        "output": Param(None, type=["null", "string"], description="Where the files land (path or URI)."),
     },
     tags=["fhir", "bulk-data"],
 ) as dag:
@@ -37,7 +37,7 @@ with DAG(
         smart_fhir_conn_id="smart_fhir_default",
         level="system",
         since="watermark",
-        output="{{ params.output_dir or var.value.get('fhir_bulk_output_dir', '" + DEFAULT_OUTPUT + "') }}",
+        output="{{ params.output or var.value.get('fhir_bulk_output_dir', '" + DEFAULT_OUTPUT + "') }}",
         export_timeout=timedelta(hours=12),
         poll_interval=30,
     )

@@ -29,7 +29,7 @@ def test_nightly_dag_exports_then_exports_only_changes(
     airflow_db: Path, sandbox: SandboxServer, smart_client: SmartClient, tmp_path: Path
 ) -> None:
     out = tmp_path / "nightly"
-    _run("fhir_bulk_export_nightly", {"output_dir": str(out)}, "2026-01-01")
+    _run("fhir_bulk_export_nightly", {"output": str(out)}, "2026-01-01")
     (label,) = _labels(out, "Patient")
     assert landed(out, label) == store_view(sandbox)
     assert (out / "_exports" / label / "_SUCCESS").exists()
@@ -37,7 +37,7 @@ def test_nightly_dag_exports_then_exports_only_changes(
     first_tt = json.loads(watermark.read_text())["transaction_time"]
 
     # The next night exports only what changed since the first run's transactionTime.
-    _run("fhir_bulk_export_nightly", {"output_dir": str(out)}, "2026-01-02")
+    _run("fhir_bulk_export_nightly", {"output": str(out)}, "2026-01-02")
     second = [d for d in _labels(out, "_exports") if d != label]
     assert len(second) == 1
     state = json.loads((out / "_exports" / second[0] / "state.json").read_text())
@@ -47,7 +47,7 @@ def test_nightly_dag_exports_then_exports_only_changes(
 
 def test_group_fanout_dag(airflow_db: Path, sandbox: SandboxServer, smart_client: SmartClient, tmp_path: Path) -> None:
     out = tmp_path / "fanout"
-    _run("fhir_bulk_export_group_fanout", {"output_dir": str(out), "group_id": "grp-all"}, "2026-01-01")
+    _run("fhir_bulk_export_group_fanout", {"output": str(out), "group_id": "grp-all"}, "2026-01-01")
     (label,) = _labels(out, "Patient")
     members = set(sandbox.state.store.group_member_ids("grp-all") or [])
     got = landed(out, label)

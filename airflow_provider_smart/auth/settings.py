@@ -112,6 +112,24 @@ class SmartConnectionSettings:
             return None
 
 
+def load_connection_keys(conn_id: str, password: str | None, extra: Mapping[str, Any] | str | None) -> KeySet:
+    """Only the keys of a connection (for publishing its JWKS): the other fields need not be valid."""
+    extras = _extras(conn_id, extra)
+    key_file = _optional_str(extras.get("private_key_file"))
+    if not password and not key_file:
+        raise ConnectionSettingsError(f"connection {conn_id!r} has no private key")
+    settings = SmartConnectionSettings(
+        conn_id=conn_id,
+        base_url="",
+        client_id="",
+        key_text=password or None,
+        private_key_file=key_file,
+        kid=_optional_str(extras.get("kid")),
+        algorithm=_optional_str(extras.get("algorithm")),
+    )
+    return settings.load_keys()
+
+
 def _extras(conn_id: str, extra: Mapping[str, Any] | str | None) -> dict[str, Any]:
     if extra is None or extra == "":
         return {}

@@ -1,0 +1,140 @@
+"""The ``smart-fhir`` command: key generation, public JWKS, a token check, and the local sandbox server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from airflow_provider_smart.auth.errors import SmartAuthError
+from airflow_provider_smart.auth.keys import (
+    SigningKey,
+    generate_private_key,
+    load_key_file,
+    private_key_pem,
+    public_jwks,
+)
+
+
+def write_private_key(path: Path, data: bytes, *, force: bool = False) -> None:
+    """Write ``data`` to ``path`` readable by its owner only (0600), never visible with wider permissions.
+
+    The key goes to a temporary file created with mode 0600 in the same directory, then is linked
+    (without ``force``: fails if ``path`` exists, atomically) or renamed (with ``force``) into place.
+    """
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)  # mode 0600
+    tmp = Path(tmp_name)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if force:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # raises FileExistsError instead of overwriting
+            tmp.unlink()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    out = Path(args.out).expanduser()
+    if out.exists() and not args.force:
+        print(f"smart-fhir keygen: {out} exists; pass --force to replace it", file=sys.stderr)
+        return 1
+    private = generate_private_key(args.alg)
+    key = SigningKey(private, kid=args.kid, algorithm=args.alg)
+    try:
+        write_private_key(out, private_key_pem(private), force=args.force)
+    except FileExistsError:
+        print(f"smart-fhir keygen: {out} exists; pass --force to replace it", file=sys.stderr)
+        return 1
+    print(f"Wrote the private key to {out} (mode 0600, kid {key.kid}, {key.algorithm}).", file=sys.stderr)
+    print("Register this public JWKS with the FHIR server (or serve it as the client's jwks_uri):", file=sys.stderr)
+    print(json.dumps(public_jwks([key]), indent=2))
+    return 0
+
+
+def _jwks(args: argparse.Namespace) -> int:
+    keys: list[SigningKey] = []
+    for name in args.keyfiles:
+        keys.extend(load_key_file(name, algorithm=args.alg).keys)
+    kids = [k.kid for k in keys]
+    if len(set(kids)) != len(kids):
+        print("smart-fhir jwks: the same key was given twice", file=sys.stderr)
+        return 1
+    print(json.dumps(public_jwks(keys), indent=2))
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from airflow_provider_smart.hooks.smart import SmartFhirHook
+
+    hook = SmartFhirHook(args.conn_id, scope=args.scope)
+    token = hook.get_token(force_refresh=True)
+    summary = token.summary()
+    summary["conn_id"] = args.conn_id
+    summary["token_url"] = hook.get_auth_client().token_url
+    if args.show_token:
+        summary["access_token"] = token.value
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="smart-fhir", description="SMART Backend Services helpers for airflow-provider-smart."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    keygen = sub.add_parser("keygen", help="generate a private key and print its public JWKS")
+    keygen.add_argument("--alg", choices=["RS384", "ES384"], default="RS384", help="signing algorithm (default RS384)")
+    keygen.add_argument("--out", required=True, help="where to write the private key (PEM, mode 0600)")
+    keygen.add_argument("--kid", help="key id to publish (default: the RFC 7638 thumbprint)")
+    keygen.add_argument("--force", action="store_true", help="replace an existing file")
+    keygen.set_defaults(func=_keygen)
+
+    jwks = sub.add_parser("jwks", help="print the public JWKS of one or more private key files")
+    jwks.add_argument("keyfiles", nargs="+", help="PEM, JWK or JWKS files")
+    jwks.add_argument("--alg", help="algorithm to publish (default: from each key)")
+    jwks.set_defaults(func=_jwks)
+
+    token = sub.add_parser("token", help="get a token for an Airflow connection and print what was granted")
+    token.add_argument("--conn-id", default="smart_fhir_default", help="smart_fhir connection id")
+    token.add_argument("--scope", help="scopes to request instead of the connection's")
+    token.add_argument("--show-token", action="store_true", help="also print the access token (a secret!)")
+    token.set_defaults(func=_token)
+
+    sub.add_parser("sandbox", help="run the local SMART/FHIR sandbox server (see: smart-fhir sandbox --help)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] == "sandbox":
+        # The sandbox has its own options; it is imported only when asked for (FastAPI, uvicorn).
+        from airflow_provider_smart.sandbox.cli import main as sandbox_main
+
+        return int(sandbox_main(args_list[1:]) or 0)
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    try:
+        return int(args.func(args))
+    except (SmartAuthError, ValueError, OSError) as exc:
+        print(f"smart-fhir {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # e.g. an unknown connection id; our messages never hold secrets
+        print(f"smart-fhir {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

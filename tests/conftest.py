@@ -42,3 +42,17 @@ def airflow_db() -> Iterator[Path]:
     result = run_airflow("db", "migrate")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     yield Path(os.environ["AIRFLOW_HOME"])
+
+
+@pytest.fixture(autouse=True)
+def _restore_secret_masker() -> Iterator[None]:
+    """Forget secrets masked during a test (every access token adds a pattern to a process-wide regex,
+    recompiled at each addition), so a long test session does not slow down test after test."""
+    from airflow._shared.secrets_masker import _secrets_masker as core_masker
+    from airflow.sdk._shared.secrets_masker import _secrets_masker as sdk_masker
+
+    maskers = [sdk_masker(), core_masker()]
+    saved = [(m.patterns.copy(), m.replacer) for m in maskers]
+    yield
+    for masker, (patterns, replacer) in zip(maskers, saved, strict=True):
+        masker.patterns, masker.replacer = patterns, replacer

@@ -20,24 +20,19 @@ if TYPE_CHECKING:
 def mask(secret: str | None) -> None:
     """Register ``secret`` with Airflow's secret maskers so no log line can show it.
 
-    Both the task SDK's masker (task logs, also told to the supervisor) and the core one (CLI and
-    server processes) get it. Multi-line secrets (PEM keys) are also masked line by line, because a
-    log line can only ever hold one line of them.
+    Both the task SDK's masker (task logs; it also tells the supervisor) and the core one (CLI and
+    server processes, e.g. ``airflow connections test``) get it.
     """
     if not secret:
         return
-    lines = (line.strip() for line in secret.splitlines())
-    values = [secret, *(line for line in lines if len(line) >= 16 and not line.startswith("-----"))]
     from airflow.sdk.log import mask_secret as sdk_mask_secret
 
-    for value in values:
-        sdk_mask_secret(value)
+    sdk_mask_secret(secret)
     try:
         from airflow._shared.secrets_masker import mask_secret as core_mask_secret
     except ImportError:  # pragma: no cover - a worker without airflow-core
         return
-    for value in values:
-        core_mask_secret(value)
+    core_mask_secret(secret)
 
 
 class SmartFhirHook(BaseHook):

@@ -62,8 +62,6 @@ def test_token_request_and_masking(monkeypatch):
         line in ("***", "-----BEGIN PRIVATE KEY-----", "-----END PRIVATE KEY-----")
         for line in redacted(key_pem).splitlines()
     )
-    for line in key_pem.splitlines()[1:-1]:
-        assert line not in redacted(f"a line {line}")
     from urllib.parse import parse_qs
 
     assertion = parse_qs(responses.calls[-1].request.body)["client_assertion"][0]

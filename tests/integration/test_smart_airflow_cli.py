@@ -1,0 +1,69 @@
+"""The real airflow CLI on a smart_fhir connection: `connections test` and `dags test` of the auth check DAG."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_smart.auth.keys import generate_private_key, private_key_pem
+from tests.conftest import run_airflow
+
+pytestmark = pytest.mark.integration
+
+JWT_PATTERN = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]+")
+ENABLED = {"AIRFLOW__CORE__TEST_CONNECTION": "Enabled"}
+
+
+def key_lines(pem: str) -> list[str]:
+    return [line for line in pem.splitlines() if line and not line.startswith("-----")]
+
+
+def assert_no_secrets(text: str, pem: str) -> None:
+    assert not JWT_PATTERN.search(text), "a JWT (assertion or token) reached the output"
+    for line in key_lines(pem):
+        assert line not in text
+
+
+def test_connections_test_succeeds_with_discovery_and_scopes(airflow_db, sandbox, smart_client):
+    result = run_airflow("connections", "test", smart_client.conn_id, env=ENABLED)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "Connection success!" in output
+    assert_no_secrets(output, smart_client.private_key_pem)
+
+
+def test_connections_test_failure_explains_the_fix(airflow_db, sandbox, smart_client, monkeypatch):
+    wrong = private_key_pem(generate_private_key("RS384")).decode()
+    conn = json.loads(smart_client.connection_json())
+    conn["password"] = wrong
+    conn["extra"].pop("kid")
+    monkeypatch.setenv("AIRFLOW_CONN_SMART_WRONG_KEY", json.dumps(conn))
+    result = run_airflow("connections", "test", "smart_wrong_key", env=ENABLED)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Connection failed!" in output
+    assert "invalid_client" in output and "is registered for client_id" in output
+    assert_no_secrets(output, wrong)
+
+
+def test_connections_test_is_disabled_by_default(airflow_db, sandbox, smart_client):
+    result = run_airflow("connections", "test", smart_client.conn_id, env={"AIRFLOW__CORE__TEST_CONNECTION": "Disabled"})
+    assert result.returncode != 0
+    assert "Testing connections is disabled" in result.stdout + result.stderr
+
+
+def test_dags_test_auth_check(airflow_db, sandbox, smart_client_factory):
+    client = smart_client_factory(algorithm="ES384", scope="system/Patient.read system/Observation.read")
+    result = run_airflow("dags", "test", "smart_fhir_auth_check")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "granted 2 scope(s): system/Patient.read system/Observation.read" in output
+    assert_no_secrets(output, client.private_key_pem)
+    logs = Path(os.environ["AIRFLOW_HOME"]) / "logs"
+    task_logs = [p for p in logs.rglob("*") if p.is_file() and "smart_fhir_auth_check" in str(p)]
+    for path in task_logs:
+        assert_no_secrets(path.read_text(errors="replace"), client.private_key_pem)

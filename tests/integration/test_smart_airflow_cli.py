@@ -51,7 +51,9 @@ def test_connections_test_failure_explains_the_fix(airflow_db, sandbox, smart_cl
 
 
 def test_connections_test_is_disabled_by_default(airflow_db, sandbox, smart_client):
-    result = run_airflow("connections", "test", smart_client.conn_id, env={"AIRFLOW__CORE__TEST_CONNECTION": "Disabled"})
+    result = run_airflow(
+        "connections", "test", smart_client.conn_id, env={"AIRFLOW__CORE__TEST_CONNECTION": "Disabled"}
+    )
     assert result.returncode != 0
     assert "Testing connections is disabled" in result.stdout + result.stderr
 

@@ -94,3 +94,12 @@ def test_token_for_unknown_connection(capsys, monkeypatch):
     monkeypatch.delenv("AIRFLOW_CONN_NO_SUCH_CONN", raising=False)
     assert main(["token", "--conn-id", "no_such_conn"]) == 1
     assert "no_such_conn" in capsys.readouterr().err
+
+
+def test_sandbox_subcommand_delegates_to_the_sandbox_cli(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["sandbox", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage:" in out and "sandbox" in out.lower()
+    assert "keygen" not in out  # the sandbox's own options, not ours

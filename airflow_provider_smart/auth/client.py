@@ -25,6 +25,7 @@ from airflow_provider_smart.auth.tokens import (
     split_scopes,
     unreachable_message,
 )
+from airflow_provider_smart.fhir.http import no_netrc_auth
 from airflow_provider_smart.fhir.retry import backoff_delays, is_retryable_status, parse_retry_after
 from airflow_provider_smart.fhir.urls import fhir_base
 
@@ -91,6 +92,7 @@ class SmartAuthClient:
         self.timeout = timeout
         self.headers = dict(headers or {})
         self.session = session or requests.Session()
+        self.session.auth = no_netrc_auth  # ~/.netrc credentials never join the token request
         self._on_secret = on_secret
         self._assertion_lifetime = assertion_lifetime
         self._token_retries = token_retries

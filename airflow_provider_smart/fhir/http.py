@@ -79,8 +79,9 @@ class FhirHttpClient:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.session = session or requests.Session()
-        # requests would otherwise add credentials from ~/.netrc to hosts we did not choose.
-        self.session.trust_env = False
+        # An explicit (no-op) auth keeps requests from adding ~/.netrc credentials over our header,
+        # while proxies and CA bundles from the environment still apply.
+        self.session.auth = no_netrc_auth
         self._sleep = sleep
 
     def __repr__(self) -> str:
@@ -271,6 +272,11 @@ class FhirHttpClient:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def no_netrc_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """A requests auth hook that adds nothing (its presence disables the ~/.netrc lookup)."""
+    return request
 
 
 def _read_limited(response: requests.Response) -> bytes:

@@ -254,3 +254,16 @@ def test_streamed_response(client):
     response = client.request("GET", "file.ndjson", stream=True)
     assert list(response.iter_lines()) == [b'{"a":1}', b'{"a":2}']
     assert isinstance(response, requests.Response)
+
+
+@responses.activate
+def test_netrc_credentials_never_replace_the_token(client, tmp_path, monkeypatch):
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine ehr.example.org login someone password hunter2\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    tokens("netrc-test-token")
+    responses.get(BASE + "/Patient/1", json={})
+    client.request("GET", "Patient/1")
+    assert auth_of(responses.calls[-1]) == "Bearer netrc-test-token"
+    assert "Authorization" not in responses.calls[0].request.headers  # the token request

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -76,15 +77,17 @@ def _jwks(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
-    from airflow_provider_smart.hooks.smart import SmartFhirHook
+    # Airflow's logging writes to stdout; keep stdout for the JSON answer alone (scripts parse it).
+    with contextlib.redirect_stdout(sys.stderr):
+        from airflow_provider_smart.hooks.smart import SmartFhirHook
 
-    hook = SmartFhirHook(args.conn_id, scope=args.scope)
-    token = hook.get_token(force_refresh=True)
-    summary = token.summary()
-    summary["conn_id"] = args.conn_id
-    summary["token_url"] = hook.get_auth_client().token_url
-    if args.show_token:
-        summary["access_token"] = token.value
+        hook = SmartFhirHook(args.conn_id, scope=args.scope)
+        token = hook.get_token(force_refresh=True)
+        summary = token.summary()
+        summary["conn_id"] = args.conn_id
+        summary["token_url"] = hook.get_auth_client().token_url
+        if args.show_token:
+            summary["access_token"] = token.value
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -69,3 +69,29 @@ def test_dags_test_auth_check(airflow_db, sandbox, smart_client_factory):
     task_logs = [p for p in logs.rglob("*") if p.is_file() and "smart_fhir_auth_check" in str(p)]
     for path in task_logs:
         assert_no_secrets(path.read_text(errors="replace"), client.private_key_pem)
+
+
+def test_smart_fhir_token_command(sandbox, smart_client):
+    import subprocess
+    import sys
+
+    command = str(Path(sys.executable).with_name("smart-fhir"))
+    result = subprocess.run(
+        [command, "token", "--conn-id", smart_client.conn_id], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["token_url"] == sandbox.token_url
+    assert "system/Patient.read" in summary["granted_scopes"]
+    assert summary["expires_in"] > 0 and "access_token" not in summary
+    assert_no_secrets(result.stdout + result.stderr, smart_client.private_key_pem)
+
+    shown = subprocess.run(
+        [command, "token", "--conn-id", smart_client.conn_id, "--show-token"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert JWT_PATTERN.fullmatch(json.loads(shown.stdout)["access_token"])

@@ -58,3 +58,17 @@ def test_convert_function_takes_files_and_reports_missing_sources(tmp_path: Path
 def test_operator_refuses_a_bad_decimal_mode() -> None:
     with pytest.raises(ValueError, match="decimal must be"):
         FhirNdjsonToParquetOperator(task_id="t", source="/x", destination="/y", decimal="exact")
+
+
+def test_dag_level_imports_do_not_load_pyarrow() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import airflow_provider_smart.operators.parquet, airflow_provider_smart.operators.search\n"
+        "import airflow_provider_smart.parquet, airflow_provider_smart.parquet.sink\n"
+        "assert 'pyarrow' not in sys.modules, 'pyarrow loaded at DAG parse time'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -77,12 +77,14 @@ def child_plain(manifest_path: str, workers: int) -> dict[str, Any]:
     from airflow_provider_smart.hooks.smart import SmartFhirHook
 
     manifest = json.loads(Path(manifest_path).read_text())
-    token = SmartFhirHook("smart_fhir_default").get_access_token()
-    headers = {"Authorization": f"Bearer {token}", "Accept-Encoding": "identity"}
+    hook = SmartFhirHook("smart_fhir_default")
+    hook.get_access_token()
     session = requests.Session()
 
     def fetch(url: str) -> int:
         total = 0
+        # The hook's cached token, renewed before it expires (the sandbox's tokens live 5 minutes).
+        headers = {"Authorization": f"Bearer {hook.get_access_token()}", "Accept-Encoding": "identity"}
         with session.get(url, headers=headers, stream=True, timeout=120) as response:
             response.raise_for_status()
             for chunk in response.iter_content(1 << 20):
@@ -112,17 +114,18 @@ def run_child(kind: str, manifest_path: Path, workers: int, env: dict[str, str])
     return dict(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
-def export_manifest(server: Any, session: Any, *, timeout: float = 3600) -> dict[str, Any]:
-    response = session.get(
-        f"{server.fhir_base}/$export",
-        headers={"Accept": "application/fhir+json", "Prefer": "respond-async"},
-        timeout=60,
-    )
+def export_manifest(server: Any, *, timeout: float = 3600) -> dict[str, Any]:
+    from airflow_provider_smart.hooks.smart import SmartFhirHook
+
+    # The provider's client: it renews the token when a long export outlives it.
+    client = SmartFhirHook("smart_fhir_default").get_client()
+    kickoff_headers = {"Accept": "application/fhir+json", "Prefer": "respond-async"}
+    response = client.request("GET", f"{server.fhir_base}/$export", headers=kickoff_headers)
     assert response.status_code == 202, response.text
     status_url = response.headers["Content-Location"]
     deadline = time.time() + timeout
     while time.time() < deadline:
-        status = session.get(status_url, timeout=600)
+        status = client.request("GET", status_url, timeout=600, raise_for_status=False)
         if status.status_code == 200:
             return dict(status.json())
         assert status.status_code == 202, status.text
@@ -148,35 +151,31 @@ def main() -> None:
     from airflow_provider_smart.sandbox.state import SandboxConfig
     from tests.sandbox_fixtures import make_key, register_client
 
-    def start(patients: int) -> tuple[Any, Any, str]:
+    def start(patients: int) -> tuple[Any, str]:
         settings = BulkSettings(max_file_resources=10**9, max_file_bytes=args.file_mb << 20, files_ttl=7200)
         server = SandboxServer(SandboxConfig(patients=patients, seed=7, bulk=settings)).start()
         _, pem, public = make_key("RS384")
         register_client(server, "bench", jwks={"keys": [public]}, access_token_expiration=3600)
-        conn = {"conn_type": "smart_fhir", "host": server.fhir_base, "login": "bench", "password": pem}
-        import requests
-
-        from airflow_provider_smart.hooks.smart import SmartFhirHook
-
-        os.environ["AIRFLOW_CONN_SMART_FHIR_DEFAULT"] = json.dumps(conn)
-        session = requests.Session()
-        session.headers["Authorization"] = f"Bearer {SmartFhirHook('smart_fhir_default').get_access_token()}"
-        session.headers["Accept-Encoding"] = "identity"
-        return server, session, json.dumps(conn)
+        conn = json.dumps({"conn_type": "smart_fhir", "host": server.fhir_base, "login": "bench", "password": pem})
+        os.environ["AIRFLOW_CONN_SMART_FHIR_DEFAULT"] = conn
+        return server, conn
 
     # A pilot export sizes the real one.
     pilot_patients = 200
-    server, session, _ = start(pilot_patients)
-    pilot = export_manifest(server, session)
-    pilot_bytes = sum(len(session.get(i["url"], timeout=60).content) for i in pilot["output"])
+    server, _ = start(pilot_patients)
+    pilot = export_manifest(server)
+    from airflow_provider_smart.hooks.smart import SmartFhirHook
+
+    pilot_client = SmartFhirHook("smart_fhir_default").get_client()
+    pilot_bytes = sum(len(pilot_client.request("GET", i["url"]).content) for i in pilot["output"])
     server.stop()
     patients = math.ceil(args.gb * 1e9 * 1.02 / (pilot_bytes / pilot_patients))
     print(f"pilot: {pilot_bytes / pilot_patients / 1e3:.1f} kB per patient -> {patients} patients for {args.gb} GB")
 
-    server, session, conn = start(patients)
+    server, conn = start(patients)
     try:
         t0 = time.perf_counter()
-        manifest = export_manifest(server, session)
+        manifest = export_manifest(server)
         print(f"sandbox wrote the export in {time.perf_counter() - t0:.0f}s: {len(manifest['output'])} files")
         env = dict(os.environ, AIRFLOW_CONN_SMART_FHIR_DEFAULT=conn)
         with tempfile.TemporaryDirectory() as tmp:

@@ -430,3 +430,21 @@ def test_no_token_or_key_in_state_files(bulk_server: Callable[..., Any], tmp_pat
     for path in (tmp_path / "out").rglob("*.json"):
         text = path.read_text()
         assert "Bearer" not in text and client.private_key_pem[40:80] not in text
+
+
+def test_one_export_per_client_refuses_a_second_kickoff_clearly(
+    bulk_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from airflow_provider_smart.fhir.errors import FhirError
+
+    server, _ = bulk_server(seconds_to_complete=120)
+    server.state.bulk.faults.one_export_per_client = True
+    with pytest.raises(TaskDeferred):
+        export_op(tmp_path).execute(context())
+    with pytest.raises(FhirError, match="another export by this client is still running") as info:
+        export_op(tmp_path, export_label="second").execute(context())
+    assert info.value.status == 429
+    assert kickoffs(server) >= 2
+    assert not (tmp_path / "out/_exports/second/state.json").exists()  # nothing to re-attach to

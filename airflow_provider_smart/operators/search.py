@@ -21,6 +21,7 @@ from airflow_provider_smart.fhir.search import (
     validate_resource_type,
 )
 from airflow_provider_smart.parquet.sink import ParquetOnlyRunWriter, ParquetRunSink, check_formats, parquet_root
+from airflow_provider_smart.storage.atomic import SUCCESS_MARKER, read_json
 from airflow_provider_smart.storage.ndjson import (
     DEFAULT_MAX_PART_BYTES,
     DEFAULT_MAX_PART_LINES,
@@ -28,7 +29,7 @@ from airflow_provider_smart.storage.ndjson import (
     check_compression,
 )
 from airflow_provider_smart.storage.paths import resolve_output, safe_segment
-from airflow_provider_smart.storage.watermark import WatermarkStore
+from airflow_provider_smart.storage.watermark import WatermarkStore, search_fingerprint
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
@@ -217,6 +218,18 @@ class FhirSearchOperator(BaseOperator):
             elif self._asset_alias is not None:
                 outlet_events[self._asset_alias].add(Asset(uri=uri), extra=extra)
 
+    @staticmethod
+    def _refuse_another_searchs_run(directory: ObjectStoragePath, fingerprint: str) -> None:
+        """A rerun replaces its own run directory; it must never replace what another search wrote there
+        (two tasks searching the same type into the same output root on the same interval)."""
+        marker = read_json(directory / SUCCESS_MARKER)
+        theirs = marker.get("search_fingerprint") if isinstance(marker, dict) else None
+        if theirs is not None and theirs != fingerprint:
+            raise ValueError(
+                f"{storage_uri(directory)} holds the output of another search (different connection or "
+                "search parameters), which this run would replace. Give each search its own output root."
+            )
+
     # -- run --------------------------------------------------------------------------------------------------
 
     def get_http(self) -> SupportsFhirRequest:
@@ -263,6 +276,8 @@ class FhirSearchOperator(BaseOperator):
                     window_params = [("_lastUpdated", f"gt{previous}")]
                 window = {"after": previous}
 
+        fingerprint = search_fingerprint(self.smart_fhir_conn_id, resource_type, params)
+        self._refuse_another_searchs_run(output / safe_segment(resource_type) / run, fingerprint)
         request = SearchRequest.build(resource_type, params + window_params, self.method, handling=self.handling)
         has_includes = any(k in _INCLUDE_PARAMS for k, _ in params)
         search = FhirSearch(self.get_http(), request, page_retries=self.page_retries)
@@ -315,6 +330,7 @@ class FhirSearchOperator(BaseOperator):
             results = writer.commit(
                 {
                     "search": {"resource_type": resource_type, "params": [list(p) for p in request.params]},
+                    "search_fingerprint": fingerprint,
                     "high_water_mark": search.high_water_mark,
                     "incremental": self.incremental,
                     "window": window,

@@ -206,3 +206,14 @@ def test_templated_output_declares_an_alias_and_adds_assets_at_run_time(tmp_path
 def test_output_as_object_storage_path(tmp_path: Path) -> None:
     op = make(tmp_path, output=ObjectStoragePath(f"file://{tmp_path}/osp"))
     assert op.outlets == [Asset(uri=f"file://{tmp_path}/osp/Observation")]
+
+
+@responses.activate
+def test_a_different_search_may_not_replace_another_searchs_run(tmp_path: Path) -> None:
+    responses.get(OBS, json=bundle([resource("Observation", "1")]))
+    make(tmp_path, search_params={"code": "http://loinc.org|4548-4"}).execute(context())
+    make(tmp_path, search_params={"code": "http://loinc.org|4548-4"}, page_size=10).execute(context())  # same search
+    with pytest.raises(ValueError, match="holds the output of another search"):
+        make(tmp_path, search_params={"code": "http://loinc.org|2345-7"}).execute(context())
+    label = interval_label(START, END)
+    assert json.loads((tmp_path / "out" / "Observation" / label / "_SUCCESS").read_text())["count"] == 1

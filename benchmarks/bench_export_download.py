@@ -19,10 +19,10 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,8 +40,27 @@ def rss_mb() -> float:
     return 0.0
 
 
-def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+class RssSampler:
+    """Highest VmRSS seen while the download runs (ru_maxrss would include import-time peaks)."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.peak = rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, rss_mb())
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_mb())
 
 
 # -- children ------------------------------------------------------------------------------------------
@@ -60,14 +79,15 @@ def child_client(manifest_path: str, workers: int) -> dict[str, Any]:
         layout = ExportLayout(resolve_output(out), "bench")
         baseline = rss_mb()
         start = time.perf_counter()
-        counts = land_files(client, layout, manifest, settings=DownloadSettings(max_workers=workers))
+        with RssSampler() as sampler:
+            counts = land_files(client, layout, manifest, settings=DownloadSettings(max_workers=workers))
         elapsed = time.perf_counter() - start
     return {
         "bytes": counts["bytes"],
         "lines": counts["lines"],
         "seconds": elapsed,
         "baseline_mb": baseline,
-        "peak_mb": peak_mb(),
+        "peak_mb": sampler.peak,
     }
 
 
@@ -93,10 +113,10 @@ def child_plain(manifest_path: str, workers: int) -> dict[str, Any]:
 
     baseline = rss_mb()
     start = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
+    with RssSampler() as sampler, ThreadPoolExecutor(workers) as pool:
         total = sum(pool.map(fetch, [item["url"] for item in manifest["output"]]))
     elapsed = time.perf_counter() - start
-    return {"bytes": total, "seconds": elapsed, "baseline_mb": baseline, "peak_mb": peak_mb()}
+    return {"bytes": total, "seconds": elapsed, "baseline_mb": baseline, "peak_mb": sampler.peak}
 
 
 # -- parent --------------------------------------------------------------------------------------------

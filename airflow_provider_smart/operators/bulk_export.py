@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
     from airflow_provider_smart.hooks.smart import SmartFhirHook
 
-#: Formats the export operator can land. The Parquet writer adds "parquet".
-SUPPORTED_FORMATS: tuple[str, ...] = ("ndjson",)
+#: Formats the export operator can land: the downloaded NDJSON, and Parquet tables made from it.
+SUPPORTED_FORMATS: tuple[str, ...] = ("ndjson", "parquet")
 SINCE_MODES = ("watermark", "data_interval")
 DOWNLOAD_MODES = ("inline", "fanout")
 
@@ -70,6 +70,22 @@ class _ExportBase(BaseOperator):
         self.log.info("fetched the manifest again from %s for fresh file URLs", redact_url(status_url))
         return fetch_manifest(client, result.manifest, status_url)
 
+    def _land_parquet(self, layout: ExportLayout, manifest: Manifest, spec: dict[str, Any]) -> dict[str, Any]:
+        """Parquet tables from every landed output file: ``<parquet root>/<ResourceType>/<label>/``."""
+        from airflow_provider_smart.parquet.sink import ParquetRunSink, parquet_root
+
+        root = parquet_root(layout.root, spec.get("output"), spec.get("output_conn_id"))
+        with ParquetRunSink(root, layout.label, options=spec.get("options")) as sink:
+            for planned in plan_files(manifest):
+                if planned.kind == "output":
+                    sink.write_ndjson(layout.final_path(planned), planned.expected_type)
+            tables = sink.commit()
+        self.log.info("export %s as Parquet: %s", layout.label, {k: v["rows"] for k, v in tables.items()})
+        return {
+            "output": f"{root.protocol or 'file'}://{root.path}".rstrip("/"),
+            "counts": {name: info["rows"] for name, info in sorted(tables.items())},
+        }
+
     def _finish(
         self,
         client: Any,
@@ -79,8 +95,14 @@ class _ExportBase(BaseOperator):
         *,
         delete_on_success: bool,
         fail_on_severity: str | None,
+        parquet: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Markers, error-file report, watermark, DELETE, and the summary; after every file has landed."""
+        """Markers, error-file report, Parquet, watermark, DELETE, and the summary; after every file landed.
+
+        ``parquet`` (``{"output", "output_conn_id", "options"}``) converts the landed output files into
+        Parquet tables after the NDJSON markers and before the watermark moves: a failure there leaves the
+        NDJSON complete and the next attempt converts again.
+        """
         from airflow_provider_smart.fhir.bulk.sync import delete_export
         from airflow_provider_smart.storage.export_landing import ExportOutcomeError, finalize
 
@@ -93,6 +115,8 @@ class _ExportBase(BaseOperator):
                 delete_export(client, status_url)
             layout.write_state(dict(state, phase="failed", message=str(exc)))
             raise
+        if parquet is not None:
+            summary["parquet"] = self._land_parquet(layout, manifest, parquet)
         scope = state["scope"]
         conn_id = state["conn_id"]
         wm = write_watermark(layout.root, conn_id, scope, manifest.transaction_time, layout.label)
@@ -151,7 +175,12 @@ class FhirBulkExportOperator(_ExportBase):
         ``_elements`` and ``includeAssociatedData``.
     :param type_filter_style: ``repeat`` (default; safe with commas inside values) or ``comma``.
     :param lenient: send ``Prefer: handling=lenient`` so unsupported parameters are ignored, not refused.
-    :param formats: output formats to land; ``("ndjson",)``.
+    :param formats: ``("ndjson",)`` (default) or ``("ndjson", "parquet")``: the downloaded NDJSON files are
+        then also converted into Parquet tables (one per resource type, typed by FHIR R4; see the Parquet
+        docs page) under ``parquet_output``, layout ``<ResourceType>/<export label>/part-NNNNN.parquet``.
+        NDJSON is the raw layer the download lands in, so ``("parquet",)`` keeps it too.
+    :param parquet_output: root of the Parquet tables; default ``<output>/parquet``. (templated)
+    :param parquet_options: options of the Parquet writer, e.g. ``{"decimal": "string"}``.
     :param deferrable: poll in the triggerer (default) or in the worker.
     :param poll_interval: seconds between polls when the server sends no Retry-After.
     :param min_poll_interval: lower clamp of Retry-After.
@@ -188,6 +217,7 @@ class FhirBulkExportOperator(_ExportBase):
         "include_associated_data",
         "organize_output_by",
         "output_format",
+        "parquet_output",
     )
     ui_color = "#d8f0e6"
 
@@ -215,6 +245,8 @@ class FhirBulkExportOperator(_ExportBase):
         type_filter_style: str = "repeat",
         lenient: bool = False,
         formats: Sequence[str] = ("ndjson",),
+        parquet_output: Any = None,
+        parquet_options: dict[str, Any] | None = None,
         deferrable: bool = True,
         poll_interval: float = 10.0,
         min_poll_interval: float = 1.0,
@@ -231,10 +263,9 @@ class FhirBulkExportOperator(_ExportBase):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        fmts = tuple(formats)
-        unknown = [f for f in fmts if f not in SUPPORTED_FORMATS]
-        if unknown or not fmts:
-            raise ValueError(f"formats={fmts!r}: supported formats are {SUPPORTED_FORMATS}")
+        from airflow_provider_smart.parquet.sink import check_formats
+
+        fmts = check_formats(formats)
         if download_mode not in DOWNLOAD_MODES:
             raise ValueError(f"download_mode={download_mode!r} must be one of {DOWNLOAD_MODES}")
         if fail_on_severity not in (None, "none", "fatal", "error", "warning", "information"):
@@ -263,6 +294,8 @@ class FhirBulkExportOperator(_ExportBase):
         self.type_filter_style = type_filter_style
         self.lenient = lenient
         self.formats = fmts
+        self.parquet_output = parquet_output
+        self.parquet_options = dict(parquet_options or {})
         self.deferrable = deferrable
         self.poll_interval = poll_interval
         self.min_poll_interval = min_poll_interval
@@ -515,7 +548,21 @@ class FhirBulkExportOperator(_ExportBase):
             manifest,
             delete_on_success=self.delete_on_success,
             fail_on_severity=self.fail_on_severity,
+            parquet=self._parquet_spec(),
         )
+
+    def _parquet_spec(self) -> dict[str, Any] | None:
+        """What the finishing step needs to write Parquet (JSON-safe: it travels in the fan-out reference)."""
+        if "parquet" not in self.formats:
+            return None
+        output = self.parquet_output
+        if output is not None and hasattr(output, "protocol"):  # an ObjectStoragePath: its URI
+            output = f"{output.protocol or 'file'}://{output.path}"
+        return {
+            "output": None if output is None else str(output),
+            "output_conn_id": self.output_conn_id,
+            "options": self.parquet_options,
+        }
 
     def _fan_out(
         self, context: Context, layout: ExportLayout, manifest: Manifest, state: dict[str, Any]
@@ -542,6 +589,7 @@ class FhirBulkExportOperator(_ExportBase):
             "transaction_time": transaction_time,
             "delete_on_success": self.delete_on_success,
             "fail_on_severity": self.fail_on_severity,
+            "parquet": self._parquet_spec(),
         }
 
 
@@ -656,7 +704,13 @@ class FhirBulkExportFinalizeOperator(_ExportBase):
             delete = bool(self.export.get("delete_on_success", True))
         severity = self.fail_on_severity or self.export.get("fail_on_severity", "fatal")
         return self._finish(
-            self._hook().get_client(), layout, state, manifest, delete_on_success=delete, fail_on_severity=severity
+            self._hook().get_client(),
+            layout,
+            state,
+            manifest,
+            delete_on_success=delete,
+            fail_on_severity=severity,
+            parquet=self.export.get("parquet"),
         )
 
 

@@ -29,8 +29,8 @@ def check_formats(formats: Any) -> tuple[str, ...]:
     unknown = [f for f in chosen if f not in FORMATS]
     if unknown or not chosen:
         raise ValueError(
-            f"unsupported output format(s) {unknown or list(chosen)!r}: formats must name one or more of "
-            f"{list(FORMATS)}, e.g. formats=('ndjson', 'parquet')"
+            f"unsupported output format(s) {unknown or list(chosen)!r}: formats must name one or more of the "
+            f"supported formats {list(FORMATS)}, e.g. formats=('ndjson', 'parquet')"
         )
     return tuple(dict.fromkeys(chosen))
 

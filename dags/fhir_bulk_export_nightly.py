@@ -38,6 +38,8 @@ with DAG(
         level="system",
         since="watermark",
         output="{{ params.output or var.value.get('fhir_bulk_output_dir', '" + DEFAULT_OUTPUT + "') }}",
+        # NDJSON is the raw layer; Parquet tables of the same data land beside it under <output>/parquet.
+        formats=("ndjson", "parquet"),
         export_timeout=timedelta(hours=12),
         poll_interval=30,
     )

@@ -6,12 +6,14 @@ under ``$AIRFLOW_HOME`` (``.airflow/`` from the Makefile), and the data lands in
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import requests
@@ -25,12 +27,8 @@ OUTPUT = REPO / "demo-output"
 CLIENT_ID = "airflow-demo"
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
-#: (dag id, what it shows). The auth check first: if the key or registration is wrong, it says so plainly.
-DEMO_DAGS = (
-    ("smart_fhir_auth_check", "token request with a signed ES384 client assertion"),
-    ("fhir_search_hba1c", "incremental FHIR search of HbA1c Observations into NDJSON"),
-    ("fhir_bulk_export_nightly", "Bulk Data $export: kick-off, deferred polling, download"),
-)
+HBA1C = "4548-4"
+NEW_RESULTS = 5
 
 
 def step(message: str) -> None:
@@ -70,22 +68,50 @@ def register(server: SandboxServer, jwks: dict[str, object]) -> None:
         response.raise_for_status()
 
 
-def available_dags() -> list[tuple[str, str]]:
-    present = {p.stem for p in (REPO / "dags").glob("*.py")}
-    return [(dag_id, what) for dag_id, what in DEMO_DAGS if dag_id in present]
+def new_lab_results(server: SandboxServer) -> list[str]:
+    """Amend a few HbA1c results on the server, as a lab would during the day (ids of the amended ones)."""
+    amended: list[str] = []
+    for observation in server.state.store.iter_type("Observation"):
+        codings = (observation.get("code") or {}).get("coding") or []
+        if not any(c.get("code") == HBA1C for c in codings):
+            continue
+        body = dict(observation, status="amended")
+        path = f"/_sandbox/fhir/Observation/{observation['id']}"
+        requests.put(server.base_url + path, json=body, auth=server.admin_auth, timeout=30).raise_for_status()
+        amended.append(str(observation["id"]))
+        if len(amended) == NEW_RESULTS:
+            break
+    return amended
+
+
+def count_lines(path: Path) -> int:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        return sum(1 for _ in handle)
 
 
 def summarize(root: Path) -> None:
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    if not files:
-        print("  (no files)")
-        return
-    for path in files:
-        lines = ""
-        if path.name.endswith(".ndjson"):
-            with path.open("rb") as handle:
-                lines = f"  {sum(1 for _ in handle)} resources"
-        print(f"  {path.relative_to(REPO)}  {path.stat().st_size} bytes{lines}")
+    """One line per committed directory: what it holds."""
+    for marker in sorted(root.rglob("_SUCCESS")):
+        directory = marker.parent
+        files = [p for p in directory.iterdir() if p.is_file() and not p.name.startswith(("_", "."))]
+        ndjson = [p for p in files if ".ndjson" in p.name]
+        parquet = [p for p in files if p.suffix == ".parquet"]
+        parts = []
+        if ndjson:
+            parts.append(f"{sum(count_lines(p) for p in ndjson)} resources in {len(ndjson)} NDJSON file(s)")
+        if parquet:
+            parts.append(f"{len(parquet)} Parquet file(s)")
+        if parts:
+            print(f"  {directory.relative_to(REPO)}: {', '.join(parts)}")
+
+
+def dags_test(dag_id: str, what: str, env: dict[str, str], *extra: str) -> None:
+    step(f"airflow dags test {dag_id} {' '.join(extra)}: {what}".replace("  ", " "))
+    started = time.monotonic()
+    conf = json.dumps({"output": str(OUTPUT)})
+    run(str(BIN / "airflow"), "dags", "test", dag_id, *extra, "--conf", conf, env=env)
+    print(f"    {dag_id} succeeded in {time.monotonic() - started:.1f}s", flush=True)
 
 
 def main() -> int:
@@ -114,12 +140,17 @@ def main() -> int:
                 "extra": {"private_key_file": str(home / "demo-client-key.pem"), "scope": "system/*.read"},
             }
         )
-        conf = json.dumps({"output": str(OUTPUT)})
-        for dag_id, what in available_dags():
-            step(f"airflow dags test {dag_id}: {what}")
-            started = time.monotonic()
-            run(str(BIN / "airflow"), "dags", "test", dag_id, "--conf", conf, env=env)
-            print(f"    {dag_id} succeeded in {time.monotonic() - started:.1f}s")
+        # The token check first: if the key or the registration is wrong, it says so plainly.
+        dags_test("smart_fhir_auth_check", "a token for a signed ES384 client assertion", env)
+        dags_test("fhir_bulk_export_nightly", "first run: a full Bulk Data $export into NDJSON + Parquet", env)
+
+        amended = new_lab_results(server)
+        step(f"The sandbox amends {len(amended)} HbA1c results (as new lab results during the day)")
+        # A manual run of a daily data-interval timetable covers the day that ends at the date given: give
+        # tomorrow's midnight, so the interval is today, which holds exactly those changes.
+        tomorrow = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT00:00:00+00:00")
+        dags_test("fhir_search_hba1c", "today's HbA1c results and their patients", env, tomorrow)
+        dags_test("fhir_bulk_export_nightly", "second run: only what changed since the first", env)
 
     step(f"What landed in {OUTPUT.relative_to(REPO)}/")
     summarize(OUTPUT)

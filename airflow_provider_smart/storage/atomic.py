@@ -30,12 +30,33 @@ def is_hidden(name: str) -> bool:
     return name.startswith(("_", "."))
 
 
+def remove_stale_temps(final: ObjectStoragePath) -> int:
+    """Delete what killed attempts at writing ``final`` left behind (``_tmp.<uuid>.<name>``).
+
+    Readers skip these names, but they are garbage, and a listing that does not skip them would see
+    a resource twice once the file is written again. One final name has one writer at a time, so
+    only this name's leftovers are touched, never another writer's file in the same directory.
+    """
+    removed = 0
+    if not final.parent.exists():
+        return removed
+    for stale in final.parent.glob(f"{TMP_PREFIX}*.{final.name}"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
+            removed += 1
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_open(final: ObjectStoragePath, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary sibling of ``final`` for writing; rename it to ``final`` only on success."""
+    """Open a temporary sibling of ``final`` for writing; rename it to ``final`` only on success.
+
+    Leftovers of earlier attempts at the same file (a worker killed mid-write) are removed first.
+    """
     if "w" not in mode:
         raise ValueError("atomic_open is for writing ('wb' or 'w')")
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(final)
     tmp = temp_sibling(final)
     try:
         with tmp.open(mode) as handle:  # type: ignore[no-untyped-call]

@@ -32,6 +32,19 @@ def test_atomic_open_commits_only_on_success(tmp_path: Path) -> None:
     assert sorted(p.name for p in target.parent.iterdir()) == ["part-00000.ndjson"]
 
 
+def test_a_new_attempt_removes_leftovers_of_killed_ones_for_that_file_only(tmp_path: Path) -> None:
+    root = resolve_output(str(tmp_path))
+    target = root / "Observation" / "Observation.00000.ndjson"
+    target.parent.mkdir(parents=True)
+    # What a worker killed mid-write leaves: a partial temp file of this name, and one of another file.
+    (target.parent / "_tmp.0123abcd.Observation.00000.ndjson").write_bytes(b'{"resourceType":"Obs')
+    other = target.parent / "_tmp.4567ef01.Observation.00001.ndjson"
+    other.write_bytes(b"in progress elsewhere")
+    with atomic_open(target) as fh:
+        fh.write(b"{}\n")
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted([other.name, target.name])
+
+
 def test_markers_and_json(tmp_path: Path) -> None:
     d = resolve_output(f"file://{tmp_path}") / "run"
     assert read_json(d / "state.json") is None

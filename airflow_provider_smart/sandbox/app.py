@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from airflow_provider_smart.sandbox import admin, auth, fhir_rest
+from airflow_provider_smart.sandbox import admin, auth, binaries, fhir_rest
 from airflow_provider_smart.sandbox.faults import DroppedConnection, FaultMiddleware
 from airflow_provider_smart.sandbox.outcomes import FHIR_JSON, FhirHTTPError, operation_outcome
 from airflow_provider_smart.sandbox.state import SandboxState
@@ -73,6 +73,8 @@ def create_app(state: SandboxState) -> FastAPI:
 
     app.include_router(auth.router)
     app.include_router(admin.router)
+    app.include_router(binaries.admin_router)
+    app.include_router(binaries.router)
     bulk_router = _bulk_router()
     if bulk_router is not None:
         app.include_router(bulk_router, prefix="/fhir")

@@ -65,4 +65,17 @@ def create_file_origin_app(state: SandboxState) -> Any:
             return _s3_error(403, code, problem)
         return serve_file(runtime, state, job_id, name, query.get("generation"), request)
 
+    @app.get("/attachment-files/{binary_id}")
+    def presigned_attachment(binary_id: str, request: Request) -> Response:
+        if "authorization" in request.headers:
+            return _s3_error(400, "InvalidArgument", "Only one auth mechanism allowed")
+        query = request.query_params
+        problem = state.binaries.check(binary_id, query.get("expires", ""), query.get("signature", ""))
+        if problem is not None:
+            return _s3_error(403, "AccessDenied" if "expired" in problem else "SignatureDoesNotMatch", problem)
+        content = state.binaries.get(binary_id)
+        if content is None:
+            return _s3_error(404, "NoSuchKey", "The specified key does not exist.")
+        return Response(content.data, media_type=content.content_type)
+
     return OriginLogMiddleware(FaultMiddleware(app, state.faults), state, ORIGIN)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from airflow_provider_smart.sandbox.binary_store import BinaryStore
 from airflow_provider_smart.sandbox.bulk_jobs import BulkSettings
 from airflow_provider_smart.sandbox.bulk_runtime import BulkRuntime
 from airflow_provider_smart.sandbox.faults import Faults
@@ -18,6 +19,7 @@ from airflow_provider_smart.sandbox.store import ResourceStore
 #: granted scope. Types present in the store are added to these.
 DEFAULT_RESOURCE_TYPES = (
     "AllergyIntolerance",
+    "Binary",
     "CarePlan",
     "CareTeam",
     "Claim",
@@ -96,6 +98,7 @@ class SandboxState:
         self.store = store or ResourceStore()
         self.faults = Faults()
         self.bulk = BulkRuntime(self.config.bulk, self.faults.bulk)
+        self.binaries = BinaryStore()
         self.clients: dict[str, dict[str, Any]] = {}
         self.access_policies: dict[str, dict[str, Any]] = {}
         self.lock = threading.RLock()

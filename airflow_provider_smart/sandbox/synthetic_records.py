@@ -557,7 +557,15 @@ def make_documents(seed: int, plan: PatientPlan) -> list[Resource]:
                             "contentType": "text/plain",
                             "data": base64.b64encode(note.encode()).decode(),
                         }
-                    }
+                    },
+                    {
+                        # The full note lives in a Binary on the server (see sandbox/binaries.py).
+                        "attachment": {
+                            "contentType": "text/plain",
+                            "url": f"Binary/note-{plan.index}-{k}",
+                            "title": "Visit note, full text",
+                        }
+                    },
                 ],
                 "context": {"encounter": [_ref("Encounter", f"enc-{plan.index}-{len(plan.encounters) - 1}")]},
             }

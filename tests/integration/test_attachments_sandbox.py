@@ -177,11 +177,15 @@ def test_a_failed_attachment_fails_the_run_and_a_rerun_fetches_only_it(
 
 
 def test_on_error_record_keeps_going(server: SandboxServer, client: SmartClient, tmp_path: Path) -> None:
-    _put_document(server, "doc-gone", {"contentType": "text/plain", "url": "Binary/missing-1"})
+    _put_document(server, "doc-missing", {"contentType": "text/plain", "url": "Binary/missing-1"})
+    _put_binary(server, "gone-1", b"withdrawn\n", "text/plain")
+    _put_document(server, "doc-gone", {"contentType": "text/plain", "url": "Binary/gone-1"})
+    server.state.faults.fail("/fhir/Binary/gone-1", status=410, times=None)
     run = _land_documents(client, tmp_path)
     result = _operator(tmp_path, run, on_error="record").execute(context())
-    assert result["counts"]["failed"] == 1
-    assert "doc-gone" in result["failures"][0]
+    assert result["counts"]["failed"] == 2
+    reasons = {r["resource_id"]: r["reason"] for r in _index(tmp_path) if r["status"] == "failed"}
+    assert "HTTP 404" in reasons["doc-missing"] and "HTTP 410 (gone)" in reasons["doc-gone"]
     assert (tmp_path / "attachments" / "run1" / "_SUCCESS").exists()
 
 

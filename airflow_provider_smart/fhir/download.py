@@ -10,16 +10,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
 import requests
+import urllib3
 
-from airflow_provider_smart.fhir.bulk.lines import LineChecker, NdjsonCheckError
+from airflow_provider_smart.fhir.bulk.body import (
+    BodyError,
+    BodyTooSlowError,
+    BodyTruncatedError,
+    StreamLimits,
+    iter_body,
+)
+from airflow_provider_smart.fhir.bulk.lines import LineChecker, NdjsonCheckError, NdjsonStream
 from airflow_provider_smart.fhir.bulk.manifest import PlannedFile
 from airflow_provider_smart.fhir.bulk.outcomes import OutcomeSummary
 from airflow_provider_smart.fhir.errors import FhirError, describe_error_body
@@ -27,8 +34,6 @@ from airflow_provider_smart.fhir.retry import backoff_delays, is_retryable_statu
 from airflow_provider_smart.fhir.urls import redact_url, same_origin
 
 log = logging.getLogger(__name__)
-
-_GZIP_MAGIC = b"\x1f\x8b"
 
 
 class HttpClient(Protocol):
@@ -46,6 +51,7 @@ class HttpClient(Protocol):
         stream: bool = ...,
         authorize: bool | None = ...,
         raise_for_status: bool = ...,
+        timeout: float | None = ...,
     ) -> requests.Response: ...
 
 
@@ -140,6 +146,7 @@ class BulkDownloader:
 
     :param client: a FhirHttpClient (sends the token only to the FHIR server's origin).
     :param requires_access_token: the manifest's ``requiresAccessToken``; when false no token is sent at all.
+    :param limits: bounds on each file (line and file size, stall timeout, least rate, chunk size).
     :param refresh_urls: called once, on the first 410 Gone, to fetch the manifest again; returns
         file key -> fresh URL.
     """
@@ -151,7 +158,7 @@ class BulkDownloader:
         requires_access_token: bool,
         max_workers: int = 4,
         max_attempts: int = 5,
-        chunk_size: int = 1 << 20,
+        limits: StreamLimits | None = None,
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
         refresh_urls: RefreshUrls | None = None,
@@ -165,7 +172,7 @@ class BulkDownloader:
         self.requires_access_token = requires_access_token
         self.max_workers = max_workers
         self.max_attempts = max_attempts
-        self.chunk_size = chunk_size
+        self.limits = limits or StreamLimits()
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.refresh_urls = refresh_urls
@@ -232,10 +239,12 @@ class BulkDownloader:
             response = self.client.request(
                 "GET",
                 url,
-                headers={"Accept": "application/fhir+ndjson"},
+                # Only codings the body reader inflates with bounded memory (never br or zstd).
+                headers={"Accept": "application/fhir+ndjson", "Accept-Encoding": "gzip, deflate"},
                 stream=True,
                 authorize=self.should_authorize(url),
                 raise_for_status=False,
+                timeout=self.limits.stall_timeout,
             )
         except FhirError as exc:
             if getattr(exc, "status", None) == 410:
@@ -253,96 +262,71 @@ class BulkDownloader:
                 # Presigned storage URLs answer 403 once their signature has expired (S3, GCS, Azure).
                 raise FileExpiredError(f"{source} answered 403 (a presigned URL past its expiry?)", status=403)
             if status != 200:
-                text = describe_error_body(response.content[:4096], response.headers.get("Content-Type"))
+                text = describe_error_body(self._error_body(response), response.headers.get("Content-Type"))
                 if is_retryable_status(status):
                     retry_after = parse_retry_after(response.headers.get("Retry-After"), maximum=self.backoff_max)
                     raise _RetryableError(f"HTTP {status}: {text}", retry_after)
                 raise DownloadError(f"{source} answered HTTP {status}: {text}", status=status)
-            checker = LineChecker(source, planned.expected_type, planned.count)
-            outcomes = OutcomeSummary() if planned.kind == "error" else None
-            nbytes = 0
-            nlines = 0
-            try:
-                with sink(planned) as out:
-                    for block in self._line_blocks(response):
-                        for line in block:
-                            obj = checker.check(line)
-                            if outcomes is not None:
-                                outcomes.add_outcome(obj)
-                        data = b"\n".join(block) + b"\n"
-                        out.write(data)
-                        nbytes += len(data)
-                        nlines += len(block)
-                        if self.progress:
-                            self.progress.add(len(data), len(block))
-                    checker.finish()
-            except NdjsonCheckError as exc:
-                if self.progress:
-                    self.progress.undo(nbytes, nlines)
-                raise DownloadError(str(exc)) from None
-            except (requests.RequestException, OSError, zlib.error) as exc:
-                if self.progress:
-                    self.progress.undo(nbytes, nlines)
-                if isinstance(exc, OSError) and not _is_transport_error(exc):
-                    raise
-                raise _RetryableError(f"connection lost after {nbytes} bytes ({type(exc).__name__})") from None
-            except BaseException:
-                if self.progress:
-                    self.progress.undo(nbytes, nlines)
-                raise
+            return self._receive(planned, source, response, sink)
+
+    def _receive(self, planned: PlannedFile, source: str, response: requests.Response, sink: Sink) -> FileResult:
+        """Stream the body through the line checks into the sink; nothing is committed unless all passes."""
+        checker = LineChecker(source, planned.expected_type, planned.count)
+        outcomes = OutcomeSummary() if planned.kind == "error" else None
+        lines = NdjsonStream(
+            checker,
+            max_line_bytes=self.limits.max_line_bytes,
+            on_object=outcomes.add_outcome if outcomes is not None else None,
+        )
+        nbytes = 0
+        reported = [0, 0]  # bytes and lines already added to the progress (taken back on failure)
+
+        def report() -> None:
+            if self.progress:
+                self.progress.add(nbytes - reported[0], checker.count - reported[1])
+            reported[:] = [nbytes, checker.count]
+
+        try:
+            with sink(planned) as out:
+                write = out.write
+                for chunk in iter_body(response, self.limits):
+                    for run in lines.feed(chunk):
+                        write(run)
+                        nbytes += len(run)
+                    report()
+                for run in lines.finish():
+                    write(run)
+                    nbytes += len(run)
+        except BaseException as exc:
+            if self.progress:
+                self.progress.undo(reported[0], reported[1])
+            raise self._classify(exc, source, nbytes) from None
+        report()
         if self.progress:
             self.progress.file_done()
         return FileResult(planned.key, checker.count, nbytes, 1, outcomes)
 
-    def _chunks(self, response: requests.Response) -> Iterator[bytes]:
-        """Decoded body chunks: Content-Encoding is undone by requests; gzip bodies are inflated here."""
-        raw = response.iter_content(chunk_size=self.chunk_size)
-        first = b""
-        for chunk in raw:
-            if chunk:
-                first = chunk
-                break
-        if not first:
-            return
-        if not first.startswith(_GZIP_MAGIC):
-            yield first
-            yield from (c for c in raw if c)
-            return
-        inflater = zlib.decompressobj(zlib.MAX_WBITS | 16)
-        pending = first
-        while True:
-            data = inflater.decompress(pending)
-            if data:
-                yield data
-            if inflater.eof and inflater.unused_data:
-                # Concatenated gzip members are one valid gzip file.
-                pending = inflater.unused_data
-                inflater = zlib.decompressobj(zlib.MAX_WBITS | 16)
-                continue
-            nxt = next(raw, None)
-            if nxt is None:
-                tail = inflater.flush()
-                if tail:
-                    yield tail
-                if not inflater.eof:
-                    raise zlib.error("gzip stream ended early")
-                return
-            pending = nxt
+    @staticmethod
+    def _classify(exc: BaseException, source: str, nbytes: int) -> BaseException:
+        """What a failure while receiving becomes: a file error, a retryable one, or itself."""
+        if isinstance(exc, NdjsonCheckError):
+            return DownloadError(str(exc))
+        if isinstance(exc, BodyTruncatedError | BodyTooSlowError):
+            return _RetryableError(f"{exc} after {nbytes} bytes")
+        if isinstance(exc, BodyError):
+            return DownloadError(f"{source}: {exc}")
+        transport = requests.RequestException, urllib3.exceptions.HTTPError
+        if isinstance(exc, transport) or (isinstance(exc, OSError) and _is_transport_error(exc)):
+            return _RetryableError(f"connection lost after {nbytes} bytes ({type(exc).__name__})")
+        return exc
 
-    def _line_blocks(self, response: requests.Response) -> Iterator[list[bytes]]:
-        """Lists of non-empty lines, one list per received chunk; a line may span chunks."""
-        rest = b""
-        for chunk in self._chunks(response):
-            data = rest + chunk if rest else chunk
-            parts = data.split(b"\n")
-            rest = parts.pop()
-            block = [p.strip() for p in parts]
-            block = [p for p in block if p]
-            if block:
-                yield block
-        rest = rest.strip()
-        if rest:
-            yield [rest]
+    def _error_body(self, response: requests.Response) -> bytes:
+        """The start of an error body: at most 4 KiB of it is read, however much the server sends."""
+        limits = StreamLimits(chunk_size=4096, max_file_bytes=None, stall_timeout=self.limits.stall_timeout)
+        try:
+            return next(iter_body(response, limits), b"")[:4096]
+        except (BodyError, requests.RequestException, urllib3.exceptions.HTTPError, OSError):
+            return b""
 
     # -- many files -----------------------------------------------------------------------------
     def download_all(

@@ -29,6 +29,7 @@ class FakeFhirClient:
         stream: bool = False,
         authorize: bool | None = None,
         raise_for_status: bool = True,
+        timeout: float | None = None,
     ) -> requests.Response:
         url = url_or_path if "://" in url_or_path else resolve(self.base_url + "/", url_or_path)
         send_token = authorize is not False and same_origin(url, self.base_url)
@@ -37,7 +38,15 @@ class FakeFhirClient:
             hdrs["Authorization"] = f"Bearer {TOKEN}"
         self.calls.append((method, url, send_token))
         response = self.session.request(
-            method, url, params=params, json=json, data=data, headers=hdrs, stream=stream, allow_redirects=False
+            method,
+            url,
+            params=params,
+            json=json,
+            data=data,
+            headers=hdrs,
+            stream=stream,
+            allow_redirects=False,
+            timeout=timeout,
         )
         if raise_for_status:
             response.raise_for_status()

@@ -1,35 +1,46 @@
-"""Benchmark: download throughput of a >= 1 GB Bulk Data export, beside a plain streaming GET.
+"""Benchmark: checked Bulk Data downloads beside ``curl -Z --parallel-max 5`` of the same files.
 
-Starts the sandbox on 127.0.0.1 with enough synthetic patients for the requested size, runs one
-system-level export, then measures in separate child processes (so each peak RSS is its own):
+Writes ``--gb`` of NDJSON (synthetic FHIR resources from the sandbox's generator, one resource type per
+file, ``--files`` files) into a temporary directory, serves it with nginx started on 127.0.0.1 (Debian's
+``nginx-light`` or ``nginx``; ``apt-get install -y nginx-light curl``), then measures, interleaved
+``--repeat`` times, each in its own process:
 
-* ``client``: the provider's download path (``land_files``: line checks, atomic commits, records,
-  parallel pool of ``--workers``) into a temporary directory;
-* ``plain``: ``requests`` streaming GETs of the same URLs into /dev/null with the same pool size and
-  no checks (the ceiling the client is compared with).
+* ``curl``: ``curl -Z --parallel-max 5`` of every file into /dev/null (the baseline);
+* ``bare``: the provider's :class:`BulkDownloader` (every line checked: JSON, object, ``resourceType``,
+  manifest count) into /dev/null, ``--workers`` in parallel;
+* ``land_files``: the export operator's download path: the same checks plus atomic
+  ``ObjectStoragePath`` writes into a temporary directory and a commit record per file.
 
-Prints MB/s and peak memory of both. Run: ``.venv/bin/python benchmarks/bench_export_download.py``
-(options: ``--gb 1.0 --workers 4 --file-mb 64``). The sandbox runs in this process; transfers use
-``Accept-Encoding: identity`` so the sandbox's on-the-fly gzip does not set the pace.
+Prints the median MB/s of each, its ratio to curl, and the peak RSS of each process (VmRSS sampled
+while downloading, and the baseline before it). Run on demand, never in the tests::
+
+    .venv/bin/python benchmarks/bench_export_download.py              # 1 GB, 32 files
+    .venv/bin/python benchmarks/bench_export_download.py --gb 0.1 --repeat 1
+    .venv/bin/python benchmarks/bench_export_download.py --gb 2 --repeat 1
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import math
 import os
+import shutil
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+TYPES = ["Observation", "Encounter", "Condition", "Procedure", "MedicationRequest", "DiagnosticReport"]
 
 
 def rss_mb() -> float:
@@ -63,24 +74,147 @@ class RssSampler:
         self.peak = max(self.peak, rss_mb())
 
 
+# -- data and server -----------------------------------------------------------------------------------
+def write_files(root: Path, total_bytes: int, files: int) -> list[dict[str, Any]]:
+    """``files`` NDJSON files of about ``total_bytes / files`` each; returns manifest output entries."""
+    from airflow_provider_smart.sandbox.generator import SyntheticDataset
+
+    data = SyntheticDataset(patients=200, seed=7)
+    pools: dict[str, bytes] = {}
+    for rtype in TYPES:
+        lines = [
+            json.dumps(r, separators=(",", ":")).encode() + b"\n"
+            for i in range(data.patients)
+            for r in data.patient_resources(rtype, i)
+        ]
+        pools[rtype] = b"".join(lines)
+    per_file = total_bytes // files
+    entries = []
+    for n in range(files):
+        rtype = TYPES[n % len(TYPES)]
+        pool = pools[rtype]
+        repeats = max(1, per_file // len(pool))
+        name = f"{rtype}.{n:03d}.ndjson"
+        with (root / name).open("wb") as fh:
+            for _ in range(repeats):
+                fh.write(pool)
+        entries.append({"type": rtype, "file": name, "count": pool.count(b"\n") * repeats})
+    return entries
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def nginx(root: Path, work: Path) -> Iterator[str]:
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(binary).exists():
+        raise SystemExit("nginx is not installed: apt-get update && apt-get install -y nginx-light")
+    port = free_port()
+    conf = work / "nginx.conf"
+    conf.write_text(
+        f"""
+worker_processes 2;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    default_type application/fhir+ndjson;
+    client_body_temp_path {work}/body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    server {{ listen 127.0.0.1:{port}; root {root}; }}
+}}
+"""
+    )
+    proc = subprocess.Popen([binary, "-p", str(work), "-c", str(conf)], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"nginx did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 # -- children ------------------------------------------------------------------------------------------
-def child_client(manifest_path: str, workers: int) -> dict[str, Any]:
+def _manifest(spec: dict[str, Any]) -> Any:
     from airflow_provider_smart.fhir.bulk import parse_manifest
-    from airflow_provider_smart.hooks.smart import SmartFhirHook
-    from airflow_provider_smart.storage.export_landing import DownloadSettings, land_files
+
+    return parse_manifest(
+        {
+            "transactionTime": "2024-01-01T00:00:00Z",
+            "requiresAccessToken": False,
+            "output": [
+                {"type": e["type"], "url": f"{spec['base']}/{e['file']}", "count": e["count"]} for e in spec["entries"]
+            ],
+            "error": [],
+        }
+    )
+
+
+def child_bare(spec: dict[str, Any]) -> dict[str, Any]:
+    from airflow_provider_smart.fhir.bulk.manifest import plan_files
+    from airflow_provider_smart.fhir.download import BulkDownloader
+    from airflow_provider_smart.fhir.http import FhirHttpClient
+
+    planned = plan_files(_manifest(spec))
+    client = FhirHttpClient(None, spec["base"])
+    downloader = BulkDownloader(client, requires_access_token=False, max_workers=spec["workers"])
+
+    @contextlib.contextmanager
+    def devnull(_: Any) -> Iterator[Any]:
+        with open(os.devnull, "wb") as fh:
+            yield fh
+
+    baseline = rss_mb()
+    start = time.perf_counter()
+    with RssSampler() as sampler:
+        results = downloader.download_all(planned, devnull)
+    elapsed = time.perf_counter() - start
+    return {
+        "bytes": sum(r.bytes for r in results),
+        "lines": sum(r.lines for r in results),
+        "seconds": elapsed,
+        "baseline_mb": baseline,
+        "peak_mb": sampler.peak,
+    }
+
+
+def child_land(spec: dict[str, Any]) -> dict[str, Any]:
+    from airflow_provider_smart.fhir.http import FhirHttpClient
+    from airflow_provider_smart.storage.export_landing import DownloadSettings, _load_lineage_machinery, land_files
     from airflow_provider_smart.storage.export_state import ExportLayout
     from airflow_provider_smart.storage.paths import resolve_output
 
-    manifest = parse_manifest(json.loads(Path(manifest_path).read_text()))
-    client = SmartFhirHook("smart_fhir_default").get_client()
-    client.session.headers["Accept-Encoding"] = "identity"
-    client.auth.get_token()  # type: ignore[union-attr]
-    with tempfile.TemporaryDirectory(prefix="bench-bulk-") as out:
+    manifest = _manifest(spec)
+    # A task process loads Airflow's lineage collector (and its plugins) once, on its first tracked
+    # write; land_files does that before its workers start. Timed apart: it is a fixed cost per task
+    # (seconds here, where bytecode is not cached), not a download rate.
+    warm = time.perf_counter()
+    _load_lineage_machinery()
+    warm = time.perf_counter() - warm
+    client = FhirHttpClient(None, spec["base"])
+    with tempfile.TemporaryDirectory(prefix="bench-land-", dir=spec.get("out_dir")) as out:
         layout = ExportLayout(resolve_output(out), "bench")
         baseline = rss_mb()
         start = time.perf_counter()
         with RssSampler() as sampler:
-            counts = land_files(client, layout, manifest, settings=DownloadSettings(max_workers=workers))
+            counts = land_files(client, layout, manifest, settings=DownloadSettings(max_workers=spec["workers"]))
         elapsed = time.perf_counter() - start
     return {
         "bytes": counts["bytes"],
@@ -88,132 +222,89 @@ def child_client(manifest_path: str, workers: int) -> dict[str, Any]:
         "seconds": elapsed,
         "baseline_mb": baseline,
         "peak_mb": sampler.peak,
+        "lineage_load_seconds": warm,
     }
 
 
-def child_plain(manifest_path: str, workers: int) -> dict[str, Any]:
-    import requests
+def run_python_child(kind: str, spec_path: Path) -> dict[str, Any]:
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--child", kind, str(spec_path)], stdout=subprocess.PIPE, cwd=REPO, text=True
+    )
+    out, _ = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} child failed")
+    return dict(json.loads(out.strip().splitlines()[-1]))
 
-    from airflow_provider_smart.hooks.smart import SmartFhirHook
 
-    manifest = json.loads(Path(manifest_path).read_text())
-    hook = SmartFhirHook("smart_fhir_default")
-    hook.get_access_token()
-    session = requests.Session()
-
-    def fetch(url: str) -> int:
-        total = 0
-        # The hook's cached token, renewed before it expires (the sandbox's tokens live 5 minutes).
-        headers = {"Authorization": f"Bearer {hook.get_access_token()}", "Accept-Encoding": "identity"}
-        with session.get(url, headers=headers, stream=True, timeout=120) as response:
-            response.raise_for_status()
-            for chunk in response.iter_content(1 << 20):
-                total += len(chunk)
-        return total
-
-    baseline = rss_mb()
+def run_curl(spec: dict[str, Any]) -> dict[str, Any]:
+    args = ["curl", "--no-progress-meter", "--fail", "-Z", "--parallel-max", "5", "--compressed"]
+    for entry in spec["entries"]:
+        args += [f"{spec['base']}/{entry['file']}", "-o", os.devnull]
     start = time.perf_counter()
-    with RssSampler() as sampler, ThreadPoolExecutor(workers) as pool:
-        total = sum(pool.map(fetch, [item["url"] for item in manifest["output"]]))
+    proc = subprocess.Popen(args)
+    _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
-    return {"bytes": total, "seconds": elapsed, "baseline_mb": baseline, "peak_mb": sampler.peak}
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"curl failed with {proc.returncode}")
+    return {"bytes": spec["bytes"], "seconds": elapsed, "baseline_mb": 0.0, "peak_mb": usage.ru_maxrss / 1024}
 
 
 # -- parent --------------------------------------------------------------------------------------------
-def run_child(kind: str, manifest_path: Path, workers: int, env: dict[str, str]) -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, __file__, "--child", kind, str(manifest_path), "--workers", str(workers)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO,
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"{kind} child failed:\n{result.stderr[-3000:]}")
-    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
-
-
-def export_manifest(server: Any, *, timeout: float = 3600) -> dict[str, Any]:
-    from airflow_provider_smart.hooks.smart import SmartFhirHook
-
-    # The provider's client: it renews the token when a long export outlives it.
-    client = SmartFhirHook("smart_fhir_default").get_client()
-    kickoff_headers = {"Accept": "application/fhir+json", "Prefer": "respond-async"}
-    response = client.request("GET", f"{server.fhir_base}/$export", headers=kickoff_headers)
-    assert response.status_code == 202, response.text
-    status_url = response.headers["Content-Location"]
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        status = client.request("GET", status_url, timeout=600, raise_for_status=False)
-        if status.status_code == 200:
-            return dict(status.json())
-        assert status.status_code == 202, status.text
-        time.sleep(1)
-    raise SystemExit("export did not finish")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gb", type=float, default=1.0, help="export size to reach (GB of NDJSON)")
-    parser.add_argument("--workers", type=int, default=4, help="parallel downloads")
-    parser.add_argument("--file-mb", type=int, default=64, help="size of each export file (MB)")
-    parser.add_argument("--child", nargs=2, metavar=("KIND", "MANIFEST"), help=argparse.SUPPRESS)
+    parser.add_argument("--gb", type=float, default=1.0, help="total size of the files (GB)")
+    parser.add_argument("--files", type=int, default=32, help="number of files")
+    parser.add_argument("--workers", type=int, default=5, help="parallel downloads (curl: --parallel-max 5)")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of each (medians printed)")
+    parser.add_argument("--only", default="curl,bare,land_files", help="which to run (comma separated)")
+    parser.add_argument("--child", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         kind, path = args.child
-        out = child_client(path, args.workers) if kind == "client" else child_plain(path, args.workers)
-        print(json.dumps(out))
+        spec = json.loads(Path(path).read_text())
+        print(json.dumps(child_bare(spec) if kind == "bare" else child_land(spec)))
         return
 
-    from airflow_provider_smart.sandbox.bulk_jobs import BulkSettings
-    from airflow_provider_smart.sandbox.server import SandboxServer
-    from airflow_provider_smart.sandbox.state import SandboxConfig
-    from tests.sandbox_fixtures import make_key, register_client
-
-    def start(patients: int) -> tuple[Any, str]:
-        settings = BulkSettings(max_file_resources=10**9, max_file_bytes=args.file_mb << 20, files_ttl=7200)
-        server = SandboxServer(SandboxConfig(patients=patients, seed=7, bulk=settings)).start()
-        _, pem, public = make_key("RS384")
-        register_client(server, "bench", jwks={"keys": [public]}, access_token_expiration=3600)
-        conn = json.dumps({"conn_type": "smart_fhir", "host": server.fhir_base, "login": "bench", "password": pem})
-        os.environ["AIRFLOW_CONN_SMART_FHIR_DEFAULT"] = conn
-        return server, conn
-
-    # A pilot export sizes the real one.
-    pilot_patients = 200
-    server, _ = start(pilot_patients)
-    pilot = export_manifest(server)
-    from airflow_provider_smart.hooks.smart import SmartFhirHook
-
-    pilot_client = SmartFhirHook("smart_fhir_default").get_client()
-    pilot_bytes = sum(len(pilot_client.request("GET", i["url"]).content) for i in pilot["output"])
-    server.stop()
-    patients = math.ceil(args.gb * 1e9 * 1.02 / (pilot_bytes / pilot_patients))
-    print(f"pilot: {pilot_bytes / pilot_patients / 1e3:.1f} kB per patient -> {patients} patients for {args.gb} GB")
-
-    server, conn = start(patients)
-    try:
+    wanted = args.only.split(",")
+    with tempfile.TemporaryDirectory(prefix="bench-dl-") as tmp:
+        root = Path(tmp) / "files"
+        work = Path(tmp) / "nginx"
+        root.mkdir()
+        work.mkdir()
+        for readable in (Path(tmp), root):
+            readable.chmod(0o755)  # nginx's workers run as an unprivileged user
         t0 = time.perf_counter()
-        manifest = export_manifest(server)
-        print(f"sandbox wrote the export in {time.perf_counter() - t0:.0f}s: {len(manifest['output'])} files")
-        env = dict(os.environ, AIRFLOW_CONN_SMART_FHIR_DEFAULT=conn)
-        with tempfile.TemporaryDirectory() as tmp:
-            manifest_path = Path(tmp) / "manifest.json"
-            manifest_path.write_text(json.dumps(manifest))
-            plain = run_child("plain", manifest_path, args.workers, env)
-            client = run_child("client", manifest_path, args.workers, env)
-    finally:
-        server.stop()
-    size_gb = client["bytes"] / 1e9
-    files = len(manifest["output"])
-    print(f"export: {size_gb:.2f} GB, {client['lines']} resources, {files} files, {args.workers} workers")
-    for name, result in (("plain streaming GET", plain), ("provider download", client)):
-        rate = result["bytes"] / 1e6 / result["seconds"]
-        print(
-            f"{name:>20}: {rate:7.1f} MB/s ({result['seconds']:.1f}s); peak RSS {result['peak_mb']:.0f} MB "
-            f"(baseline {result['baseline_mb']:.0f} MB, +{result['peak_mb'] - result['baseline_mb']:.0f} MB)"
-        )
+        entries = write_files(root, int(args.gb * 1e9), args.files)
+        total = sum((root / e["file"]).stat().st_size for e in entries)
+        print(f"wrote {total / 1e9:.2f} GB in {len(entries)} files in {time.perf_counter() - t0:.0f}s")
+        with nginx(root, work) as base:
+            spec = {"base": base, "entries": entries, "workers": args.workers, "bytes": total, "out_dir": tmp}
+            spec_path = Path(tmp) / "spec.json"
+            spec_path.write_text(json.dumps(spec))
+            runs: dict[str, list[dict[str, Any]]] = {k: [] for k in wanted}
+            for _ in range(args.repeat):
+                for kind in wanted:
+                    result = run_curl(spec) if kind == "curl" else run_python_child(kind.split("_")[0], spec_path)
+                    if kind != "curl" and result["bytes"] != total:
+                        raise SystemExit(f"{kind} got {result['bytes']} bytes, expected {total}")
+                    runs[kind].append(result)
+                    rate = result["bytes"] / 1e6 / result["seconds"]
+                    extra = ""
+                    if "lineage_load_seconds" in result:
+                        extra = f" (lineage collector loaded in {result['lineage_load_seconds']:.1f}s before)"
+                    print(f"  {kind:>10}: {rate:7.1f} MB/s, peak RSS {result['peak_mb']:.0f} MB{extra}", flush=True)
+    print(f"{total / 1e9:.2f} GB, {len(entries)} files, {args.workers} workers, medians of {args.repeat}:")
+    curl_rate = None
+    for kind, results in runs.items():
+        rate = statistics.median(r["bytes"] / 1e6 / r["seconds"] for r in results)
+        peak = max(r["peak_mb"] for r in results)
+        base_mb = statistics.median(r["baseline_mb"] for r in results)
+        if kind == "curl":
+            curl_rate = rate
+        ratio = f"{rate / curl_rate:.2f}x curl" if curl_rate else ""
+        baseline = f" (baseline {base_mb:.0f} MB)" if kind != "curl" else ""
+        print(f"{kind:>12}: {rate:7.1f} MB/s {ratio:>12}; peak RSS {peak:.0f} MB{baseline}")
 
 
 if __name__ == "__main__":

@@ -127,9 +127,9 @@ def peak_python_memory() -> Iterator[list[int]]:
         tracemalloc.stop()
 
 
-def gzip_of_repeats(piece: bytes, total: int, prefix: bytes = b"") -> bytes:
+def gzip_of_repeats(piece: bytes, total: int, prefix: bytes = b"", level: int = 1) -> bytes:
     """A gzip body that inflates to ``total`` bytes of ``piece`` repeated (a compression bomb)."""
-    comp = zlib.compressobj(1, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    comp = zlib.compressobj(level, zlib.DEFLATED, zlib.MAX_WBITS | 16)
     block = piece * (MiB // len(piece))
     parts = [comp.compress(prefix)] + [comp.compress(block) for _ in range(total // len(block))]
     parts.append(comp.flush())
@@ -138,10 +138,10 @@ def gzip_of_repeats(piece: bytes, total: int, prefix: bytes = b"") -> bytes:
 
 @pytest.fixture(scope="module")
 def bomb() -> bytes:
-    """Under 4 MiB of gzip inflating to 1 GiB of valid lines: 1024 members of 1 MiB each (one valid
-    gzip stream; the single-member case is the endless-line bomb below)."""
-    member = gzip.compress(LINE * (MiB // len(LINE)), 9)
-    body = member * 1024
+    """Under 4 MiB of gzip inflating to 1 GiB of valid lines: 16 members of 64 MiB each (one valid gzip
+    stream; one member alone would take an unbounded inflater to 64 MiB in a single step)."""
+    member = gzip_of_repeats(LINE, 64 * MiB, level=6)
+    body = member * 16
     assert len(body) < 4 * MiB
     return body
 

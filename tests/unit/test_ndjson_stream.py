@@ -51,8 +51,9 @@ def test_blank_lines_and_crlf_are_dropped_not_counted() -> None:
     body = line(i=0) + b"\n  \r\n" + line(i=1).replace(b"\n", b"\r\n") + b"\n"
     out, count = run([body], count=2)
     assert count == 2
-    assert [json.loads(x) for x in out.splitlines()] == [{"resourceType": "Patient", "id": "0"}] + [
-        {"resourceType": "Patient", "id": "1"}
+    assert [json.loads(x) for x in out.splitlines()] == [
+        {"resourceType": "Patient", "id": "0"},
+        {"resourceType": "Patient", "id": "1"},
     ]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -197,6 +197,10 @@ class FhirBulkExportOperator(_ExportBase):
         ``export`` for :class:`FhirBulkExportFinalizeOperator` (``export=export.output["export"]``)).
     :param max_download_workers: parallel downloads in this task.
     :param max_download_attempts: attempts per file (connection drops restart the file).
+    :param download_limits: bounds on each file download, by name: ``max_line_bytes``,
+        ``max_file_bytes``, ``stall_timeout``, ``min_bytes_per_second``, ``rate_window``, ``chunk_size``
+        (defaults and meaning in the security page of the docs); in fan-out mode, set them on
+        :class:`FhirBulkDownloadOperator`.
     :param fanout_batch_size: files per mapped download task; default spreads the files over at most
         ``max_batches`` tasks.
     :param max_batches: most mapped download tasks; default ``[core] max_map_length``.
@@ -258,6 +262,7 @@ class FhirBulkExportOperator(_ExportBase):
         download_mode: str = "inline",
         max_download_workers: int = 4,
         max_download_attempts: int = 5,
+        download_limits: Mapping[str, Any] | None = None,
         fanout_batch_size: int | None = None,
         max_batches: int | None = None,
         **kwargs: Any,
@@ -307,6 +312,7 @@ class FhirBulkExportOperator(_ExportBase):
         self.download_mode = download_mode
         self.max_download_workers = max_download_workers
         self.max_download_attempts = max_download_attempts
+        self.download_limits = _checked_limits(download_limits)
         self.fanout_batch_size = fanout_batch_size
         self.max_batches = max_batches
         self._active: tuple[Any, ExportLayout, str] | None = None
@@ -505,6 +511,7 @@ class FhirBulkExportOperator(_ExportBase):
         state: dict[str, Any],
         first_page: dict[str, Any] | None,
     ) -> Any:
+        from airflow_provider_smart.fhir.bulk.body import StreamLimits
         from airflow_provider_smart.fhir.bulk.sync import fetch_manifest
         from airflow_provider_smart.storage.export_landing import DownloadSettings, land_files
 
@@ -531,7 +538,9 @@ class FhirBulkExportOperator(_ExportBase):
         if self.download_mode == "fanout":
             return self._fan_out(context, layout, manifest, state)
         settings = DownloadSettings(
-            max_workers=int(self.max_download_workers), max_attempts=int(self.max_download_attempts)
+            max_workers=int(self.max_download_workers),
+            max_attempts=int(self.max_download_attempts),
+            limits=StreamLimits.from_options(self.download_limits),
         )
         land_files(
             client,
@@ -619,6 +628,7 @@ class FhirBulkDownloadOperator(_ExportBase):
     :param smart_fhir_conn_id: the ``smart_fhir`` connection. (templated)
     :param max_download_workers: parallel downloads in this task.
     :param max_download_attempts: attempts per file.
+    :param download_limits: bounds on each file download (see :class:`FhirBulkExportOperator`).
     """
 
     template_fields: Sequence[str] = ("batch", "smart_fhir_conn_id")
@@ -630,6 +640,7 @@ class FhirBulkDownloadOperator(_ExportBase):
         smart_fhir_conn_id: str = "smart_fhir_default",
         max_download_workers: int = 4,
         max_download_attempts: int = 5,
+        download_limits: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -637,8 +648,10 @@ class FhirBulkDownloadOperator(_ExportBase):
         self.smart_fhir_conn_id = smart_fhir_conn_id
         self.max_download_workers = max_download_workers
         self.max_download_attempts = max_download_attempts
+        self.download_limits = _checked_limits(download_limits)
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_provider_smart.fhir.bulk.body import StreamLimits
         from airflow_provider_smart.storage.export_landing import DownloadSettings, land_files
 
         layout = _layout_from_ref(self.batch)
@@ -654,7 +667,9 @@ class FhirBulkDownloadOperator(_ExportBase):
             manifest,
             keys=list(self.batch.get("keys") or []),
             settings=DownloadSettings(
-                max_workers=int(self.max_download_workers), max_attempts=int(self.max_download_attempts)
+                max_workers=int(self.max_download_workers),
+                max_attempts=int(self.max_download_attempts),
+                limits=StreamLimits.from_options(self.download_limits),
             ),
             refresh_manifest=(lambda: self._refetch_manifest(client, status_url)) if status_url else None,
             logger=self.log,
@@ -721,3 +736,11 @@ __all__ = [
     "FhirBulkExportOperator",
     "watermark_path",
 ]
+
+
+def _checked_limits(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``download_limits`` checked when the DAG is parsed: an unknown name or a bad value fails there."""
+    from airflow_provider_smart.fhir.bulk.body import StreamLimits
+
+    StreamLimits.from_options(options)
+    return dict(options or {})

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Collection, Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 from airflow_provider_smart.fhir.bulk.body import StreamLimits
@@ -32,15 +32,6 @@ class DownloadSettings:
     backoff_base: float = 1.0
     progress_interval: float = 10.0
     limits: StreamLimits = field(default_factory=StreamLimits)
-
-
-def stream_limits(options: Mapping[str, Any] | None) -> StreamLimits:
-    """The operators' ``download_limits`` dict as :class:`StreamLimits`; an unknown name is an error."""
-    known = {f.name for f in fields(StreamLimits)}
-    unknown = sorted(set(options or {}) - known)
-    if unknown:
-        raise ValueError(f"unknown download_limits {unknown}; the known ones are {sorted(known)}")
-    return StreamLimits(**dict(options or {}))
 
 
 class ExportOutcomeError(RuntimeError):

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 from airflow_provider_smart.fhir.bulk.lines import DEFAULT_MAX_LINE_BYTES
@@ -51,6 +51,15 @@ class StreamLimits:
             raise ValueError("max_file_bytes must be positive (or None for no cap)")
         if self.stall_timeout <= 0 or self.rate_window <= 0 or self.min_bytes_per_second < 0:
             raise ValueError("stall_timeout and rate_window must be positive, min_bytes_per_second not negative")
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any] | None) -> StreamLimits:
+        """The operators' ``download_limits`` mapping as limits; an unknown name is an error naming the known."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options or {}) - known)
+        if unknown:
+            raise ValueError(f"unknown download_limits {unknown}; the known ones are {sorted(known)}")
+        return cls(**dict(options or {}))
 
 
 class BodyError(Exception):

@@ -1,0 +1,29 @@
+"""SQL on FHIR v2 views: ViewDefinitions evaluated over FHIR resources into flat rows.
+
+No Airflow and no heavy import here: the engine is plain Python, compiled once per view. Arrow and Parquet
+output live in :mod:`airflow_provider_smart.views.arrow`, imported only by task code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from airflow_provider_smart.views.definition import ColumnSpec, ViewPlan, compile_view
+from airflow_provider_smart.views.engine import iter_rows
+from airflow_provider_smart.views.errors import ViewError
+
+__all__ = ["ColumnSpec", "ViewError", "ViewPlan", "compile_view", "iter_rows", "run_view"]
+
+
+def run_view(view: dict[str, Any], resources: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Evaluate one ViewDefinition over ``resources``; return its rows as ``{column: value}`` dicts.
+
+    :param view: a SQL on FHIR v2 ViewDefinition (a parsed JSON object).
+    :param resources: FHIR resources; those of another type than ``view["resource"]`` are skipped.
+    :raises ViewError: the view is invalid, or a value breaks a rule of the view (e.g. two values in a
+        column that is not a collection). The message names the part of the view and the fix.
+    """
+    plan = compile_view(view)
+    names = plan.column_names
+    return [dict(zip(names, row, strict=True)) for row in iter_rows(plan, resources)]

@@ -1,0 +1,132 @@
+"""Running a compiled view over resources: rows as tuples in the view's column order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from airflow_provider_smart.views.definition import SelectPlan, ViewPlan
+from airflow_provider_smart.views.errors import ViewError
+from airflow_provider_smart.views.fhirpath import Env
+
+Row = tuple[Any, ...]
+
+
+def _column_value(values: list[Any], collection: bool, name: str) -> Any:
+    if collection:
+        return values
+    if not values:
+        return None
+    if len(values) > 1:
+        raise ViewError(
+            f'column {name!r} got {len(values)} values for one row; set "collection": true on the column '
+            "to keep them as a list, or narrow the path (e.g. with first() or where())"
+        )
+    value = values[0]
+    if type(value) is dict:
+        raise ViewError(
+            f"column {name!r} selects a complex element ({sorted(value)[:4]}...); select a primitive child "
+            "such as '.value' or '.code'"
+        )
+    return value
+
+
+def _repeat(plan: SelectPlan, node: Any, env: Env) -> list[Any]:
+    """Depth-first, pre-order: every node the repeat paths reach, children right after their parent."""
+    assert plan.repeat is not None
+    out: list[Any] = []
+    stack: list[Iterator[Any]] = []
+
+    def children(item: Any) -> Iterator[Any]:
+        for path in plan.repeat or ():
+            yield from path([item], env)
+
+    stack.append(children(node))
+    while stack:
+        child = next(stack[-1], _END)
+        if child is _END:
+            stack.pop()
+            continue
+        out.append(child)
+        stack.append(children(child))
+    return out
+
+
+_END = object()
+
+
+def _null_rows(plan: SelectPlan, env: Env) -> list[Row]:
+    """forEachOrNull over nothing: one row, its columns read from an empty focus (so %rowIndex is 0)."""
+    saved = env.row_index
+    env.row_index = 0
+    try:
+        own = tuple(_column_value(path([], env), spec.collection, spec.name) for spec, path in plan.columns)
+    finally:
+        env.row_index = saved
+    return [own + (None,) * (len(plan.specs) - len(own))]
+
+
+def _select_rows(plan: SelectPlan, node: Any, env: Env) -> list[Row]:
+    if plan.for_each is not None:
+        foci = plan.for_each([node], env)
+        if not foci:
+            return _null_rows(plan, env) if plan.or_null else []
+    elif plan.repeat is not None:
+        foci = _repeat(plan, node, env)
+        if not foci:
+            return []
+    else:
+        foci = [node]
+    iterating = plan.for_each is not None or plan.repeat is not None
+    rows: list[Row] = []
+    for index, focus in enumerate(foci):
+        saved = env.row_index
+        if iterating:
+            env.row_index = index
+        try:
+            own = tuple(_column_value(path([focus], env), spec.collection, spec.name) for spec, path in plan.columns)
+            partial: list[Row] = [own]
+            for child in plan.selects:
+                child_rows = _select_rows(child, focus, env)
+                partial = [a + b for a in partial for b in child_rows]
+                if not partial:
+                    break
+            if plan.union and partial:
+                union_rows: list[Row] = []
+                for branch in plan.union:
+                    union_rows.extend(_select_rows(branch, focus, env))
+                partial = [a + b for a in partial for b in union_rows]
+        finally:
+            env.row_index = saved
+        rows.extend(partial)
+    return rows
+
+
+def _passes(plan: ViewPlan, resource: dict[str, Any], env: Env) -> bool:
+    for text, path in plan.where:
+        result = path([resource], env)
+        if not result:
+            return False
+        if len(result) > 1 or type(result[0]) is not bool:
+            raise ViewError(
+                f"where path {text!r} must give true or false, got {result[:3]!r}; "
+                "compare or test it, e.g. 'name.family.exists()'"
+            )
+        if result[0] is not True:
+            return False
+    return True
+
+
+def iter_rows(plan: ViewPlan, resources: Iterable[dict[str, Any]]) -> Iterator[Row]:
+    """Rows of ``plan`` over ``resources`` (other resource types are skipped), one tuple per row."""
+    env = Env(plan.constants)
+    wanted = plan.resource
+    root = plan.root
+    for resource in resources:
+        if type(resource) is not dict or resource.get("resourceType") != wanted:
+            continue
+        env.resource = resource
+        env.row_index = 0
+        if plan.where and not _passes(plan, resource, env):
+            continue
+        yield from _select_rows(root, resource, env)

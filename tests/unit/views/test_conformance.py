@@ -1,0 +1,47 @@
+"""Every official SQL on FHIR v2 test runs through ``run_view``; shareable ones must pass."""
+
+from __future__ import annotations
+
+import pytest
+
+from airflow_provider_smart.views import ViewError, run_view
+from tests.unit.views import conformance
+from tests.unit.views.conftest import RESULTS
+
+_MISSING = conformance.suite_missing()
+_CASES = [] if _MISSING else conformance.load_cases()
+
+
+def _outcome(case: conformance.Case) -> tuple[bool, str]:
+    try:
+        rows = run_view(case.view, case.resources)
+    except ViewError as exc:
+        if case.expect_error:
+            return True, ""
+        return False, f"raised {exc}"
+    if case.expect_error:
+        return False, f"expected an error, got {len(rows)} rows: {rows[:3]}"
+    if case.expect_columns is not None and rows and list(rows[0]) != case.expect_columns:
+        return False, f"columns {list(rows[0])} != {case.expect_columns}"
+    if case.expect is not None and not conformance.rows_match(rows, case.expect):
+        return False, f"rows {rows} != expected {case.expect}"
+    return True, ""
+
+
+@pytest.mark.skipif(bool(_MISSING), reason=_MISSING or "")
+@pytest.mark.parametrize("case", _CASES, ids=[c.id for c in _CASES])
+def test_conformance(case: conformance.Case) -> None:
+    ok, why = _outcome(case)
+    RESULTS[case.id] = ok
+    if not ok:
+        if "shareable" in case.tags:
+            pytest.fail(why)
+        pytest.xfail(f"not shareable ({', '.join(case.tags)}): {why}")
+
+
+@pytest.mark.skipif(bool(_MISSING), reason=_MISSING or "")
+def test_suite_is_complete() -> None:
+    """The fixture holds the suite the brief names: 134 tests in 22 files, 123 of them shareable."""
+    assert len(_CASES) == 134
+    assert len({c.file for c in _CASES}) == 22
+    assert sum("shareable" in c.tags for c in _CASES) == 123

@@ -10,10 +10,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from airflow_provider_smart.views.definition import ColumnSpec, ViewPlan, compile_view
-from airflow_provider_smart.views.engine import iter_rows
+from airflow_provider_smart.views.engine import ViewRunner, iter_rows
 from airflow_provider_smart.views.errors import ViewError
 
-__all__ = ["ColumnSpec", "ViewError", "ViewPlan", "compile_view", "iter_rows", "run_view"]
+__all__ = ["ColumnSpec", "ViewError", "ViewPlan", "ViewRunner", "compile_view", "iter_rows", "run_view"]
 
 
 def run_view(view: dict[str, Any], resources: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

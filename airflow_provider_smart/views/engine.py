@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from airflow_provider_smart.views.definition import SelectPlan, ViewPlan
-from airflow_provider_smart.views.errors import ViewError
+from airflow_provider_smart.views.errors import ViewError, shown
 from airflow_provider_smart.views.fhirpath import Env
 
 Row = tuple[Any, ...]
@@ -25,7 +25,7 @@ def _column_value(values: list[Any], collection: bool, name: str) -> Any:
     value = values[0]
     if type(value) is dict:
         raise ViewError(
-            f"column {name!r} selects a complex element ({sorted(value)[:4]}...); select a primitive child "
+            f"column {name!r} selects a complex element ({shown(sorted(value)[:4])}...); select a primitive child "
             "such as '.value' or '.code'"
         )
     return value
@@ -109,7 +109,7 @@ def _passes(plan: ViewPlan, resource: dict[str, Any], env: Env) -> bool:
             return False
         if len(result) > 1 or type(result[0]) is not bool:
             raise ViewError(
-                f"where path {text!r} must give true or false, got {result[:3]!r}; "
+                f"where path {text!r} must give true or false, got {shown(result[:3])}; "
                 "compare or test it, e.g. 'name.family.exists()'"
             )
         if result[0] is not True:
@@ -117,16 +117,26 @@ def _passes(plan: ViewPlan, resource: dict[str, Any], env: Env) -> bool:
     return True
 
 
-def iter_rows(plan: ViewPlan, resources: Iterable[dict[str, Any]]) -> Iterator[Row]:
-    """Rows of ``plan`` over ``resources`` (other resource types are skipped), one tuple per row."""
-    env = Env(plan.constants)
-    wanted = plan.resource
-    root = plan.root
-    for resource in resources:
-        if type(resource) is not dict or resource.get("resourceType") != wanted:
-            continue
+class ViewRunner:
+    """One compiled view, fed one resource at a time (several views can share one pass over the data)."""
+
+    def __init__(self, plan: ViewPlan) -> None:
+        self.plan = plan
+        self.env = Env(plan.constants)
+
+    def rows(self, resource: Any) -> list[Row]:
+        plan, env = self.plan, self.env
+        if type(resource) is not dict or resource.get("resourceType") != plan.resource:
+            return []
         env.resource = resource
         env.row_index = 0
         if plan.where and not _passes(plan, resource, env):
-            continue
-        yield from _select_rows(root, resource, env)
+            return []
+        return _select_rows(plan.root, resource, env)
+
+
+def iter_rows(plan: ViewPlan, resources: Iterable[dict[str, Any]]) -> Iterator[Row]:
+    """Rows of ``plan`` over ``resources`` (other resource types are skipped), one tuple per row."""
+    runner = ViewRunner(plan)
+    for resource in resources:
+        yield from runner.rows(resource)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from airflow_provider_smart.views.errors import ViewError
+from airflow_provider_smart.views.errors import ViewError, shown
 from airflow_provider_smart.views.fhirpath import functions, values
 from airflow_provider_smart.views.fhirpath.parser import Node, parse
 
@@ -38,7 +38,10 @@ def navigate(focus: list[Any], name: str) -> list[Any]:
             if child is _MISSING:
                 continue
         if type(child) is list:
-            out.extend(c for c in child if c is not None)
+            if None in child:
+                out.extend(c for c in child if c is not None)
+            else:
+                out.extend(child)
         elif child is not None:
             out.append(child)
     return out
@@ -119,7 +122,7 @@ class Compiler:
             if type(position) is not int:
                 if position is None:
                     return []
-                raise ViewError(f"FHIRPath indexer needs an integer, got {position!r}")
+                raise ViewError(f"FHIRPath indexer needs an integer, got {shown(position)}")
             return [items[position]] if 0 <= position < len(items) else []
 
         return at
@@ -135,7 +138,7 @@ class Compiler:
             if value is None:
                 return []
             if not values.is_number(value):
-                raise ViewError(f"cannot negate {value!r}")
+                raise ViewError(f"cannot negate {shown(value)}")
             return [-value]
 
         return negate

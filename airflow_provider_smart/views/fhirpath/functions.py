@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_smart.views.errors import ViewError
+from airflow_provider_smart.views.errors import ViewError, shown
 from airflow_provider_smart.views.fhirpath import boundaries, values
 
 if TYPE_CHECKING:
@@ -228,7 +228,7 @@ def _string_test(name: str, test: Callable[[str, str], bool]) -> None:
             if value is None or other is None:
                 return []
             if not isinstance(value, str) or not isinstance(other, str):
-                raise ViewError(f"{name}() applies to strings, got {value!r} and {other!r}")
+                raise ViewError(f"{name}() applies to strings, got {shown(value)} and {shown(other)}")
             return [test(value, other)]
 
         return run
@@ -369,7 +369,7 @@ def _arithmetic(op: str, left: Compiled, right: Compiled) -> Compiled:
         if op == "+" and isinstance(a, str) and isinstance(b, str):
             return [a + b]
         if not (values.is_number(a) and values.is_number(b)):
-            raise ViewError(f"cannot compute {a!r} {op} {b!r}: arithmetic needs numbers")
+            raise ViewError(f"cannot compute {shown(a)} {op} {shown(b)}: arithmetic needs numbers")
         if op == "+":
             return [a + b]
         if op == "-":

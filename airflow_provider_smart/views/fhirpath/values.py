@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_provider_smart.views.errors import ViewError
+from airflow_provider_smart.views.errors import ViewError, shown
 
 # FHIR primitive types that JSON carries as strings, numbers or booleans.
 _STRING_TYPES = frozenset(
@@ -22,7 +22,7 @@ def singleton(values: list[Any], what: str) -> Any:
     if not values:
         return None
     if len(values) > 1:
-        raise ViewError(f"{what} expects one value but got {len(values)}: {values[:3]!r}")
+        raise ViewError(f"{what} expects one value but got {len(values)}: {shown(values[:3])}")
     return values[0]
 
 
@@ -83,7 +83,7 @@ def compare(op: str, left: list[Any], right: list[Any]) -> bool | None:
     if is_number(a) and is_number(b):
         pass
     elif not (isinstance(a, str) and isinstance(b, str)):
-        raise ViewError(f"cannot compare {a!r} {op} {b!r}: both sides must be numbers, or both strings/dates")
+        raise ViewError(f"cannot compare {shown(a)} {op} {shown(b)}: both sides must be numbers, or both strings/dates")
     if op == "<":
         return bool(a < b)
     if op == "<=":

@@ -1,0 +1,172 @@
+"""Run SQL on FHIR v2 ViewDefinitions over landed FHIR data and write each view as a typed Parquet table."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from airflow.sdk import Asset, AssetAlias, BaseOperator
+
+from airflow_provider_smart.storage.paths import safe_segment
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context, ObjectStoragePath
+
+    from airflow_provider_smart.views import ViewPlan
+
+
+def _storage_uri(path: ObjectStoragePath) -> str:
+    return f"{path.protocol or 'file'}://{path.path}".rstrip("/")
+
+
+class FhirViewRunOperator(BaseOperator):
+    """
+    Evaluate SQL on FHIR v2 ViewDefinitions over FHIR data on storage; write one Parquet table per view.
+
+    Output: ``<destination>/<view name>/<run>/part-00000.parquet`` plus a ``_SUCCESS`` marker (with the row
+    count) written last; a rerun of the same run replaces that directory whole. Columns are typed from the
+    view's declared column types (see the Views page of the docs). Each resource type is read once for all
+    views over it.
+
+    Incremental runs: point ``source`` at the root the export, search or Parquet step writes
+    (``<root>/<ResourceType>/<label>/``) and set ``source_label`` to the label of the run just landed (e.g.
+    ``{{ run_id }}`` for a search, the export label for an export); each run then reads only that run's
+    data and writes its own ``<run>`` partition.
+
+    :param views: ViewDefinitions: dicts, paths to ViewDefinition JSON files, or names of the views
+        shipped with the package (``patient_demographics``, ``observations``, ``conditions``, ``encounters``,
+        ``medication_requests``). (templated)
+    :param source: a root directory, a file, or an ObjectStoragePath/URI holding NDJSON (plain or gzipped)
+        or this package's Parquet. (templated)
+    :param destination: root of the view tables. (templated)
+    :param source_label: read only ``<source>/<ResourceType>/<label>/``. (templated)
+    :param run: the output partition, one path segment (default: the DAG run id). (templated)
+    :param source_conn_id: Airflow connection for the source store. (templated)
+    :param destination_conn_id: Airflow connection for the destination store. (templated)
+    :param asset_alias: name of the ``AssetAlias`` each view table is attached to (default
+        ``fhir-views/<dag_id>/<task_id>``).
+    """
+
+    template_fields: Sequence[str] = (
+        "views",
+        "source",
+        "destination",
+        "source_label",
+        "run",
+        "source_conn_id",
+        "destination_conn_id",
+    )
+    template_fields_renderers: ClassVar[dict[str, str]] = {"views": "json"}
+    ui_color = "#eaf7e8"
+
+    def __init__(
+        self,
+        *,
+        views: Sequence[Any] | Any,
+        source: Any,
+        destination: Any,
+        source_label: str | None = None,
+        run: str | None = None,
+        source_conn_id: str | None = None,
+        destination_conn_id: str | None = None,
+        asset_alias: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.views = views
+        self.source = source
+        self.destination = destination
+        self.source_label = source_label
+        self.run = run
+        self.source_conn_id = source_conn_id
+        self.destination_conn_id = destination_conn_id
+        dag_id = self.dag_id if self.has_dag() else "no-dag"  # type: ignore[no-untyped-call]
+        self._asset_alias = AssetAlias(name=asset_alias or f"fhir-views/{dag_id}/{self.task_id}")
+        self.outlets = [*self.outlets, self._asset_alias]
+
+    def _load_views(self) -> list[ViewPlan]:
+        from airflow_provider_smart.storage.paths import resolve_output
+        from airflow_provider_smart.views import ViewError, compile_view, library
+
+        entries = [self.views] if isinstance(self.views, (dict, str, os.PathLike)) else list(self.views)
+        if not entries:
+            raise ValueError("views is empty: give at least one ViewDefinition (a dict, a JSON file or a name)")
+        plans: list[ViewPlan] = []
+        for i, entry in enumerate(entries):
+            where = f"views[{i}]"
+            if isinstance(entry, (str, os.PathLike)) and os.fspath(entry) in library.names():
+                view: Any = library.load(os.fspath(entry))
+                where = f"views[{i}] ({os.fspath(entry)})"
+            elif isinstance(entry, (str, os.PathLike)):
+                path = resolve_output(entry, self.source_conn_id)
+                if not path.is_file():
+                    raise FileNotFoundError(
+                        f"{where}: {entry!r} is neither a shipped view ({', '.join(library.names())}) "
+                        "nor a ViewDefinition JSON file"
+                    )
+                view = json.loads(path.read_text(encoding="utf-8"))
+                where = f"views[{i}] ({entry})"
+            else:
+                view = entry
+            try:
+                plans.append(compile_view(view))
+            except ViewError as exc:
+                raise ViewError(f"{where}: {exc}") from None
+        names = [p.name for p in plans]
+        clashing = sorted({safe_segment(n) for n in names if names.count(n) > 1})
+        if clashing:
+            raise ValueError(f"two views are named {clashing}: give each view its own 'name'")
+        return plans
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_provider_smart.storage.paths import resolve_output
+        from airflow_provider_smart.views import ViewRunner
+        from airflow_provider_smart.views.sources import iter_file, source_files
+        from airflow_provider_smart.views.writer import ViewTableWriter
+
+        plans = self._load_views()
+        run = safe_segment(str(self.run or context.get("run_id") or "manual"))
+        source = resolve_output(self.source, self.source_conn_id)
+        destination = resolve_output(self.destination, self.destination_conn_id)
+        by_type: dict[str, list[ViewPlan]] = {}
+        for plan in plans:
+            by_type.setdefault(plan.resource, []).append(plan)
+        results: dict[str, dict[str, Any]] = {}
+        for resource_type, group in by_type.items():
+            files = source_files(source, resource_type, self.source_label)
+            runners = [(ViewRunner(p), ViewTableWriter(p, destination, run)) for p in group]
+            for _, writer in runners:
+                writer.start()
+            resources = 0
+            try:
+                for path in files:
+                    for resource in iter_file(path):
+                        if resource.get("resourceType") != resource_type:
+                            continue
+                        resources += 1
+                        for runner, writer in runners:
+                            writer.add(runner.rows(resource))
+                for _, writer in runners:
+                    summary = {"run": run, "resources_read": resources, "files": len(files)}
+                    results[writer.plan.name] = writer.commit(summary)
+                    results[writer.plan.name]["directory"] = _storage_uri(writer.directory)
+            except BaseException as exc:
+                for _, writer in runners:
+                    writer.abort(exc)
+                raise
+            self.log.info("%s: %d resources from %d files", resource_type, resources, len(files))
+        self._emit_asset_events(context, destination, results)
+        for name, result in results.items():
+            self.log.info("view %s: %d rows -> %s", name, result["rows"], result["directory"])
+        return {"run": run, "views": results}
+
+    def _emit_asset_events(self, context: Context, destination: ObjectStoragePath, results: dict[str, Any]) -> None:
+        outlet_events = context.get("outlet_events")
+        if outlet_events is None:
+            return
+        root = _storage_uri(destination)
+        for name, result in results.items():
+            extra = {k: result[k] for k in ("run", "rows", "resource", "directory")}
+            outlet_events[self._asset_alias].add(Asset(uri=f"{root}/{safe_segment(name)}"), extra=extra)

@@ -1,0 +1,52 @@
+"""Bulk Data export -> SQL on FHIR views -> typed Parquet tables, ready for SQL.
+
+Each run exports the five resource types the shipped views read into ``<output>/<ResourceType>/<run id>/``,
+then evaluates the shipped ViewDefinitions over exactly that run's files and writes one Parquet table per
+view under ``<output>/views/<view>/<run id>/``. Query them with DuckDB:
+``SELECT * FROM read_parquet('<output>/views/observations/*/*.parquet')``.
+
+Set the output with the DAG param ``output`` or the Variable ``fhir_views_output_dir``.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import DAG, Param
+
+from airflow_provider_smart.operators.bulk_export import FhirBulkExportOperator
+from airflow_provider_smart.operators.views import FhirViewRunOperator
+
+DEFAULT_OUTPUT = str(Path.home() / "fhir-views")
+OUTPUT = "{{ params.output or var.value.get('fhir_views_output_dir', '" + DEFAULT_OUTPUT + "') }}"
+VIEWS = ["patient_demographics", "observations", "conditions", "encounters", "medication_requests"]
+
+with DAG(
+    dag_id="fhir_views_from_export",
+    schedule="@daily",
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    params={"output": Param(None, type=["null", "string"], description="Where the data lands (path or URI).")},
+    tags=["fhir", "bulk-data", "sql-on-fhir"],
+) as dag:
+    export = FhirBulkExportOperator(
+        task_id="export",
+        smart_fhir_conn_id="smart_fhir_default",
+        level="system",
+        types=["Patient", "Observation", "Condition", "Encounter", "MedicationRequest"],
+        output=OUTPUT,
+        export_timeout=timedelta(hours=12),
+        poll_interval=5,
+    )
+    views = FhirViewRunOperator(
+        task_id="views",
+        views=VIEWS,
+        source=OUTPUT,
+        # The export lands under the run id (its default export label): read only this run's files.
+        source_label="{{ run_id }}",
+        destination=OUTPUT + "/views",
+    )
+    export >> views

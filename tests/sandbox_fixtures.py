@@ -1,7 +1,7 @@
 """Pytest fixtures for a running SMART/FHIR sandbox and clients registered on it.
 
 * ``sandbox_server`` (module): a :class:`SandboxServer` with 10 generated patients (seed 42).
-* ``sandbox`` (function): the same server with its faults and request log reset for the test. Tests that
+* ``sandbox`` (function): the same server with its faults, request log and clock reset for the test. Tests that
   change data should use ``fresh_sandbox`` (function-scoped server of its own) instead.
 * ``sandbox_factory``: start servers with any :class:`SandboxConfig` (stopped after the test).
 * ``smart_client``: a client registered on ``sandbox`` with a fresh RS384 key, inline JWKS, scope
@@ -212,8 +212,10 @@ def sandbox_server() -> Iterator[SandboxServer]:
 @pytest.fixture
 def sandbox(sandbox_server: SandboxServer) -> Iterator[SandboxServer]:
     sandbox_server.state.faults.reset()
+    sandbox_server.state.clock.reset()
     yield sandbox_server
     sandbox_server.state.faults.reset()
+    sandbox_server.state.clock.reset()
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@
 * ``GET /_sandbox/faults``: the active rules, request counts per path, and which requests were authorized.
 * ``PUT /_sandbox/faults``: apply ``{"reset", "rules", "token_lifetime", "invalidate_tokens"}``
   (see :meth:`~airflow_provider_smart.sandbox.faults.Faults.apply_json`).
+* ``GET /_sandbox/clock`` / ``PUT /_sandbox/clock``: the sandbox's "now"; apply ``{"freeze", "advance",
+  "reset"}`` (see :class:`~airflow_provider_smart.sandbox.clock.SandboxClock`).
 * ``PUT /_sandbox/fhir/{type}/{id}``: add or update a resource (bumps versionId and lastUpdated).
 * ``DELETE /_sandbox/fhir/{type}/{id}``: delete a resource (kept as a deletion for incremental exports).
 """
@@ -37,6 +39,21 @@ async def put_faults(request: Request) -> JSONResponse:
     except (TypeError, ValueError) as exc:
         raise FhirHTTPError(400, "invalid", f"bad fault settings: {exc}") from None
     return JSONResponse(state.faults.to_json())
+
+
+@router.get("/clock")
+def get_clock(request: Request) -> JSONResponse:
+    return JSONResponse(get_state(request).clock.to_json())
+
+
+@router.put("/clock")
+async def put_clock(request: Request) -> JSONResponse:
+    clock = get_state(request).clock
+    try:
+        clock.apply_json(await request.json())
+    except (TypeError, ValueError) as exc:
+        raise FhirHTTPError(400, "invalid", f"bad clock settings: {exc}") from None
+    return JSONResponse(clock.to_json())
 
 
 @router.put("/fhir/{resource_type}/{resource_id}")

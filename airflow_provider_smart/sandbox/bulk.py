@@ -14,7 +14,7 @@ Endpoints (FHIR Bulk Data Access 2.0.0, with the STU3 3.0.0 additions):
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -58,7 +58,7 @@ def _outcome_response(status: int, issues: list[dict[str, Any]], headers: dict[s
 def _retry_after(runtime: BulkRuntime) -> str:
     seconds = runtime.settings.retry_after
     if runtime.settings.retry_after_http_date:
-        return format_http_date(datetime.now(UTC) + timedelta(seconds=seconds))
+        return format_http_date(runtime.clock.now() + timedelta(seconds=seconds))
     return str(seconds)
 
 
@@ -337,7 +337,7 @@ def serve_file(
     gone = issue("error", "expired", "this file URL has expired; fetch the manifest again for fresh URLs")
     if gen in job.expired_generations or gen > job.generation:
         return _outcome_response(410, [gone])
-    if datetime.now(UTC) > runtime.jobs.expires_at(job):
+    if runtime.clock.now() > runtime.jobs.expires_at(job):
         return _outcome_response(410, [issue("error", "expired", "the export's files have expired")])
     if runtime.faults.take_expire_file():
         runtime.jobs.expire_generation(job, gen)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any, Protocol
 from airflow_provider_smart.sandbox.bulk_files import ExportFile, dump_line, write_blocks, write_by_type
 from airflow_provider_smart.sandbox.bulk_filters import apply_elements, parse_fhir_instant
 from airflow_provider_smart.sandbox.bulk_params import ExportRequest, KickoffError, issue, operation_outcome
+from airflow_provider_smart.sandbox.clock import SandboxClock
 
 
 def format_instant(when: datetime) -> str:
@@ -270,8 +270,10 @@ def fault_error_outcomes(job_id: str) -> list[dict[str, Any]]:
 class BulkJobs:
     """The sandbox's export jobs: thread-safe, files under one temporary directory."""
 
-    def __init__(self, settings: BulkSettings | None = None):
+    def __init__(self, settings: BulkSettings | None = None, clock: SandboxClock | None = None):
         self.settings = settings or BulkSettings()
+        #: "Now" for completion, poll intervals and file expiry (tests freeze or advance it).
+        self.clock = clock or SandboxClock()
         self._lock = threading.Lock()
         self._jobs: dict[str, ExportJob] = {}
         self._writers: list[threading.Thread] = []
@@ -316,7 +318,7 @@ class BulkJobs:
             request=request,
             client_id=client_id,
             transaction_time=snapshot.transaction_time,
-            created=time.monotonic(),
+            created=self.clock.monotonic(),
             directory=directory,
         )
         with self._lock:
@@ -480,7 +482,7 @@ class BulkJobs:
             job = self._jobs.get(job_id)
             if job is None:
                 raise JobGone(job_id)
-            now = time.monotonic()
+            now = self.clock.monotonic()
             if (
                 min_interval is not None
                 and job.completed_at is None
@@ -491,11 +493,11 @@ class BulkJobs:
             job.last_poll = now
             job.polls += 1
             if job.completed_at is None and job.failed is None and self._ready(job):
-                job.completed_at = datetime.now(UTC)
+                job.completed_at = self.clock.now()
             return job
 
     def _ready(self, job: ExportJob) -> bool:
-        waited = time.monotonic() - job.created
+        waited = self.clock.monotonic() - job.created
         return (
             job.written.is_set()
             and job.polls > self.settings.polls_to_complete
@@ -528,7 +530,7 @@ class BulkJobs:
         # else the writer removes the directory when it stops
 
     def expires_at(self, job: ExportJob) -> datetime:
-        done = job.completed_at or datetime.now(UTC)
+        done = job.completed_at or self.clock.now()
         return done + timedelta(seconds=self.settings.files_ttl)
 
     def expire_generation(self, job: ExportJob, generation: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from airflow_provider_smart.sandbox.bulk_faults import BulkFaults
 from airflow_provider_smart.sandbox.bulk_jobs import BulkJobs, BulkSettings
+from airflow_provider_smart.sandbox.clock import SandboxClock
 from airflow_provider_smart.sandbox.file_origin import OriginLog, UrlSigner
 
 #: Path patterns (for ``state.faults.throttle/fail/drop``) of the export endpoints.
@@ -21,8 +22,15 @@ PRESIGNED_FILE_PATHS = "/bulk-files/*"
 class BulkRuntime:
     """Bulk Data state of one sandbox (``state.bulk``)."""
 
-    def __init__(self, settings: BulkSettings | None = None, faults: BulkFaults | None = None):
-        self.jobs = BulkJobs(settings)
+    def __init__(
+        self,
+        settings: BulkSettings | None = None,
+        faults: BulkFaults | None = None,
+        clock: SandboxClock | None = None,
+    ):
+        #: The sandbox's clock (``state.clock``): export completion, poll intervals, expiry.
+        self.clock = clock or SandboxClock()
+        self.jobs = BulkJobs(settings, self.clock)
         #: The export fault switches: the same object as ``state.faults.bulk``.
         self.faults = faults or BulkFaults()
         self.signer = UrlSigner()

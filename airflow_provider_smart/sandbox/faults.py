@@ -29,7 +29,6 @@ import fnmatch
 import itertools
 import json
 import threading
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -37,6 +36,7 @@ from typing import Any, Literal
 
 from airflow_provider_smart.fhir.retry import format_http_date
 from airflow_provider_smart.sandbox.bulk_faults import BulkFaults
+from airflow_provider_smart.sandbox.clock import SandboxClock
 
 FaultKind = Literal["status", "delay", "drop"]
 _ids = itertools.count(1)
@@ -74,8 +74,9 @@ class FaultRule:
 class Faults:
     """The fault switches and request log of one sandbox (thread-safe)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: SandboxClock | None = None) -> None:
         self._lock = threading.Lock()
+        self.clock = clock or SandboxClock()
         self.rules: list[FaultRule] = []
         self.requests: Counter[str] = Counter()
         self.authorization: dict[str, list[str | None]] = {}
@@ -122,7 +123,7 @@ class Faults:
 
     def invalidate_tokens(self) -> None:
         """Refuse every access token issued before this moment (as if the server restarted)."""
-        self.tokens_not_before = time.time()
+        self.tokens_not_before = self.clock.time()
 
     def clear_rules(self) -> None:
         with self._lock:

@@ -12,6 +12,7 @@ from typing import Any
 from airflow_provider_smart.sandbox.binary_store import BinaryStore
 from airflow_provider_smart.sandbox.bulk_jobs import BulkSettings
 from airflow_provider_smart.sandbox.bulk_runtime import BulkRuntime
+from airflow_provider_smart.sandbox.clock import SandboxClock
 from airflow_provider_smart.sandbox.faults import Faults
 from airflow_provider_smart.sandbox.store import ResourceStore
 
@@ -96,8 +97,10 @@ class SandboxState:
 
         self.config = config or SandboxConfig()
         self.store = store or ResourceStore()
-        self.faults = Faults()
-        self.bulk = BulkRuntime(self.config.bulk, self.faults.bulk)
+        #: "Now" for tokens, revocation and exports: tests freeze or advance it instead of sleeping.
+        self.clock = SandboxClock()
+        self.faults = Faults(self.clock)
+        self.bulk = BulkRuntime(self.config.bulk, self.faults.bulk, self.clock)
         self.binaries = BinaryStore()
         self.clients: dict[str, dict[str, Any]] = {}
         self.access_policies: dict[str, dict[str, Any]] = {}

@@ -211,7 +211,7 @@ async def _issue_token(request: Request) -> JSONResponse:
         lifetime = min(lifetime, registered_lifetime)
     if state.faults.token_lifetime is not None:
         lifetime = state.faults.token_lifetime
-    now = time.time()
+    now = state.clock.time()
     claims = {
         "iss": root_url(request),
         "sub": client_id,

@@ -238,12 +238,16 @@ def test_unreachable_jwks_uri_is_an_invalid_client(smart_client_factory, sandbox
 
 def test_registered_lifetime_and_early_expiry_fault(smart_client, sandbox):
     sandbox.state.faults.expire_tokens_after(1)
+    # Frozen on a whole second (the token's exp is whole seconds), so its one second is exactly one second.
+    sandbox.state.clock.freeze(at=int(time.time()))
     response = smart_client.token_response()
     assert response.json()["expires_in"] == 1
     token = response.json()["access_token"]
     headers = {"Authorization": f"Bearer {token}"}
     assert requests.get(f"{sandbox.fhir_base}/Patient/pat-0", headers=headers, timeout=10).status_code == 200
-    time.sleep(2.1)
+    sandbox.state.clock.advance(0.5)
+    assert requests.get(f"{sandbox.fhir_base}/Patient/pat-0", headers=headers, timeout=10).status_code == 200
+    sandbox.state.clock.advance(0.5)
     expired = requests.get(f"{sandbox.fhir_base}/Patient/pat-0", headers=headers, timeout=10)
     assert expired.status_code == 401 and "expired" in expired.json()["issue"][0]["diagnostics"]
 

@@ -6,7 +6,7 @@ import gzip
 import json
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -593,6 +593,7 @@ def test_since_returns_only_changes_and_deletions(fresh_sandbox: SandboxServer, 
 
 def test_fault_polling_faster_than_retry_after(sandbox: SandboxServer, session: requests.Session) -> None:
     sandbox.state.faults.bulk.enforce_retry_after = True
+    sandbox.state.clock.freeze()  # "too soon" must not depend on how fast a busy machine sends two requests
     status_url = started(kickoff(session, f"{sandbox.fhir_base}/$export", [("_type", "Patient")]))
     first = session.get(status_url, timeout=30)
     assert first.status_code == 202
@@ -600,18 +601,24 @@ def test_fault_polling_faster_than_retry_after(sandbox: SandboxServer, session: 
     assert too_soon.status_code == 429
     assert too_soon.headers["Retry-After"] == "1"
     assert "too frequently" in too_soon.json()["issue"][0]["diagnostics"]
-    time.sleep(float(first.headers["Retry-After"]) + 0.05)
+    assert first.headers["Retry-After"] == "1"
+    sandbox.state.clock.advance(0.5)
+    assert session.get(status_url, timeout=30).status_code == 429  # still half a second short
+    sandbox.state.clock.advance(0.5)
     assert session.get(status_url, timeout=30).status_code == 200
 
 
 def test_retry_after_http_date_and_time_to_complete(server_with: Callable[..., Any]) -> None:
     server, session = server_with(retry_after=30, retry_after_http_date=True, seconds_to_complete=0.5)
+    server.state.clock.freeze()
     status_url = started(kickoff(session, f"{server.fhir_base}/$export", [("_type", "Patient")]))
     pending = [session.get(status_url, timeout=30) for _ in range(3)]
     assert {r.status_code for r in pending} == {202}  # polls alone do not finish it: 0.5 s must pass
     ask = parsedate_to_datetime(pending[0].headers["Retry-After"])
-    assert 20 < (ask - datetime.now(UTC)).total_seconds() <= 31
-    time.sleep(0.5)
+    assert ask == server.state.clock.now().replace(microsecond=0) + timedelta(seconds=30)
+    server.state.clock.advance(0.25)
+    assert session.get(status_url, timeout=30).status_code == 202
+    server.state.clock.advance(0.25)
     assert session.get(status_url, timeout=30).status_code == 200
 
 

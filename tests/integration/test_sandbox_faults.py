@@ -129,3 +129,17 @@ def test_admin_resource_writes(fresh_sandbox, smart_client_factory):
     assert session.get(f"{fresh_sandbox.fhir_base}/Patient/pat-1", timeout=10).status_code == 404
     deletions = list(fresh_sandbox.state.store.iter_deletions("Patient"))
     assert [(rid, patients) for _, rid, patients in deletions] == [("pat-1", frozenset({"pat-1"}))]
+
+
+def test_admin_clock_moves_token_expiry_over_http(sandbox, smart_client):
+    url = f"{sandbox.base_url}/_sandbox/clock"
+    assert requests.put(url, json={"advance": 1}, timeout=10).status_code == 401
+    session = smart_client.session()  # a token living the default 300 s
+    assert session.get(f"{sandbox.fhir_base}/Patient/pat-1", timeout=10).status_code == 200
+    moved = requests.put(url, json={"freeze": True, "advance": 301}, auth=sandbox.admin_auth, timeout=10)
+    assert moved.status_code == 200 and moved.json()["frozen"] is True
+    expired = session.get(f"{sandbox.fhir_base}/Patient/pat-1", timeout=10)
+    assert expired.status_code == 401 and "expired" in expired.json()["issue"][0]["diagnostics"]
+    bad = requests.put(url, json={"advance": -5}, auth=sandbox.admin_auth, timeout=10)
+    assert bad.status_code == 400 and "only moves forward" in bad.json()["issue"][0]["diagnostics"]
+    assert requests.put(url, json={"reset": True}, auth=sandbox.admin_auth, timeout=10).json()["frozen"] is False

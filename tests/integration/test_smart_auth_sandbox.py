@@ -130,17 +130,27 @@ def test_many_token_requests_never_reuse_a_jti(sandbox, smart_client):
 
 def test_expiry_driven_refresh_against_the_sandbox(sandbox, smart_client):
     sandbox.state.faults.expire_tokens_after(8)
+    # The client and the server read one frozen clock, so "seconds pass" is exact on a busy machine.
+    clock = sandbox.state.clock
+    clock.freeze()
     hook = SmartFhirHook(smart_client.conn_id)
     auth = hook.get_auth_client()
+    auth._clock = clock.time
     first = auth.get_token()
     assert first.lifetime == 8
     hook.request("GET", patient_path(sandbox))
-    assert auth.get_token() is first  # more than the margin (half of an 8 s lifetime) left: cached
-    time.sleep(max(0.0, first.expires_in() - 3.5))  # now less than the margin is left
+    clock.advance(3.5)
+    hook.request("GET", patient_path(sandbox))
+    assert auth.get_token() is first  # 4.5 s left, more than the margin (half of an 8 s lifetime): cached
+    clock.advance(1)  # 3.5 s left: less than the margin
     requests_before = auth.token_requests
     hook.request("GET", patient_path(sandbox))
     assert auth.token_requests == requests_before + 1
-    assert auth.get_token() is not first
+    second = auth.get_token()
+    assert second is not first and second.lifetime == 8
+    clock.advance(3.6)  # the first token has expired on the server: only the renewed one is accepted
+    hook.request("GET", patient_path(sandbox))
+    assert auth.token_requests == requests_before + 1
 
 
 def test_one_reauthentication_after_401_then_a_clear_failure(sandbox, smart_client):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import signal
@@ -13,8 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 
+from airflow_provider_smart.fhir.bulk.sync import ExportFailedError
 from airflow_provider_smart.operators.bulk_export import (
     FhirBulkDownloadOperator,
     FhirBulkExportFinalizeOperator,
@@ -22,6 +25,7 @@ from airflow_provider_smart.operators.bulk_export import (
 )
 from airflow_provider_smart.sandbox.bulk_jobs import BulkSettings
 from airflow_provider_smart.sandbox.bulk_runtime import FHIR_FILE_PATHS, KICKOFF_PATHS, STATUS_PATHS
+from airflow_provider_smart.sandbox.faults import FaultRule
 from airflow_provider_smart.sandbox.server import SandboxServer
 from airflow_provider_smart.sandbox.state import SandboxConfig
 from tests.integration.bulk_helpers import context, kickoffs, landed, run_deferred, store_view
@@ -127,28 +131,62 @@ def test_organize_output_by_and_partial_manifests(bulk_server: Callable[..., Any
 CLEAN_TYPES = ["Patient", "Observation", "Condition"]
 
 
-def _fault_throttle_kickoff(server: SandboxServer) -> None:
-    server.state.faults.throttle(KICKOFF_PATHS, times=1, retry_after=1)
+# Each fault switches itself on and returns a check that it really happened during the run, so a test
+# cannot pass because the fault never fired.
+FaultCheck = Callable[[], None]
 
 
-def _fault_throttle_status(server: SandboxServer) -> None:
-    server.state.faults.throttle(STATUS_PATHS, times=2, retry_after=1)
+def _rule_fired(server: SandboxServer, rule: FaultRule, times: int) -> FaultCheck:
+    def check() -> None:
+        assert server.state.faults.fired[rule.id] == times
+
+    return check
 
 
-def _fault_transient_status(server: SandboxServer) -> None:
-    server.state.faults.fail(STATUS_PATHS, status=503, times=2)
+def _fault_throttle_kickoff(server: SandboxServer) -> FaultCheck:
+    return _rule_fired(server, server.state.faults.throttle(KICKOFF_PATHS, times=1, retry_after=1), 1)
 
 
-def _fault_drop_file(server: SandboxServer) -> None:
-    server.state.faults.drop(FHIR_FILE_PATHS, times=2, after_bytes=200)
+def _fault_throttle_status(server: SandboxServer) -> FaultCheck:
+    return _rule_fired(server, server.state.faults.throttle(STATUS_PATHS, times=2, retry_after=1), 2)
 
 
-def _fault_expire_file(server: SandboxServer) -> None:
+def _fault_transient_status(server: SandboxServer) -> FaultCheck:
+    return _rule_fired(server, server.state.faults.fail(STATUS_PATHS, status=503, times=2), 2)
+
+
+def _fault_drop_file(server: SandboxServer) -> FaultCheck:
+    return _rule_fired(server, server.state.faults.drop(FHIR_FILE_PATHS, times=2, after_bytes=200), 2)
+
+
+def _fault_expire_file(server: SandboxServer) -> FaultCheck:
     server.state.bulk.faults.expire_files = 1
 
+    def check() -> None:
+        assert server.state.bulk.faults.expire_files == 0  # the one 410 Gone was served
+        # The manifest was fetched again for fresh URLs: a 410 answer is not counted as a file served.
+        assert server.state.faults.count(STATUS_PATHS) >= 2
 
-def _fault_token_revoked(server: SandboxServer) -> None:
+    return check
+
+
+def _fault_token_revoked(server: SandboxServer) -> FaultCheck:
     server.state.bulk.faults.invalidate_tokens_after_downloads = 2
+
+    def check() -> None:
+        faults = server.state.faults
+        assert faults.bulk.invalidate_tokens_after_downloads is None and faults.tokens_not_before > 0  # revoked
+        # Files were fetched with a token issued after the revocation: the run got a new one and used it.
+        issued_ms = [
+            jwt.decode(value.split()[1], options={"verify_signature": False})["iat_ms"]
+            for path, values in faults.authorization.items()
+            if fnmatch.fnmatchcase(path, FHIR_FILE_PATHS)
+            for value in values
+            if value
+        ]
+        assert min(issued_ms) < faults.tokens_not_before * 1000 <= max(issued_ms)
+
+    return check
 
 
 @pytest.mark.parametrize(
@@ -164,15 +202,15 @@ def _fault_token_revoked(server: SandboxServer) -> None:
 )
 @pytest.mark.parametrize("deferrable", [True, False])
 def test_faults_are_survived_with_the_same_data(
-    bulk_server: Callable[..., Any], tmp_path: Path, fault: Callable[[SandboxServer], None], deferrable: bool
+    bulk_server: Callable[..., Any], tmp_path: Path, fault: Callable[[SandboxServer], FaultCheck], deferrable: bool
 ) -> None:
     server, _ = bulk_server(max_file_resources=25)
-    fault(server)
+    fired = fault(server)
     summary, _ = run_deferred(export_op(tmp_path, types=CLEAN_TYPES, deferrable=deferrable), context())
     assert landed(tmp_path / "out", "manual__run1") == store_view(server, CLEAN_TYPES)
     assert summary["counts"] == {t: len(v) for t, v in store_view(server, CLEAN_TYPES).items()}
     assert kickoffs(server) == 1 + (fault is _fault_throttle_kickoff)
-    assert sum(server.state.faults.fired.values()) >= 1 or fault in (_fault_expire_file, _fault_token_revoked)
+    fired()
 
 
 @pytest.mark.parametrize("deferrable", [True, False])
@@ -399,10 +437,13 @@ def test_on_kill_cancels_the_pending_export(bulk_server: Callable[..., Any], tmp
     _wait_for(lambda: op._active is not None)
     op.on_kill()
     thread.join(60)
+    assert not thread.is_alive(), "the polling loop kept running after the export was cancelled"
     state = json.loads(state_file.read_text())
     assert state["phase"] == "failed"
     assert status_gone(server, client, state["status_url"])
-    assert errors  # the polling loop saw the export disappear
+    # The polling loop stopped because the export disappeared (404 after the DELETE), nothing else.
+    assert len(errors) == 1 and isinstance(errors[0], ExportFailedError), errors
+    assert errors[0].status == 404
 
 
 def test_scope_mismatch_under_one_label_is_refused(bulk_server: Callable[..., Any], tmp_path: Path) -> None:

@@ -67,6 +67,7 @@ def test_dags_test_auth_check(airflow_db, sandbox, smart_client_factory):
     assert_no_secrets(output, client.private_key_pem)
     logs = Path(os.environ["AIRFLOW_HOME"]) / "logs"
     task_logs = [p for p in logs.rglob("*") if p.is_file() and "smart_fhir_auth_check" in str(p)]
+    assert task_logs, f"no task log of smart_fhir_auth_check under {logs}: the secrets check would read nothing"
     for path in task_logs:
         assert_no_secrets(path.read_text(errors="replace"), client.private_key_pem)
 

@@ -152,9 +152,10 @@ def test_settings_parsing():
         "x",
         host=BASE + "/",
         login=" c ",
-        password="k",
+        password="PRIVATE-KEY-TEXT",
         extra='{"verify": "false", "timeout": "12.5", "headers": {"A": 1}, "kid": "k1"}',
     )
+    assert s.key_text == "PRIVATE-KEY-TEXT"
     assert (s.base_url, s.client_id, s.verify, s.timeout, s.headers, s.kid) == (
         BASE,
         "c",
@@ -163,4 +164,4 @@ def test_settings_parsing():
         {"A": "1"},
         "k1",
     )
-    assert "k" not in repr(s).split("client_id")[0] or "key_text" not in repr(s)
+    assert "PRIVATE-KEY-TEXT" not in repr(s) and "key_text" not in repr(s)

@@ -6,7 +6,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -37,14 +37,15 @@ def set_connection(monkeypatch, conn_id: str, server, client_id: str, password: 
 
 
 @pytest.fixture
-def plugin_jwks_url() -> Iterator[str]:
-    """The plugin's app, mounted at /.well-known as Airflow mounts it, serving env connections."""
+def plugin_jwks_url() -> Iterator[Callable[[str], str]]:
+    """The plugin's app, mounted at /.well-known as Airflow mounts it, serving env connections: a function
+    giving a connection's own JWKS URL (the one its client registers)."""
     from fastapi import FastAPI
 
     root = FastAPI()
     root.mount(URL_PREFIX, create_jwks_app(env_connections))
     with serve(root) as base:
-        yield base + "/.well-known/jwks.json"
+        yield lambda conn_id: f"{base}{URL_PREFIX}/jwks/{conn_id}.json"
 
 
 def test_tokens_with_rs384_and_es384_keys_registered_through_the_plugin_jwks_uri(sandbox, monkeypatch, plugin_jwks_url):
@@ -56,7 +57,7 @@ def test_tokens_with_rs384_and_es384_keys_registered_through_the_plugin_jwks_uri
         register_client(
             sandbox,
             f"plugin-client-{alg.lower()}",
-            jwks_uri=plugin_jwks_url,
+            jwks_uri=plugin_jwks_url(f"smart_{alg.lower()}"),
             scope="system/Patient.read system/Observation.read system/Encounter.read",
         )
     for alg in pems:
@@ -83,10 +84,10 @@ def test_rotation_publishes_both_keys_and_signs_with_the_current_kid(sandbox, mo
         }
     )
     set_connection(monkeypatch, "smart_rotating", sandbox, "rotating-client", private_jwks, kid="rot-current")
-    register_client(sandbox, "rotating-client", jwks_uri=plugin_jwks_url, scope="system/*.read")
+    register_client(sandbox, "rotating-client", jwks_uri=plugin_jwks_url("smart_rotating"), scope="system/*.read")
     import requests
 
-    published = requests.get(plugin_jwks_url, timeout=10).json()["keys"]
+    published = requests.get(plugin_jwks_url("smart_rotating"), timeout=10).json()["keys"]
     assert {"rot-current", "rot-next"} <= {k["kid"] for k in published}
     assert jwk_current in published
 

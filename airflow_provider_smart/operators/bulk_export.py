@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from airflow_provider_smart.hooks.smart import SmartFhirHook
 
 #: Formats the export operator can land: the downloaded NDJSON, and Parquet tables made from it.
-SUPPORTED_FORMATS: tuple[str, ...] = ("ndjson", "parquet")
+SUPPORTED_FORMATS: tuple[str, ...] = ("ndjson", "parquet", "delta")
 SINCE_MODES = ("watermark", "data_interval")
 DOWNLOAD_MODES = ("inline", "fanout")
 
@@ -96,6 +96,7 @@ class _ExportBase(BaseOperator):
         delete_on_success: bool,
         fail_on_severity: str | None,
         parquet: dict[str, Any] | None = None,
+        delta: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Markers, error-file report, Parquet, watermark, DELETE, and the summary; after every file landed.
 
@@ -117,6 +118,10 @@ class _ExportBase(BaseOperator):
             raise
         if parquet is not None:
             summary["parquet"] = self._land_parquet(layout, manifest, parquet)
+        if delta is not None:  # current-state tables, before the watermark moves (a retry merges again)
+            from airflow_provider_smart.operators.tables import merge_landed_run
+
+            summary["delta"] = merge_landed_run(layout.root, layout.label, logger=self.log, **delta)
         scope = state["scope"]
         conn_id = state["conn_id"]
         wm = write_watermark(layout.root, conn_id, scope, manifest.transaction_time, layout.label)
@@ -181,6 +186,9 @@ class FhirBulkExportOperator(_ExportBase):
         NDJSON is the raw layer the download lands in, so ``("parquet",)`` keeps it too.
     :param parquet_output: root of the Parquet tables; default ``<output>/parquet``. (templated)
     :param parquet_options: options of the Parquet writer, e.g. ``{"decimal": "string"}``.
+    :param delta_options: with ``"delta"`` in ``formats``: where and how the landed export is merged into
+        current-state Delta tables (``output`` default ``<output>/tables``, ``conn_id``, ``compact``,
+        ``vacuum_retention_hours`` ...; see the "Current-state tables" docs page). (templated)
     :param deferrable: poll in the triggerer (default) or in the worker.
     :param poll_interval: seconds between polls when the server sends no Retry-After.
     :param min_poll_interval: lower clamp of Retry-After.
@@ -222,6 +230,7 @@ class FhirBulkExportOperator(_ExportBase):
         "organize_output_by",
         "output_format",
         "parquet_output",
+        "delta_options",
     )
     ui_color = "#d8f0e6"
 
@@ -251,6 +260,7 @@ class FhirBulkExportOperator(_ExportBase):
         formats: Sequence[str] = ("ndjson",),
         parquet_output: Any = None,
         parquet_options: dict[str, Any] | None = None,
+        delta_options: dict[str, Any] | None = None,
         deferrable: bool = True,
         poll_interval: float = 10.0,
         min_poll_interval: float = 1.0,
@@ -301,6 +311,7 @@ class FhirBulkExportOperator(_ExportBase):
         self.formats = fmts
         self.parquet_output = parquet_output
         self.parquet_options = dict(parquet_options or {})
+        self.delta_options = dict(delta_options or {})
         self.deferrable = deferrable
         self.poll_interval = poll_interval
         self.min_poll_interval = min_poll_interval
@@ -558,7 +569,14 @@ class FhirBulkExportOperator(_ExportBase):
             delete_on_success=self.delete_on_success,
             fail_on_severity=self.fail_on_severity,
             parquet=self._parquet_spec(),
+            delta=self._delta_spec(),
         )
+
+    def _delta_spec(self) -> dict[str, Any] | None:
+        """What the finishing step needs to merge into Delta tables (JSON-safe, like the Parquet spec)."""
+        if "delta" not in self.formats:
+            return None
+        return {"options": self.delta_options, "output_conn_id": self.output_conn_id}
 
     def _parquet_spec(self) -> dict[str, Any] | None:
         """What the finishing step needs to write Parquet (JSON-safe: it travels in the fan-out reference)."""
@@ -599,6 +617,7 @@ class FhirBulkExportOperator(_ExportBase):
             "delete_on_success": self.delete_on_success,
             "fail_on_severity": self.fail_on_severity,
             "parquet": self._parquet_spec(),
+            "delta": self._delta_spec(),
         }
 
 
@@ -726,6 +745,7 @@ class FhirBulkExportFinalizeOperator(_ExportBase):
             delete_on_success=delete,
             fail_on_severity=severity,
             parquet=self.export.get("parquet"),
+            delta=self.export.get("delta"),
         )
 
 

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_FORMATS = ("ndjson", "parquet")
+SUPPORTED_FORMATS = ("ndjson", "parquet", "delta")
 INCREMENTAL_MODES = ("data_interval", "watermark", None)
 _INCLUDE_PARAMS = ("_include", "_revinclude")
 _PROGRESS_EVERY_PAGES = 50
@@ -93,6 +93,9 @@ class FhirSearchOperator(BaseOperator):
     :param parquet_output: root of the Parquet tables; default ``<output>/parquet``. (templated)
     :param parquet_options: options of the Parquet writer, e.g. ``{"decimal": "string"}`` or
         ``{"schemas": {"Observation": "/etc/fhir/observation.json"}}``.
+    :param delta_options: with ``"delta"`` in ``formats`` (beside ``"ndjson"``): where and how the landed
+        run is merged into current-state Delta tables (``output`` default ``<output>/tables``, ``conn_id``,
+        ``compact``, ``vacuum_retention_hours`` ...; see the "Current-state tables" docs page). (templated)
     :param compression: ``None`` or ``"gzip"`` (``.ndjson.gz`` parts).
     :param smart_fhir_conn_id: the ``smart_fhir`` connection of the FHIR server. (templated)
     :param incremental: ``"data_interval"`` (default): only resources with ``meta.lastUpdated`` in the DAG
@@ -118,6 +121,7 @@ class FhirSearchOperator(BaseOperator):
         "output_conn_id",
         "smart_fhir_conn_id",
         "parquet_output",
+        "delta_options",
     )
     template_fields_renderers: ClassVar[dict[str, str]] = {"search_params": "json"}
     ui_color = "#e8f4fd"
@@ -142,9 +146,11 @@ class FhirSearchOperator(BaseOperator):
         asset_alias: str | None = None,
         parquet_output: Any = None,
         parquet_options: Mapping[str, Any] | None = None,
+        delta_options: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.delta_options = dict(delta_options or {})
         self.parquet_output = parquet_output
         self.parquet_options = dict(parquet_options or {})
         self.resource_type = resource_type
@@ -175,7 +181,10 @@ class FhirSearchOperator(BaseOperator):
 
     @staticmethod
     def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
-        return check_formats(formats)
+        chosen = check_formats(formats)
+        if "delta" in chosen and "ndjson" not in chosen:
+            raise ValueError("formats with 'delta' need 'ndjson' too: the tables are merged from the landed run")
+        return chosen
 
     # -- Assets ---------------------------------------------------------------------------------------------
 
@@ -342,6 +351,18 @@ class FhirSearchOperator(BaseOperator):
             elif sink is not None:
                 parquet_tables = {name: {"rows": r.count, "files": r.parts} for name, r in results.items()}
 
+        delta_summary = None
+        if "delta" in self.formats:  # before the watermark moves: a retry searches and merges again
+            from airflow_provider_smart.operators.tables import merge_landed_run
+
+            delta_summary = merge_landed_run(
+                output,
+                run,
+                options=self.delta_options,
+                output_conn_id=self.output_conn_id,
+                resource_types=sorted(results),
+                logger=self.log,
+            )
         watermark = search.high_water_mark
         if store is not None:
             # Only now, with every file committed, may the next run start after this mark.
@@ -379,6 +400,8 @@ class FhirSearchOperator(BaseOperator):
                 "counts": {name: info["rows"] for name, info in sorted(parquet_tables.items())},
                 "directories": {name: storage_uri(root / name / run) for name in sorted(parquet_tables)},
             }
+        if delta_summary is not None:
+            summary["delta"] = delta_summary
         self.log.info(
             "Committed run %s: %s in %d pages (%d page retries)",
             run,

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
     from airflow_provider_smart.parquet.writer import FhirParquetWriter
 
-FORMATS = ("ndjson", "parquet")
+#: "delta": current-state Delta tables merged from the landed NDJSON (``airflow_provider_smart.tables``).
+FORMATS = ("ndjson", "parquet", "delta")
 PARQUET_SUBDIR = "parquet"
 _BATCH_BYTES = 8 << 20
 

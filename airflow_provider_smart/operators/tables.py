@@ -1,0 +1,281 @@
+"""Current-state Delta tables as Airflow tasks: merge a landed run, and keep the tables tidy.
+
+``FhirDeltaMergeOperator`` merges an export or search run that already landed (backfills, fan-out DAGs);
+the search and bulk export operators call :func:`merge_landed_run` themselves with
+``formats=("ndjson", "delta")``. The work is in :mod:`airflow_provider_smart.tables` (no Airflow there);
+``deltalake`` is the ``[delta]`` extra, imported only when a task runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import Asset, AssetAlias, BaseOperator
+
+from airflow_provider_smart.storage.paths import resolve_output, safe_segment
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context, ObjectStoragePath
+
+TABLES_SUBDIR = "tables"
+_DELTA_OPTIONS = frozenset(
+    {"output", "conn_id", "storage_options", "decimal", "compact", "vacuum_retention_hours", "max_attempts"}
+)
+
+
+def _require_deltalake() -> None:
+    try:
+        import deltalake  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            "current-state Delta tables need the deltalake package: pip install 'airflow-provider-smart[delta]'"
+        ) from None
+
+
+def tables_root(output: ObjectStoragePath, tables: Any = None, conn_id: str | None = None) -> ObjectStoragePath:
+    """The tables root: ``tables`` or, by default, ``<output>/tables``."""
+    if tables is None or tables == "":
+        return output / TABLES_SUBDIR
+    return resolve_output(tables, conn_id)
+
+
+def storage_options_for(
+    root: ObjectStoragePath, conn_id: str | None, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """delta-rs ``storage_options`` for ``root``: credentials and endpoint from the Airflow connection.
+
+    S3 (``aws`` connections) is read here; for other stores pass ``storage_options`` (they win over what
+    is derived) or let delta-rs read the environment.
+    """
+    options: dict[str, str] = {}
+    if root.protocol in ("s3", "s3a") and conn_id:
+        from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+        hook = AwsBaseHook(aws_conn_id=conn_id, client_type="s3")
+        credentials = hook.get_credentials()
+        options["AWS_ACCESS_KEY_ID"] = credentials.access_key
+        options["AWS_SECRET_ACCESS_KEY"] = credentials.secret_key
+        if credentials.token:
+            options["AWS_SESSION_TOKEN"] = credentials.token
+        region = hook.conn_region_name or hook.conn_config.region_name
+        if region:
+            options["AWS_REGION"] = region
+        endpoint = hook.conn_config.endpoint_url
+        if endpoint:
+            options["AWS_ENDPOINT_URL"] = endpoint
+            if endpoint.startswith("http://"):
+                options["AWS_ALLOW_HTTP"] = "true"
+    options.update({str(k): str(v) for k, v in (extra or {}).items()})
+    return options
+
+
+def check_delta_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``delta_options`` of the search and export operators, checked (a typo is an error, not ignored)."""
+    chosen = dict(options or {})
+    unknown = sorted(set(chosen) - _DELTA_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown delta_options {unknown}; the options are {sorted(_DELTA_OPTIONS)}")
+    return chosen
+
+
+def merge_landed_run(
+    output: ObjectStoragePath,
+    label: str,
+    *,
+    options: Mapping[str, Any] | None = None,
+    output_conn_id: str | None = None,
+    resource_types: Sequence[str] | None = None,
+    transaction_time: str | None = None,
+    logger: Any = None,
+) -> dict[str, Any]:
+    """Merge the run ``label`` landed under ``output`` into the tables; returns a JSON-safe summary.
+
+    :param options: ``output`` (tables root, default ``<output>/tables``), ``conn_id`` (its connection,
+        default ``output_conn_id``), ``storage_options``, ``decimal``, ``compact`` (bool),
+        ``vacuum_retention_hours``, ``max_attempts``.
+    """
+    _require_deltalake()
+    from airflow_provider_smart.tables.merge import DeltaTables
+    from airflow_provider_smart.tables.runs import find_landed_run
+
+    opts = check_delta_options(options)
+    conn_id = opts.get("conn_id") or output_conn_id
+    root = tables_root(output, opts.get("output"), conn_id)
+    tables = DeltaTables(
+        root,
+        storage_options=storage_options_for(root, conn_id, opts.get("storage_options")),
+        decimal=opts.get("decimal", "float64"),
+        max_attempts=int(opts.get("max_attempts", 5)),
+    )
+    run = find_landed_run(output, label, transaction_time=transaction_time)
+    results = tables.merge_run(run, resource_types=resource_types)
+    maintenance: dict[str, Any] = {}
+    retention = opts.get("vacuum_retention_hours")
+    for rtype, result in results.items():
+        if not result.committed:
+            continue
+        done: dict[str, Any] = {}
+        if opts.get("compact"):
+            metrics = tables.compact(rtype)
+            done["compacted_files"] = int(metrics.get("numFilesRemoved", 0))
+        if retention is not None:
+            done["vacuumed_files"] = len(tables.vacuum(rtype, retention_hours=int(retention)))
+        if done:
+            maintenance[rtype] = done
+    root_uri = f"{root.protocol or 'file'}://{root.path}".rstrip("/")
+    summary = {
+        "output": root_uri,
+        "source": f"{run.kind}:{run.label}",
+        "transaction_time": run.transaction_time,
+        "tables": {rtype: f"{root_uri}/{safe_segment(rtype)}" for rtype in sorted(results)},
+        "results": {rtype: results[rtype].to_json() for rtype in sorted(results)},
+        "maintenance": maintenance,
+    }
+    if logger is not None:
+        logger.info(
+            "Delta tables at %s from %s: %s",
+            root_uri,
+            summary["source"],
+            {t: (r.inserted, r.updated, r.deleted) for t, r in sorted(results.items())},
+        )
+    return summary
+
+
+class FhirDeltaMergeOperator(BaseOperator):
+    """Merge an already landed export or search run into current-state Delta tables, one per type.
+
+    Each table holds the newest copy of every resource of its type: rows are upserted by id, a row is
+    replaced only by a newer version (``meta.versionId``, else ``meta.lastUpdated``, else the later run's
+    transactionTime), resources in the export's ``deleted`` Bundles are removed, and merging the same run
+    again changes nothing. See the "Current-state tables" docs page.
+
+    :param output: the output root the run landed under (as given to the export/search operator). (templated)
+    :param run_label: the export label or search run to merge (e.g. ``{{ run_id }}`` of the export's DAG
+        run). (templated)
+    :param tables: the tables root; default ``<output>/tables``. (templated)
+    :param output_conn_id: the storage connection of ``output``.
+    :param tables_conn_id: the storage connection of ``tables`` (its credentials go to delta-rs);
+        default ``output_conn_id``.
+    :param resource_types: merge only these types; default every type of the run. (templated)
+    :param transaction_time: the run's time, for a search run that recorded none. (templated)
+    :param storage_options: extra delta-rs storage options (win over those from the connection).
+    :param decimal: ``"float64"`` (default) or ``"string"``; fixed for a tables root.
+    :param compact: rewrite small files after a merge that changed a table.
+    :param vacuum_retention_hours: after a changing merge, delete files older versions needed beyond this
+        many hours (time travel before that is lost); default no vacuum.
+    :param max_attempts: plan-and-commit attempts per table when other merges commit in between.
+    :param asset_alias: name of the ``AssetAlias`` used when ``tables`` or ``resource_types`` is not known
+        at parse time; with both static the operator declares ``Asset("<tables>/<Type>")`` per type.
+    """
+
+    template_fields: Sequence[str] = ("output_location", "run_label", "tables", "resource_types", "transaction_time")
+    ui_color = "#d6f0ff"
+
+    def __init__(
+        self,
+        *,
+        output: Any,
+        run_label: str,
+        tables: Any = None,
+        output_conn_id: str | None = None,
+        tables_conn_id: str | None = None,
+        resource_types: Sequence[str] | None = None,
+        transaction_time: str | None = None,
+        storage_options: Mapping[str, str] | None = None,
+        decimal: str = "float64",
+        compact: bool = False,
+        vacuum_retention_hours: int | None = None,
+        max_attempts: int = 5,
+        asset_alias: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        # ``output`` is BaseOperator's XComArg property: the location is kept under another name.
+        self.output_location = output
+        self.run_label = run_label
+        self.tables = tables
+        self.output_conn_id = output_conn_id
+        self.tables_conn_id = tables_conn_id
+        self.resource_types = list(resource_types) if isinstance(resource_types, (list, tuple)) else resource_types
+        self.transaction_time = transaction_time
+        self.storage_options = dict(storage_options or {})
+        if decimal not in ("float64", "string"):
+            raise ValueError(f"decimal must be 'float64' or 'string', not {decimal!r}")
+        self.decimal = decimal
+        self.compact = compact
+        if vacuum_retention_hours is not None and vacuum_retention_hours < 0:
+            raise ValueError(f"vacuum_retention_hours must be >= 0, not {vacuum_retention_hours}")
+        self.vacuum_retention_hours = vacuum_retention_hours
+        self.max_attempts = max_attempts
+        self._declare_outlets(asset_alias)
+
+    def _declare_outlets(self, asset_alias: str | None) -> None:
+        root = self._static_root()
+        types = self.resource_types
+        static = isinstance(types, list) and all(isinstance(t, str) and "{{" not in t for t in types)
+        self._static_assets: dict[str, Asset] = {}
+        self._asset_alias: AssetAlias | None = None
+        if root is not None and static and types:
+            self._static_assets = {t: Asset(uri=f"{root}/{safe_segment(t)}") for t in types}
+            self.outlets = [*self.outlets, *self._static_assets.values()]
+        else:
+            dag_id = self.dag_id if self.has_dag() else "no-dag"  # type: ignore[no-untyped-call]
+            self._asset_alias = AssetAlias(name=asset_alias or f"fhir-delta/{dag_id}/{self.task_id}")
+            self.outlets = [*self.outlets, self._asset_alias]
+
+    def _static_root(self) -> str | None:
+        def static(value: Any) -> str | None:
+            if not isinstance(value, (str, os.PathLike)):
+                return None
+            text = os.fspath(value)
+            if not text or "{{" in text or "{%" in text:
+                return None
+            return text.rstrip("/") if "://" in text else "file://" + os.path.abspath(text)
+
+        if self.tables not in (None, ""):
+            return static(self.tables)
+        base = static(self.output_location)
+        return f"{base}/{TABLES_SUBDIR}" if base else None
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        output = resolve_output(self.output_location, self.output_conn_id)
+        options: dict[str, Any] = {
+            "output": self.tables,
+            "conn_id": self.tables_conn_id or self.output_conn_id,
+            "storage_options": self.storage_options,
+            "decimal": self.decimal,
+            "compact": self.compact,
+            "vacuum_retention_hours": self.vacuum_retention_hours,
+            "max_attempts": self.max_attempts,
+        }
+        summary = merge_landed_run(
+            output,
+            str(self.run_label),
+            options=options,
+            output_conn_id=self.output_conn_id,
+            resource_types=self.resource_types,
+            transaction_time=self.transaction_time,
+            logger=self.log,
+        )
+        emit_table_events(context, summary, self._static_assets, self._asset_alias)
+        return summary
+
+
+def emit_table_events(
+    context: Context, summary: Mapping[str, Any], static: Mapping[str, Asset], alias: AssetAlias | None
+) -> None:
+    """One Asset event per table a merge changed (``<tables>/<Type>``), with its new version."""
+    outlet_events = context.get("outlet_events")
+    if outlet_events is None:
+        return
+    for rtype, result in summary["results"].items():
+        if not result["committed"]:
+            continue
+        extra = {k: result[k] for k in ("version", "inserted", "updated", "deleted")}
+        extra["source"] = summary["source"]
+        if rtype in static:
+            outlet_events[static[rtype]].extra = extra
+        elif alias is not None:
+            outlet_events[alias].add(Asset(uri=summary["tables"][rtype]), extra=extra)

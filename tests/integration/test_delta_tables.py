@@ -122,7 +122,9 @@ def test_full_then_incremental_exports_give_the_servers_current_state(
     assert table_view(tmp_path)["Patient"] == server_view(server)["Patient"]
 
 
-def test_export_operator_with_delta_format_keeps_tables_current(bulk_server: Callable[..., Any], tmp_path: Path) -> None:
+def test_export_operator_with_delta_format_keeps_tables_current(
+    bulk_server: Callable[..., Any], tmp_path: Path
+) -> None:
     server, _ = bulk_server()
     first = export(tmp_path, "scheduled__1", formats=("ndjson", "delta"))
     assert first["delta"]["source"] == "export:scheduled__1"
@@ -140,7 +142,9 @@ def test_export_operator_with_delta_format_keeps_tables_current(bulk_server: Cal
     assert table_view(tmp_path / "out") == server_view(server)
 
 
-def test_merge_operator_merges_a_landed_export_and_emits_assets(bulk_server: Callable[..., Any], tmp_path: Path) -> None:
+def test_merge_operator_merges_a_landed_export_and_emits_assets(
+    bulk_server: Callable[..., Any], tmp_path: Path
+) -> None:
     from airflow_provider_smart.operators.tables import FhirDeltaMergeOperator
 
     server, _ = bulk_server()

@@ -90,7 +90,7 @@ def test_an_empty_window_still_commits_the_searched_type(tmp_path: Path) -> None
 
 
 def test_unknown_formats_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"one or more of the supported formats \['ndjson', 'parquet'\]"):
+    with pytest.raises(ValueError, match=r"one or more of the supported formats \['ndjson', 'parquet', 'delta'\]"):
         make(tmp_path, formats=("parquet", "orc"))
     with pytest.raises(ValueError, match="unsupported output format"):
         make(tmp_path, formats=())

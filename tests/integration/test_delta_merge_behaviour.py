@@ -1,0 +1,180 @@
+"""Delta merge behaviour on real tables: kills, concurrent merges, schema growth, other readers, S3."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_smart.storage.paths import resolve_output
+from airflow_provider_smart.tables.merge import DeltaTables, TableBusyError
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+TT1, TT2 = "2024-01-01T00:00:00Z", "2024-01-02T00:00:00Z"
+
+
+def observation(i: int, version: int = 1, **extra: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "id": f"obs-{i}",
+        "meta": {"versionId": str(version), "lastUpdated": f"2024-01-01T00:00:{version:02d}Z"},
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}], "text": f"HbA1c {i}"},
+        "valueQuantity": {"value": 5.0 + i % 30 / 10, "unit": "%"},
+        **extra,
+    }
+
+
+def write_ndjson(path: Path, resources: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in resources))
+    return path
+
+
+def rows(root: Path, rtype: str = "Observation") -> dict[str, str]:
+    from deltalake import DeltaTable
+
+    table = DeltaTable(str(root / rtype)).to_pyarrow_table(columns=["id", "meta"]).to_pylist()
+    return {r["id"]: r["meta"]["versionId"] for r in table}
+
+
+def version(root: Path, rtype: str = "Observation") -> int:
+    from deltalake import DeltaTable
+
+    return int(DeltaTable(str(root / rtype)).version())
+
+
+def tables(root: Path, **kwargs: Any) -> DeltaTables:
+    return DeltaTables(resolve_output(str(root)), **kwargs)
+
+
+def test_a_merge_killed_before_its_commit_leaves_the_previous_version(tmp_path: Path) -> None:
+    root = tmp_path / "tables"
+    first = write_ndjson(tmp_path / "in/first.ndjson", [observation(i) for i in range(1000)])
+    tables(root).merge([first], source="export:one", transaction_time=TT1)
+    before_version, before_rows = version(root), rows(root)
+    big = write_ndjson(tmp_path / "in/big.ndjson", [observation(i, 2) for i in range(150_000)])
+    script = textwrap.dedent(
+        f"""
+        from airflow_provider_smart.storage.paths import resolve_output
+        from airflow_provider_smart.tables.merge import DeltaTables
+        DeltaTables(resolve_output({str(root)!r})).merge([{str(big)!r}], source="export:two", transaction_time={TT2!r})
+        """
+    )
+    log_dir = root / "Observation/_delta_log"
+    known = {p.name for p in (root / "Observation").glob("*.parquet")}
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, start_new_session=True)
+    killed_mid_write = False
+    try:
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:
+            new_files = {p.name for p in (root / "Observation").glob("*.parquet")} - known
+            if new_files and len(list(log_dir.glob("*.json"))) == before_version + 1:
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed_mid_write = True
+                break
+            time.sleep(0.005)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert killed_mid_write, "the merge finished before it could be killed mid-write; make the input larger"
+    # Data files of the dead merge exist, but no commit references them.
+    assert {p.name for p in (root / "Observation").glob("*.parquet")} - known
+    assert version(root) == before_version
+    assert rows(root) == before_rows
+    # The rerun completes the merge.
+    tables(root).merge([big], source="export:two", transaction_time=TT2)
+    assert version(root) == before_version + 1
+    got = rows(root)
+    assert len(got) == 150_000 and set(got.values()) == {"2"}
+
+
+def test_two_merges_at_once_serialize_or_fail_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider_smart.tables import merge as merge_module
+
+    root = tmp_path / "tables"
+    base = write_ndjson(tmp_path / "in/base.ndjson", [observation(i) for i in range(100)])
+    tables(root).merge([base], source="export:base", transaction_time=TT1)
+    a = write_ndjson(tmp_path / "in/a.ndjson", [observation(i, 2) for i in range(0, 50)])
+    b = write_ndjson(tmp_path / "in/b.ndjson", [observation(i, 3) for i in range(25, 100)])
+
+    real_reader = merge_module._Plan.reader
+    interleaved: list[int] = []
+
+    def reader_with_a_rival_commit(self: Any, *args: Any, **kwargs: Any) -> Any:
+        # The other merge commits after this one planned and before it commits.
+        if not interleaved:
+            interleaved.append(1)
+            tables(root).merge([b], source="export:b", transaction_time=TT2)
+        return real_reader(self, *args, **kwargs)
+
+    monkeypatch.setattr(merge_module._Plan, "reader", reader_with_a_rival_commit)
+    v0 = version(root)
+    with pytest.raises(TableBusyError, match="kept changing under this merge"):
+        tables(root, max_attempts=1).merge([a], source="export:a", transaction_time=TT2)
+    assert version(root) == v0 + 1  # b's commit only
+    assert rows(root) == {f"obs-{i}": ("1" if i < 25 else "3") for i in range(100)}
+
+    interleaved.clear()
+    monkeypatch.setattr(merge_module._Plan, "reader", reader_with_a_rival_commit)
+    result = tables(root, max_attempts=3).merge([a], source="export:a", transaction_time=TT2)
+    assert result["Observation"].committed
+    # Newest version of each id wins, whichever merge committed first.
+    assert rows(root) == {f"obs-{i}": ("2" if i < 25 else "3") for i in range(100)}
+
+
+def test_schema_grows_when_a_later_run_brings_a_new_field(tmp_path: Path) -> None:
+    from deltalake import DeltaTable
+
+    root = tmp_path / "tables"
+    first = write_ndjson(tmp_path / "in/1.ndjson", [observation(i) for i in range(10)])
+    tables(root).merge([first], source="export:1", transaction_time=TT1)
+    names = set(DeltaTable(str(root / "Observation")).schema().to_arrow().names)
+    assert "issued" not in names and "interpretation" not in names
+    later = [observation(3, 2, issued="2024-01-02T10:00:00Z", interpretation=[{"text": "high"}])]
+    second = write_ndjson(tmp_path / "in/2.ndjson", later)
+    tables(root).merge([second], source="export:2", transaction_time=TT2)
+    table = DeltaTable(str(root / "Observation")).to_pyarrow_table().sort_by("id").to_pylist()
+    assert len(table) == 10
+    by_id = {r["id"]: r for r in table}
+    assert by_id["obs-3"]["issued"] == "2024-01-02T10:00:00Z"
+    assert by_id["obs-3"]["interpretation"][0]["text"] == "high"
+    assert by_id["obs-4"]["issued"] is None and by_id["obs-4"]["meta"]["versionId"] == "1"
+    record = json.loads((root / "_schemas/Observation.json").read_text())
+    assert "issued" in json.dumps(record)
+    # A later run without the field does not shrink the table.
+    third = write_ndjson(tmp_path / "in/3.ndjson", [observation(4, 5)])
+    tables(root).merge([third], source="export:3", transaction_time="2024-01-03T00:00:00Z")
+    assert "issued" in DeltaTable(str(root / "Observation")).schema().to_arrow().names
+
+
+def test_duckdb_reads_the_same_rows(tmp_path: Path) -> None:
+    import duckdb
+    from deltalake import DeltaTable
+
+    root = tmp_path / "tables"
+    src = write_ndjson(tmp_path / "in/1.ndjson", [observation(i) for i in range(50)])
+    tables(root).merge([src], source="export:1", transaction_time=TT1)
+    dataset = DeltaTable(str(root / "Observation")).to_pyarrow_dataset()
+    con = duckdb.connect()
+    con.register("observations", dataset)
+    got = con.sql("SELECT id, status, valueQuantity.value AS v FROM observations ORDER BY id").fetchall()
+    want = sorted((f"obs-{i}", "final", 5.0 + i % 30 / 10) for i in range(50))
+    assert got == want
+    try:
+        con.sql("LOAD delta")
+    except duckdb.Error:
+        return  # the delta extension is downloaded on first use; offline it is not there
+    path = str(root / "Observation")
+    query = "SELECT id, status, valueQuantity.value FROM delta_scan(?) ORDER BY id"
+    assert con.execute(query, [path]).fetchall() == want

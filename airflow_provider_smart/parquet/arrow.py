@@ -60,31 +60,95 @@ def table_schema(record: SchemaRecord) -> pa.Schema:
     )
 
 
-def grow_from_arrow(node: Node, typ: pa.StructType) -> bool:
+FieldPath = tuple[str, ...]
+
+
+def grow_from_arrow(node: Node, typ: pa.StructType, known: pa.StructType | None = None) -> list[FieldPath]:
     """Grow ``node`` by the fields the JSON parser found in the data (its inferred ``typ``).
 
     Only the shape of the inferred type is used (names, lists, objects): the types come from FHIR R4.
-    False when the data has a field R4 does not define, or a shape R4 forbids (the caller then takes
-    the exact path that routes such values to the unmapped column).
+    Returns the paths (field names from ``node``, lists passed through) of the values that cannot be
+    typed: a field R4 does not define, a shape R4 forbids, or an object with no typed field. Rows holding
+    a value at one of these paths must take the exact path, which routes such values to the unmapped column.
+    ``known`` is the type the parser was told: its fields are not walked again unless they hold new ones.
     """
+    rejected: list[FieldPath] = []
     for i in range(typ.num_fields):
         field = typ.field(i)
+        told = _told(known, field.name)
+        if told is not None and told == field.type:
+            continue
         child = node.add(field.name)
         if child is None:
-            return False
+            rejected.append((field.name,))
+            continue
         ftype = field.type
         if pa.types.is_list(ftype) or pa.types.is_large_list(ftype):
             if not child.is_list:
-                return False
+                rejected.append((field.name,))
+                continue
             ftype = ftype.value_type
+            told = told.value_type if told is not None and pa.types.is_list(told) else None
         elif child.is_list:
-            return False
+            rejected.append((field.name,))
+            continue
         if pa.types.is_struct(ftype):
-            if child.kind != "struct" or not grow_from_arrow(child, ftype):
-                return False
+            if child.kind != "struct":
+                rejected.append((field.name,))
+                continue
+            below = grow_from_arrow(child, ftype, told if told is not None and pa.types.is_struct(told) else None)
+            if child.is_empty():
+                rejected.append((field.name,))
+            else:
+                rejected.extend((field.name, *path) for path in below)
         elif child.kind in ("struct", "json") or pa.types.is_null(ftype):
-            return False
-    return True
+            rejected.append((field.name,))
+    return rejected
+
+
+def unexpected_paths(typ: pa.StructType, known: pa.StructType) -> list[FieldPath]:
+    """The paths of fields in the parsed ``typ`` that the parser was not told about (``known``)."""
+    found: list[FieldPath] = []
+    for i in range(typ.num_fields):
+        field = typ.field(i)
+        told = _told(known, field.name)
+        if told is None:
+            found.append((field.name,))
+            continue
+        ftype = field.type
+        if pa.types.is_list(ftype) and pa.types.is_list(told):
+            ftype, told = ftype.value_type, told.value_type
+        if pa.types.is_struct(ftype) and pa.types.is_struct(told) and ftype != told:
+            found.extend((field.name, *path) for path in unexpected_paths(ftype, told))
+    return found
+
+
+def _told(known: pa.StructType | None, name: str) -> pa.DataType | None:
+    if known is None:
+        return None
+    index = known.get_field_index(name)
+    return None if index < 0 else known.field(index).type
+
+
+def rows_with_value(table: pa.Table, path: FieldPath) -> set[int]:
+    """Indexes of the rows of ``table`` holding a non-null value at ``path`` (lists are passed through)."""
+    rows: set[int] = set()
+    start = 0
+    for chunk in table.column(path[0]).chunks:
+        rows.update(start + int(i) for i in _present(chunk, path[1:]).to_pylist())
+        start += len(chunk)
+    return rows
+
+
+def _present(array: pa.Array, path: FieldPath) -> pa.Array:
+    """Indexes (into ``array``) of the entries with a non-null value at ``path`` below them."""
+    if not path:  # the field itself: an empty list or object is a value too
+        return pc.indices_nonzero(pc.is_valid(array))
+    if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+        parents = pc.list_parent_indices(array)
+        inner = _present(pc.list_flatten(array), path)
+        return pc.unique(parents.take(inner))
+    return _present(pc.struct_field(array, path[0]), path[1:])
 
 
 def conform(array: pa.Array, target: pa.DataType) -> pa.Array:

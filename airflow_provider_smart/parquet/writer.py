@@ -3,10 +3,12 @@
 Input is cut into chunks of whole lines (``chunk_bytes``). Each chunk goes through the fast path when it
 can: Arrow's C++ JSON parser told the exact schema (types from FHIR R4), which refuses anything that
 does not fit (a non-R4 field, a wrong JSON type, an integer out of range) instead of guessing. When the
-refusal is only about fields not seen before, the parser's view of their shape grows the schema record
-(types still from R4) and the chunk is parsed again. Anything else, and chunks holding a JSON ``null``,
-take the exact path (``normalize.py``) that routes every value that does not fit to the unmapped-JSON
-column. Both paths give the same rows.
+parser finds fields not seen before, its view of their shape grows the schema record (types still from
+R4) and the chunk is parsed again. Single lines the fast path cannot give exactly (a JSON ``null``, which
+Arrow reads as absent; a field R4 does not define; an object with no typed field) are taken out of the
+chunk and go through the exact path (``normalize.py``), which routes every value that does not fit to
+the unmapped-JSON column; their rows are put back in their place. A chunk with many such lines, or
+one the parser refuses, takes the exact path whole. Both paths give the same rows.
 
 Rows are buffered up to ``row_group_bytes`` and written as one row group. A part file has one schema, so
 when the record grows the current part is closed and the next one starts with the wider schema; at
@@ -34,7 +36,23 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from airflow_provider_smart.parquet.arrow import conform_table, data_schema, grow_from_arrow, table_schema
+from airflow_provider_smart.parquet.arrow import (
+    conform_table,
+    data_schema,
+    grow_from_arrow,
+    rows_with_value,
+    table_schema,
+    unexpected_paths,
+)
+from airflow_provider_smart.parquet.chunks import (
+    cut_lines,
+    drop_blank_lines,
+    iter_chunks,
+    line_spans,
+    lines_holding,
+    null_lines,
+    split_contained,
+)
 from airflow_provider_smart.parquet.normalize import Normalizer
 from airflow_provider_smart.parquet.schema import UNMAPPED_COLUMN, SchemaError, SchemaRecord
 from airflow_provider_smart.storage.atomic import (
@@ -57,9 +75,11 @@ SCHEMA_FILE = "_schema.json"
 DEFAULT_CHUNK_BYTES = 8 << 20
 DEFAULT_ROW_GROUP_BYTES = 64 << 20
 DEFAULT_PART_BYTES = 1 << 30
-# A JSON null anywhere: the Arrow parser reads an explicit null as "absent", so such chunks take the exact
-# path (which keeps them). Matches inside string values too, which only costs speed.
-_NULL = re.compile(rb"[\[:,]\s*null\b")
+# The first lines of a type's first chunk teach its record before the whole chunk is parsed.
+SAMPLE_BYTES = 256 << 10
+# "Column(/a/[]/b) changed from number to string": the parser met two JSON types in a field it infers.
+_CONFLICT = re.compile(r"Column\(/(?:[^)]*/)?([A-Za-z0-9_]+)(?:/\[\])*\) changed from")
+_CONFLICT_RETRIES = 4
 _RESOURCE_TYPE = re.compile(rb'"resourceType"\s*:\s*"([A-Za-z0-9]+)"')
 
 
@@ -77,6 +97,18 @@ class TypeSummary:
     files: list[str] = field(default_factory=list)
     fast_chunks: int = 0
     exact_chunks: int = 0
+    exact_lines: int = 0
+
+
+@dataclass
+class _Fast:
+    """What the fast path made of a chunk (line indexes count the chunk's lines from 0)."""
+
+    table: pa.Table  # one row per line except those in ``removed``
+    removed: set[int]  # lines cut out of the text before the parse that gave ``table``
+    offending: list[int]  # lines (sorted) the exact path gives instead; includes ``removed``
+    lines: list[bytes]  # their text, in the same order
+    nbytes: int
 
 
 class _TypeWriter:
@@ -107,6 +139,7 @@ class _TypeWriter:
         self.pq_writer: pq.ParquetWriter | None = None
         self.part_bytes = 0
         self._schemas: tuple[int, pa.Schema, pa.Schema] | None = None
+        self.sampled = False
         self.summary = TypeSummary()
 
     # -- schemas ---------------------------------------------------------------------------------
@@ -127,55 +160,139 @@ class _TypeWriter:
             parse_options=pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior=behaviour),
         )
 
-    def try_fast(self, chunk: bytes) -> pa.Table | None:
+    def try_fast(self, chunk: bytes, lines: int) -> _Fast | None:
+        """The chunk (no blank lines; ``lines`` of them) through the Arrow parser, or None for the exact path."""
+        limit = max(8, lines // 8)  # beyond this many exact lines, the whole chunk the exact way is cheaper
+        # Lines cut out of the text before parsing: those with a null, and those with a field whose values
+        # the parser cannot infer one type for (a non-R4 field holding numbers and strings).
+        cut = {span[0]: span for span in null_lines(chunk)} if b"null" in chunk else {}
+        for _ in range(_CONFLICT_RETRIES):
+            if len(cut) > limit or len(cut) == lines:
+                return None
+            parsed = self._parse_cut(chunk, lines, cut)
+            if parsed is None:
+                return None
+            if isinstance(parsed, bytes):
+                more = [span for span in lines_holding(chunk, b'"' + parsed + b'"') if span[0] not in cut]
+                if not more:
+                    return None
+                cut.update((span[0], span) for span in more)
+                continue
+            text, rows, contained, table = parsed
+            break
+        else:
+            return None
+        parse_schema = self.parse_schema(contained is not None)
+        nulls = sorted(cut.values())
+        bad: set[int] = set()  # rows of ``table`` holding a value the parser cannot type
+        removed_rows: set[int] = set()  # rows cut out of the text before the final parse
+        if not table.schema.equals(parse_schema, check_metadata=False):
+            found, told = pa.struct(list(table.schema)), pa.struct(list(parse_schema))
+            grown = False
+            if self.record.pinned:
+                rejected = unexpected_paths(found, told)
+            else:
+                before = self.record.root.count()
+                rejected = grow_from_arrow(self.record.root, found, told)
+                grown = self.record.root.count() != before
+                if grown:
+                    self.grew()
+            for path in rejected:
+                bad |= rows_with_value(table, path)
+            if len(nulls) + len(bad) > limit or len(bad) == rows:
+                return None
+            if grown:
+                # New fields: their values must be read with their FHIR types, not inferred ones. Parse
+                # again, without the rows the exact path takes.
+                if bad:
+                    text = cut_lines(text, line_spans(text, sorted(bad)))
+                    if contained is not None:
+                        contained = [c for i, c in enumerate(contained) if i not in bad]
+                parse_schema = self.parse_schema(contained is not None)
+                try:
+                    table = self._parse(text, parse_schema, "error")
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    return None
+                if len(table) != rows - len(bad):
+                    return None
+                removed_rows = bad
+        if contained is not None:
+            table = table.append_column("contained", pa.array(contained, type=pa.list_(pa.string())))
+        table = table.append_column(pa.field(UNMAPPED_COLUMN, pa.string()), pa.nulls(len(table), pa.string()))
+        # Rows of the parsed text are the chunk's lines without the cut ones.
+        null_index = [line for line, _, _ in nulls]
+        to_line = _without(lines, null_index) if null_index and bad else None
+        bad_lines = sorted(to_line[r] for r in bad) if to_line is not None else sorted(bad)
+        removed = set(null_index)
+        removed.update(to_line[r] if to_line is not None else r for r in removed_rows)
+        offending = sorted(null_index + bad_lines)
+        texts = [chunk[start:end] for _, start, end in line_spans(chunk, offending)] if offending else []
+        return _Fast(table, removed, offending, texts, table.nbytes)
+
+    def _parse_cut(
+        self, chunk: bytes, lines: int, cut: dict[int, tuple[int, int, int]]
+    ) -> tuple[bytes, int, list[list[str] | None] | None, pa.Table] | bytes | None:
+        """Parse the chunk without the ``cut`` lines: (text, rows, contained texts, table); the name of a
+        field the parser could not infer one type for; or None (the exact path takes the chunk)."""
+        text = cut_lines(chunk, sorted(cut.values()))
+        rows = lines - len(cut)
         contained: list[list[str] | None] | None = None
-        if b'"contained"' in chunk:
+        if b'"contained"' in text:
             node = self.record.root.children.get("contained") or (
                 None if self.record.pinned else self.record.root.child_for("contained")
             )
             if node is None or node.kind != "json" or not node.is_list:
                 return None
-            split = split_contained(chunk)
+            split = split_contained(text, rows)
             if split is None:
                 return None
-            chunk, contained = split
+            text, contained = split
             if "contained" not in self.record.root.children:
                 self.record.root.add("contained")
                 self.grew()
-        # Every line must be of this type before its fields may teach this type's record anything.
-        lines = chunk.count(b"\n") - chunk.count(b"\n\n")
-        if chunk.count(b'"resourceType":"' + self.record.resource_type.encode() + b'"') != lines:
-            return None
+        if not self.sampled:
+            self.sampled = True
+            self._learn(text, contained is not None)
         parse_schema = self.parse_schema(contained is not None)
         # Fields of the record are converted strictly (a wrong JSON type raises); fields the record does not
         # have yet are inferred and appended, which tells what to add without a second failing parse.
         try:
-            table = self._parse(chunk, parse_schema, "infer")
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            table = self._parse(text, parse_schema, "infer")
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+            conflict = _CONFLICT.search(str(err))
+            return conflict.group(1).encode() if conflict else None
+        if len(table) != rows:  # two values on one line, or one value over two: not NDJSON
             return None
-        if not table.schema.equals(parse_schema, check_metadata=False):
-            if self.record.pinned:
-                return None
-            before = self.record.root.count()
-            ok = grow_from_arrow(self.record.root, pa.struct(list(table.schema)))
-            if self.record.root.count() != before:
-                self.grew()
-            if not ok:
-                return None
-            # Parse again: the new fields' values must be read with their FHIR types, not inferred ones.
-            parse_schema = self.parse_schema(contained is not None)
-            try:
-                table = self._parse(chunk, parse_schema, "error")
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                return None
-        if contained is not None:
-            if len(contained) != len(table):
-                return None
-            table = table.append_column("contained", pa.array(contained, type=pa.list_(pa.string())))
+        # Every row must be of this type before its fields may teach this type's record anything.
         types = table.column("resourceType")
         if types.null_count or not pc.all(pc.equal(types, self.record.resource_type)).as_py():
             return None
-        return table.append_column(pa.field(UNMAPPED_COLUMN, pa.string()), pa.nulls(len(table), pa.string()))
+        return text, rows, contained, table
+
+    def _learn(self, text: bytes, without_contained: bool) -> None:
+        """Grow the record from the first lines of a type's first chunk before parsing all of it.
+
+        New fields force a second parse of the chunk (their values must be read with their FHIR types);
+        learning them from a sample first keeps that second parse to the sample's size.
+        """
+        if self.record.pinned or len(text) <= 2 * SAMPLE_BYTES:
+            return
+        sample = text[: text.find(b"\n", SAMPLE_BYTES) + 1]
+        if not sample:
+            return
+        parse_schema = self.parse_schema(without_contained)
+        try:
+            table = self._parse(sample, parse_schema, "infer")
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return  # the whole chunk will tell
+        types = table.column("resourceType")
+        if types.null_count or not pc.all(pc.equal(types, self.record.resource_type)).as_py():
+            return
+        if not table.schema.equals(parse_schema, check_metadata=False):
+            before = self.record.root.count()
+            grow_from_arrow(self.record.root, pa.struct(list(table.schema)), pa.struct(list(parse_schema)))
+            if self.record.root.count() != before:
+                self.grew()
 
     def parse_schema(self, without_contained: bool) -> pa.Schema:
         schema, _ = self.schemas()
@@ -193,11 +310,12 @@ class _TypeWriter:
         return pa.Table.from_struct_array(pa.array(rows, type=pa.struct(list(schema)))).cast(schema)
 
     # -- writing ---------------------------------------------------------------------------------
-    def add(self, table: pa.Table) -> None:
+    def add(self, table: pa.Table, nbytes: int | None = None) -> None:
+        """Buffer rows; ``nbytes`` for a table of slices (whose own count would repeat shared buffers)."""
         if not len(table):
             return
         self.buffer.append(table)
-        self.buffered += table.nbytes
+        self.buffered += table.nbytes if nbytes is None else nbytes
         self.summary.rows += len(table)
         if self.buffered >= self.owner.row_group_bytes:
             self.flush()
@@ -301,81 +419,6 @@ class _TypeWriter:
                 self.directory.rmdir()
 
 
-_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
-_DECODER = json.JSONDecoder()
-_WS = " \t\r\n"
-
-
-def split_contained(chunk: bytes) -> tuple[bytes, list[list[str] | None]] | None:
-    """Cut each line's top-level ``contained`` array out, as the JSON text of each contained resource.
-
-    Contained resources are stored as JSON text (any resource type may appear there). Lifting them out
-    textually lets the Arrow parser handle the rest of the line. Returns the chunk without them and, per
-    non-blank line, the list of texts (None when the line has no ``contained``); None when a line does
-    not have the expected shape (the caller then takes the exact path).
-    """
-    lines: list[str] = []
-    found: list[list[str] | None] = []
-    decode = _DECODER.raw_decode
-    for text in chunk.decode("utf-8").split("\n"):
-        key = text.find('"contained"')
-        if key < 0:
-            if text and not text.isspace():
-                lines.append(text)
-                found.append(None)
-            continue
-        prefix = text[:key]
-        if prefix.count("{") != 1 or "}" in prefix or "[" in prefix:
-            # Braces may sit inside string values: look again with the strings taken out.
-            bare = _STRINGS.sub("", prefix)
-            if bare.count("{") - bare.count("}") != 1 or bare.count("[") != bare.count("]"):
-                return None  # not the resource's own element
-        pos = key + 11
-        try:
-            while text[pos] in _WS:
-                pos += 1
-            if text[pos] != ":":
-                return None
-            pos += 1
-            while text[pos] in _WS:
-                pos += 1
-            if text[pos] != "[":
-                return None
-            pos += 1
-            items: list[str] = []
-            while True:
-                while text[pos] in _WS:
-                    pos += 1
-                if text[pos] == "]" and not items:
-                    pos += 1
-                    break
-                if text.startswith("null", pos):
-                    return None  # a null item: the exact path keeps it as a null
-                _, end = decode(text, pos)
-                items.append(text[pos:end])
-                pos = end
-                while text[pos] in _WS:
-                    pos += 1
-                if text[pos] == ",":
-                    pos += 1
-                    continue
-                if text[pos] == "]":
-                    pos += 1
-                    break
-                return None
-        except (ValueError, IndexError):
-            return None
-        head, tail = prefix.rstrip(), text[pos:].lstrip()
-        if tail.startswith(","):
-            tail = tail[1:]
-        elif head.endswith(","):
-            head = head[:-1]
-        lines.append(head + tail)
-        found.append(items)
-    lines.append("")
-    return "\n".join(lines).encode("utf-8"), found
-
-
 @contextlib.contextmanager
 def open_ndjson(source: Any) -> Iterator[IO[bytes]]:
     """Open a path / ObjectStoragePath / file object for reading bytes, gunzipping when gzipped."""
@@ -391,23 +434,6 @@ def open_ndjson(source: Any) -> Iterator[IO[bytes]]:
             yield cast("IO[bytes]", stack.enter_context(gzip.GzipFile(fileobj=buffered)))
         else:
             yield cast("IO[bytes]", buffered)
-
-
-def iter_chunks(handle: IO[bytes], chunk_bytes: int) -> Iterator[bytes]:
-    """Whole-line chunks of about ``chunk_bytes`` bytes (a line longer than that is one chunk)."""
-    rest = b""
-    while True:
-        block = handle.read(chunk_bytes)
-        if not block:
-            break
-        cut = block.rfind(b"\n")
-        if cut < 0:
-            rest += block
-            continue
-        yield rest + block[: cut + 1] if rest else block[: cut + 1]
-        rest = block[cut + 1 :]
-    if rest.strip():
-        yield rest + b"\n"
 
 
 class FhirParquetWriter:
@@ -557,47 +583,84 @@ class FhirParquetWriter:
         if resource_type is not None and not resource_type.isalnum():
             resource_type = None
         for chunk in chunks:
+            lines = chunk.count(b"\n")
             rtype = resource_type
             if rtype is None:
                 match = _RESOURCE_TYPE.search(chunk, 0, chunk.find(b"\n"))
                 rtype = match.group(1).decode() if match else None
-            table = None
-            if rtype is not None and self.fast and self.decimal == "float64" and not self._has_null(chunk):
+            done = False
+            if rtype is not None and self.fast and self.decimal == "float64":
+                body, kept = drop_blank_lines(chunk)
                 tw = self._writer_for(rtype)
-                table = tw.try_fast(chunk)
-                if table is not None:
-                    tw.add(table)
+                fast = tw.try_fast(body, lines if kept is None else len(kept))
+                if fast is not None:
+                    count += self._place(
+                        tw,
+                        fast,
+                        [f"{source} line {line_no + (i if kept is None else kept[i])}" for i in fast.offending],
+                    )
                     tw.summary.fast_chunks += 1
-                    count += len(table)
-            if table is None:
+                    done = True
+            if not done:
                 count += self._write_exact(chunk, source, line_no)
-            line_no += chunk.count(b"\n")
+            line_no += lines
         return count
 
-    @staticmethod
-    def _has_null(chunk: bytes) -> bool:
-        return b"null" in chunk and _NULL.search(chunk) is not None
+    def _place(self, tw: _TypeWriter, fast: _Fast, where: list[str]) -> int:
+        """Add the fast rows with the offending lines' exact rows in their places (input order is kept)."""
+        values = [self._load_line(line, place) for line, place in zip(fast.lines, where, strict=True)]
+        groups = self._group(values, where)
+        mine = groups.pop(tw.record.resource_type, [])
+        exact = tw.table_from_resources(mine) if mine else None  # may grow the record: conform after it
+        table = fast.table
+        if fast.offending:
+            _, schema = tw.schemas()
+            table = conform_table(table, schema)
+            if exact is not None:
+                exact = conform_table(exact, schema)
+            mine_ids = {id(v) for v in mine}
+            pieces: list[pa.Table] = []
+            row = taken = previous = 0
+            for line, value in zip(fast.offending, values, strict=True):
+                if line > previous:
+                    pieces.append(table.slice(row, line - previous))
+                    row += line - previous
+                if exact is not None and id(value) in mine_ids:
+                    pieces.append(exact.slice(taken, 1))
+                    taken += 1
+                if line not in fast.removed:
+                    row += 1  # the parsed row of this line is replaced by its exact row
+                previous = line + 1
+            pieces.append(table.slice(row))
+            table = pa.concat_tables(pieces)
+        tw.add(table, fast.nbytes + (exact.nbytes if exact is not None else 0))
+        tw.summary.exact_lines += len(fast.offending)
+        for rtype, group in groups.items():  # lines of other types: their own tables
+            other = self._writer_for(rtype)
+            other.add(other.table_from_resources(group))
+        return len(table) + sum(len(g) for g in groups.values())
+
+    def _load_line(self, line: bytes, where: str) -> Any:
+        try:
+            return json.loads(line, parse_float=Decimal if self.decimal == "string" else float)
+        except ValueError as err:
+            raise ValueError(
+                f"{where}: not valid JSON ({err}); each line of an NDJSON file must be one complete JSON resource"
+            ) from None
 
     def _write_exact(self, chunk: bytes, source: str, first_line: int) -> int:
-        parse_float = Decimal if self.decimal == "string" else float
         resources = []
         where = []
         for offset, line in enumerate(chunk.split(b"\n")):
             if not line.strip():
                 continue
-            try:
-                value = json.loads(line, parse_float=parse_float)
-            except ValueError as err:
-                raise ValueError(
-                    f"{source} line {first_line + offset}: not valid JSON ({err}); each line of an NDJSON file "
-                    "must be one complete JSON resource"
-                ) from None
-            resources.append(value)
-            where.append(f"{source} line {first_line + offset}")
+            place = f"{source} line {first_line + offset}"
+            resources.append(self._load_line(line, place))
+            where.append(place)
         return self._write_parsed(resources, where)
 
-    def _write_parsed(self, resources: list[dict[str, Any]], where: list[str] | None = None) -> int:
-        self._check_open()
+    @staticmethod
+    def _group(resources: list[Any], where: list[str] | None) -> dict[str, list[dict[str, Any]]]:
         groups: dict[str, list[dict[str, Any]]] = {}
         for i, value in enumerate(resources):
             rtype = value.get("resourceType") if isinstance(value, dict) else None
@@ -607,7 +670,11 @@ class FhirParquetWriter:
                     "resourceType string); check that the input is FHIR NDJSON"
                 )
             groups.setdefault(rtype, []).append(value)
-        for rtype, group in groups.items():
+        return groups
+
+    def _write_parsed(self, resources: list[dict[str, Any]], where: list[str] | None = None) -> int:
+        self._check_open()
+        for rtype, group in self._group(resources, where).items():
             tw = self._writer_for(rtype)
             tw.add(tw.table_from_resources(group))
             tw.summary.exact_chunks += 1
@@ -644,11 +711,12 @@ class FhirParquetWriter:
                 }
                 mark_complete(tw.directory, {"resourceType": rtype, "rows": tw.summary.rows})
                 log.info(
-                    "Parquet %s: %d rows in %d file(s); %d chunk(s) fast, %d exact",
+                    "Parquet %s: %d rows in %d file(s); %d chunk(s) fast (%d single line(s) exact), %d exact",
                     rtype,
                     tw.summary.rows,
                     len(tw.summary.files),
                     tw.summary.fast_chunks,
+                    tw.summary.exact_lines,
                     tw.summary.exact_chunks,
                 )
                 result[rtype] = summary
@@ -668,6 +736,12 @@ class FhirParquetWriter:
             except Exception:
                 log.warning("could not clean %s", tw.directory, exc_info=True)
         self.closed = True
+
+
+def _without(count: int, dropped: list[int]) -> list[int]:
+    """``range(count)`` without the sorted indexes ``dropped``."""
+    skip = set(dropped)
+    return [i for i in range(count) if i not in skip]
 
 
 def _load_pinned(resource_type: str, value: Any) -> SchemaRecord:

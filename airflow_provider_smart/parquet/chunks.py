@@ -1,0 +1,181 @@
+"""Whole-line NDJSON chunks and the byte-level work the fast path does on them before Arrow parses them.
+
+Every function here scans a chunk with C-level byte searches (``find``, ``count``, one compiled regex)
+and touches single lines in Python only where something was found, so clean data costs a few scans.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import IO, Any
+
+# A line holding only whitespace (after a newline; the first line is checked on its own).
+_BLANK = re.compile(rb"\n(?=[ \t\r]*\n)")
+# A JSON null as a value. Matches inside string values too, which only sends that line the exact way.
+_NULL = re.compile(rb"[\[:,]\s*null\b")
+_CONTAINED_KEY = b'"contained"'
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+def iter_chunks(handle: IO[bytes], chunk_bytes: int) -> Iterator[bytes]:
+    """Whole-line chunks of about ``chunk_bytes`` bytes (a line longer than that is one chunk).
+
+    Each chunk is read into a buffer of its own and completed to its line end with ``readline``: the block
+    is not copied again to cut it at a line end. (The chunks are bytearrays; they are only read.)
+    """
+    while True:
+        block = bytearray(chunk_bytes)
+        got = handle.readinto(block)  # type: ignore[attr-defined]
+        if not got:
+            return
+        if got < chunk_bytes:
+            del block[got:]
+        if not block.endswith(b"\n"):
+            block += handle.readline()
+            if not block.endswith(b"\n"):  # the last line of a file without a final newline
+                if not block.strip():
+                    return
+                block += b"\n"
+        yield block  # type: ignore[misc]
+
+
+def drop_blank_lines(chunk: bytes) -> tuple[bytes, list[int] | None]:
+    """The chunk without whitespace-only lines, and the original index of each kept line (None: none dropped).
+
+    Arrow's parser yields no row for such a line, so rows and lines only pair up once they are gone.
+    """
+    first = chunk.find(b"\n")
+    if _BLANK.search(chunk) is None and chunk[:first].strip():
+        return chunk, None
+    lines = chunk.split(b"\n")[:-1]
+    kept = [i for i, line in enumerate(lines) if line.strip()]
+    return b"".join(lines[i] + b"\n" for i in kept), kept
+
+
+def null_lines(chunk: bytes) -> list[tuple[int, int, int]]:
+    """``(line index, start, end)`` of each line holding a JSON ``null`` (Arrow would read it as absent)."""
+    return lines_holding(chunk, b"null", _NULL)
+
+
+def lines_holding(chunk: bytes, needle: bytes, pattern: re.Pattern[bytes] | None = None) -> list[tuple[int, int, int]]:
+    """``(line index, start, end)`` of each line holding ``needle`` (and a match of ``pattern`` if given)."""
+    found: list[tuple[int, int, int]] = []
+    pos = chunk.find(needle)
+    line = 0
+    counted = 0
+    while pos >= 0:
+        start = chunk.rfind(b"\n", 0, pos) + 1
+        end = chunk.find(b"\n", pos) + 1
+        if pattern is None or pattern.search(chunk, start, end) is not None:
+            line += chunk.count(b"\n", counted, start)
+            counted = start
+            found.append((line, start, end))
+        pos = chunk.find(needle, end)
+    return found
+
+
+def cut_lines(chunk: bytes, spans: list[tuple[int, int, int]]) -> bytes:
+    """The chunk without the lines at ``spans`` (as :func:`null_lines` gives them, in order)."""
+    if not spans:
+        return chunk
+    parts = []
+    pos = 0
+    for _, start, end in spans:
+        parts.append(chunk[pos:start])
+        pos = end
+    parts.append(chunk[pos:])
+    return b"".join(parts)
+
+
+def line_spans(chunk: bytes, indexes: list[int]) -> list[tuple[int, int, int]]:
+    """``(line index, start, end)`` of the lines at ``indexes`` (sorted) of a chunk."""
+    spans = []
+    start = 0
+    line = 0
+    for index in indexes:
+        while line < index:
+            start = chunk.index(b"\n", start) + 1
+            line += 1
+        end = chunk.index(b"\n", start) + 1
+        spans.append((index, start, end))
+    return spans
+
+
+def split_contained(chunk: bytes, lines: int) -> tuple[bytes, list[list[str] | None]] | None:
+    """Cut each line's top-level ``contained`` array out, as the JSON text of each contained resource.
+
+    Contained resources are stored as JSON text (any resource type may appear there). Lifting them out
+    textually lets the Arrow parser handle the rest of the line. msgspec finds every line's top-level
+    items (validating their JSON) in one call; each line is then cut where those exact bytes follow the
+    key. Returns the chunk without them and, per line, the list of texts (None when the line has no
+    ``contained``); None when a line does not have the expected shape (the caller then takes the exact
+    path). ``lines`` is the number of lines (the chunk has no blank line).
+    """
+    import msgspec
+
+    try:
+        found = _contained_decoder().decode_lines(chunk)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    if len(found) != lines:  # two values on one line: not NDJSON
+        return None
+    out: list[bytes] = []
+    texts: list[list[str] | None] = []
+    pos = 0  # start of the current line
+    copied = 0  # chunk[copied:pos] still to be copied to the output
+    for item in found:
+        end = chunk.index(b"\n", pos) + 1
+        if item.contained is not None:
+            raws = [bytes(raw) for raw in item.contained]
+            if b"null" in raws:
+                return None  # a null item: the exact path keeps it as a null
+            cut = _contained_member(chunk, pos, end, raws)
+            if cut is None:
+                return None
+            out.append(chunk[copied : cut[0]])
+            copied = cut[1]
+            texts.append([raw.decode("utf-8") for raw in raws])
+        else:
+            texts.append(None)
+        pos = end
+    out.append(chunk[copied:])
+    return b"".join(out), texts
+
+
+def _contained_member(chunk: bytes, start: int, end: int, items: list[bytes]) -> tuple[int, int] | None:
+    """Where to cut the line ``chunk[start:end]`` to drop its top-level ``"contained":[...]`` member (and one
+    comma), found as its exact compact text; None when the line has another layout."""
+    key = chunk.find(_CONTAINED_KEY, start, end)
+    if key < 0:
+        return None
+    prefix = chunk[start:key]
+    if prefix.count(b"{") != 1 or b"}" in prefix or b"[" in prefix:
+        # Braces may sit inside string values: look again with the strings taken out.
+        bare = _STRINGS.sub(b"", prefix)
+        if bare.count(b"{") - bare.count(b"}") != 1 or bare.count(b"[") != bare.count(b"]"):
+            return None  # not the resource's own element
+    member = _CONTAINED_KEY + b":[" + b",".join(items) + b"]"
+    if not chunk.startswith(member, key):
+        return None  # whitespace inside the member, or another layout: the exact path handles it
+    after = key + len(member)
+    if chunk.startswith(b",", after):
+        return key, after + 1
+    if chunk.startswith(b",", key - 1):
+        return key - 1, after
+    return None
+
+
+_decoder: Any = None
+
+
+def _contained_decoder() -> Any:
+    """Built once, on first use (msgspec is imported only here)."""
+    global _decoder
+    if _decoder is None:
+        import msgspec
+
+        # Built with defstruct: this module's annotations are strings msgspec could not resolve here.
+        contained = msgspec.defstruct("Contained", [("contained", list[msgspec.Raw] | None, None)])
+        _decoder = msgspec.json.Decoder(contained)
+    return _decoder

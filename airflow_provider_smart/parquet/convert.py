@@ -71,5 +71,20 @@ def convert_ndjson_to_parquet(
         destination, run, decimal=decimal, schemas=schemas, conn_id=destination_conn_id, **writer_options
     ) as writer:
         for path in files:
-            writer.write_ndjson(path)
+            writer.write_ndjson(path, known_type(path))
     return writer.result
+
+
+def known_type(path: Any) -> str | None:
+    """The resource type a file's name tells: ``Patient.ndjson``, ``Patient.00001.ndjson.gz`` (Bulk Data
+    landing) or ``Patient/<run>/part-00000.ndjson`` (search output); None when the name tells none.
+
+    Only a hint that lets the fast path skip looking: lines of other types still land in their own tables.
+    """
+    from airflow_provider_smart.parquet.model import is_resource_type
+
+    name = str(path.name).split(".")[0]
+    if is_resource_type(name):
+        return name
+    parent = path.parent.parent.name if name.startswith("part-") else ""
+    return parent if is_resource_type(parent) else None

@@ -113,3 +113,31 @@ def test_a_run_directory_holding_other_files_is_never_cleared(tmp_path: Path) ->
     ):
         writer.write_ndjson(str(run_dir / "part-00000.ndjson"))
     assert (run_dir / "part-00000.ndjson").exists()
+
+
+def test_convert_passes_the_type_the_file_names_tell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider_smart.parquet.convert import convert_ndjson_to_parquet, known_type
+
+    source = tmp_path / "in"
+    (source / "Patient" / "run-1").mkdir(parents=True)
+    write_ndjson(source / "Patient.00001.ndjson", PATIENTS[:2])
+    write_ndjson(source / "Patient" / "run-1" / "part-00000.ndjson", PATIENTS[2:4])
+    write_ndjson(source / "block.00000.ndjson", PATIENTS[4:6])  # organised by patient: no type in the name
+    write_ndjson(source / "Nonsense.ndjson", PATIENTS[6:8])  # not a resource type: no hint
+    seen: list[tuple[str, str | None]] = []
+    original = FhirParquetWriter.write_ndjson
+
+    def spy(self: FhirParquetWriter, path: object, resource_type: str | None = None) -> int:
+        seen.append((str(path).rsplit("/in/", 1)[1], resource_type))
+        return original(self, path, resource_type)
+
+    monkeypatch.setattr(FhirParquetWriter, "write_ndjson", spy)
+    result = convert_ndjson_to_parquet(str(source), str(tmp_path / "out"), "r")
+    assert sorted(seen) == [
+        ("Nonsense.ndjson", None),
+        ("Patient.00001.ndjson", "Patient"),
+        ("Patient/run-1/part-00000.ndjson", "Patient"),
+        ("block.00000.ndjson", None),
+    ]
+    assert result["Patient"]["rows"] == 8
+    assert known_type(ObjectStoragePath("file:///x/Observation.ndjson.gz")) == "Observation"

@@ -10,6 +10,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from airflow_provider_smart.auth.errors import SmartAuthError
 from airflow_provider_smart.auth.keys import (
@@ -76,12 +77,42 @@ def _jwks(args: argparse.Namespace) -> int:
     return 0
 
 
+class ConnectionNotFound(LookupError):
+    """The connection named by ``--conn-id`` is defined nowhere Airflow looks."""
+
+
+def _stored_connection_hook(conn_id: str, scope: str | None) -> Any:
+    """A hook that finds ``conn_id`` where ``airflow connections test`` does.
+
+    Outside a task, the task SDK's lookup reads only ``AIRFLOW_CONN_*`` variables and external secrets
+    backends, never the metadata DB, so connections made in the UI or with ``airflow connections add``
+    would not be found. Airflow core's lookup searches the environment, the metadata DB and any configured
+    secrets backend, in Airflow's order.
+    """
+    from airflow.exceptions import AirflowNotFoundException
+    from airflow.models.connection import Connection
+
+    from airflow_provider_smart.hooks.smart import SmartFhirHook
+
+    class StoredConnectionHook(SmartFhirHook):
+        @classmethod
+        def get_connection(cls, conn_id: str) -> Any:
+            try:
+                return Connection.get_connection_from_secrets(conn_id)
+            except AirflowNotFoundException:
+                raise ConnectionNotFound(
+                    f"no connection {conn_id!r} in the AIRFLOW_CONN_* variables, the metadata DB of AIRFLOW_HOME "
+                    "or the configured secrets backends: create it in the UI (Admin > Connections) or with "
+                    "`airflow connections add`, or pass --conn-id"
+                ) from None
+
+    return StoredConnectionHook(conn_id, scope=scope)
+
+
 def _token(args: argparse.Namespace) -> int:
     # Airflow's logging writes to stdout; keep stdout for the JSON answer alone (scripts parse it).
     with contextlib.redirect_stdout(sys.stderr):
-        from airflow_provider_smart.hooks.smart import SmartFhirHook
-
-        hook = SmartFhirHook(args.conn_id, scope=args.scope)
+        hook = _stored_connection_hook(args.conn_id, args.scope)
         token = hook.get_token(force_refresh=True)
         summary = token.summary()
         summary["conn_id"] = args.conn_id
@@ -131,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(args_list)
     try:
         return int(args.func(args))
-    except (SmartAuthError, ValueError, OSError) as exc:
+    except (SmartAuthError, ConnectionNotFound, ValueError, OSError) as exc:
         print(f"smart-fhir {args.command}: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # e.g. an unknown connection id; our messages never hold secrets

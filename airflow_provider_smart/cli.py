@@ -89,8 +89,8 @@ def _stored_connection_hook(conn_id: str, scope: str | None) -> Any:
     would not be found. Airflow core's lookup searches the environment, the metadata DB and any configured
     secrets backend, in Airflow's order.
     """
-    from airflow.exceptions import AirflowNotFoundException
     from airflow.models.connection import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
 
     from airflow_provider_smart.hooks.smart import SmartFhirHook
 

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SUPPORTED_FORMATS = ("ndjson", "parquet", "delta")
-INCREMENTAL_MODES = ("data_interval", "watermark", None)
+INCREMENTAL_MODES = ("auto", "data_interval", "watermark", None)
 _INCLUDE_PARAMS = ("_include", "_revinclude")
 _PROGRESS_EVERY_PAGES = 50
 
@@ -73,6 +73,15 @@ def interval_label(start: datetime, end: datetime) -> str:
     return safe_segment(f"{compact(start)}_{compact(end)}")
 
 
+def resolve_incremental(mode: str | None, context: Context) -> str | None:
+    """The mode a run uses: ``"auto"`` is ``"data_interval"`` when the run covers a non-empty data interval
+    (data-interval timetables, and their manual runs), else ``"watermark"``; other modes are kept."""
+    if mode != "auto":
+        return mode
+    start, end = context.get("data_interval_start"), context.get("data_interval_end")
+    return "data_interval" if start is not None and end is not None and start < end else "watermark"
+
+
 class FhirSearchOperator(BaseOperator):
     """
     Run a FHIR search and write every matching resource to storage as NDJSON, one file set per run.
@@ -98,9 +107,10 @@ class FhirSearchOperator(BaseOperator):
         ``compact``, ``vacuum_retention_hours`` ...; see the "Current-state tables" docs page). (templated)
     :param compression: ``None`` or ``"gzip"`` (``.ndjson.gz`` parts).
     :param smart_fhir_conn_id: the ``smart_fhir`` connection of the FHIR server. (templated)
-    :param incremental: ``"data_interval"`` (default): only resources with ``meta.lastUpdated`` in the DAG
-        run's data interval ``[start, end)``; ``"watermark"``: only resources updated after the last
-        stored high-water mark; ``None``: everything the search matches.
+    :param incremental: ``"auto"`` (default): ``"data_interval"`` for runs with a non-empty data interval,
+        else ``"watermark"`` (manual DAGs, trigger timetables, asset schedules); ``"data_interval"``: only
+        resources with ``meta.lastUpdated`` in the DAG run's data interval ``[start, end)``; ``"watermark"``:
+        only resources updated after the last stored high-water mark; ``None``: everything the search matches.
     :param page_size: ``_count``: resources per page asked of the server.
     :param method: ``"GET"`` or ``"POST"`` (``POST [type]/_search`` with a form body: long queries).
     :param max_part_bytes: start a new part file before this many uncompressed bytes.
@@ -136,7 +146,7 @@ class FhirSearchOperator(BaseOperator):
         formats: Sequence[str] = ("ndjson",),
         compression: str | None = None,
         smart_fhir_conn_id: str = "smart_fhir_default",
-        incremental: str | None = "data_interval",
+        incremental: str | None = "auto",
         page_size: int | None = None,
         method: str = "GET",
         max_part_bytes: int = DEFAULT_MAX_PART_BYTES,
@@ -163,7 +173,7 @@ class FhirSearchOperator(BaseOperator):
         self.compression = check_compression(compression)
         self.smart_fhir_conn_id = smart_fhir_conn_id
         if incremental not in INCREMENTAL_MODES:
-            raise ValueError(f"incremental must be 'data_interval', 'watermark' or None; got {incremental!r}")
+            raise ValueError(f"incremental must be 'auto', 'data_interval', 'watermark' or None; got {incremental!r}")
         self.incremental = incremental
         if page_size is not None and (not isinstance(page_size, int) or page_size < 1):
             raise ValueError(f"page_size must be a positive integer (sent as _count); got {page_size!r}")
@@ -254,9 +264,10 @@ class FhirSearchOperator(BaseOperator):
         params = normalize_params(self.search_params)
         if self.page_size is not None:
             params = [(k, v) for k, v in params if k != "_count"] + [("_count", str(self.page_size))]
-        if self.incremental is not None and any(k == "_lastUpdated" for k, _ in params):
+        incremental = resolve_incremental(self.incremental, context)
+        if incremental is not None and any(k == "_lastUpdated" for k, _ in params):
             raise ValueError(
-                f"params set _lastUpdated while incremental={self.incremental!r} sets it too; "
+                f"params set _lastUpdated while incremental={incremental!r} sets it too; "
                 "pass incremental=None to use your own _lastUpdated bounds"
             )
 
@@ -264,21 +275,21 @@ class FhirSearchOperator(BaseOperator):
         store: WatermarkStore | None = None
         previous: str | None = None
         window_params: list[tuple[str, str]] = []
-        if self.incremental == "data_interval":
+        if incremental == "data_interval":
             start, end = context.get("data_interval_start"), context.get("data_interval_end")
             if start is None or end is None or start >= end:
                 raise ValueError(
                     "incremental='data_interval' needs a DAG run with a non-empty data interval "
                     f"(got start={start}, end={end}). Schedule the DAG with a data-interval timetable "
                     "(e.g. CronDataIntervalTimetable, or CronTriggerTimetable(..., interval=...)), or pass "
-                    "incremental='watermark' or None"
+                    "incremental='auto' (the default), 'watermark' or None"
                 )
             window_params = last_updated_window(start, end)
             window = {"start": format_instant(start), "end": format_instant(end)}
             run = interval_label(start, end)
         else:
             run = safe_segment(str(context.get("run_id") or "manual"))
-            if self.incremental == "watermark":
+            if incremental == "watermark":
                 store = WatermarkStore(output, self.smart_fhir_conn_id, resource_type, params)
                 previous = store.load()
                 if previous is not None:
@@ -295,7 +306,7 @@ class FhirSearchOperator(BaseOperator):
             resource_type,
             self.method,
             len(request.params),
-            self.incremental,
+            incremental,
             window,
             storage_uri(output),
             run,
@@ -341,7 +352,7 @@ class FhirSearchOperator(BaseOperator):
                     "search": {"resource_type": resource_type, "params": [list(p) for p in request.params]},
                     "search_fingerprint": fingerprint,
                     "high_water_mark": search.high_water_mark,
-                    "incremental": self.incremental,
+                    "incremental": incremental,
                     "window": window,
                 }
             )
@@ -376,7 +387,7 @@ class FhirSearchOperator(BaseOperator):
             "output": storage_uri(output),
             "formats": list(self.formats),
             "compression": self.compression,
-            "incremental": self.incremental,
+            "incremental": incremental,
             "window": window,
             "counts": {name: result.count for name, result in sorted(results.items())},
             "directories": {name: storage_uri(data_root / safe_segment(name) / run) for name in sorted(results)},
@@ -387,7 +398,7 @@ class FhirSearchOperator(BaseOperator):
                 for name, r in sorted(results.items())
             },
             "high_water_mark": search.high_water_mark,
-            "watermark": watermark if self.incremental == "watermark" else None,
+            "watermark": watermark if incremental == "watermark" else None,
             "pages": search.stats.pages,
             "retries": search.stats.retries,
             "duplicates_dropped": writer.duplicates,

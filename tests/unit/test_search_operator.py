@@ -14,7 +14,7 @@ from airflow.sdk.execution_time.context import OutletEventAccessors
 from responses import matchers
 
 from airflow_provider_smart.fhir.errors import FhirError
-from airflow_provider_smart.operators.search import FhirSearchOperator, interval_label
+from airflow_provider_smart.operators.search import FhirSearchOperator, interval_label, resolve_incremental
 from tests.fhir_fakes import BASE, PlainHttp, bundle, outcome, resource
 
 OBS = f"{BASE}/Observation"
@@ -94,11 +94,39 @@ def test_data_interval_window_and_summary(tmp_path: Path) -> None:
 
 
 def test_data_interval_mode_needs_an_interval(tmp_path: Path) -> None:
-    op = make(tmp_path)
+    op = make(tmp_path, incremental="data_interval")
     with pytest.raises(ValueError, match="non-empty data interval"):
         op.execute(context(data_interval_start=None, data_interval_end=None))
     with pytest.raises(ValueError, match="non-empty data interval"):
         op.execute(context(data_interval_start=START, data_interval_end=START))
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "mode"),
+    [
+        (START, END, "data_interval"),  # a data-interval timetable (or its manual run)
+        (None, None, "watermark"),  # schedule=None: a manual run has no interval
+        (START, START, "watermark"),  # a trigger timetable: start == end
+    ],
+)
+def test_the_default_mode_fits_the_run(tmp_path: Path, start: Any, end: Any, mode: str) -> None:
+    assert resolve_incremental("auto", context(data_interval_start=start, data_interval_end=end)) == mode
+    assert make(tmp_path).incremental == "auto"
+    for explicit in ("data_interval", "watermark", None):
+        assert resolve_incremental(explicit, context(data_interval_start=start, data_interval_end=end)) == explicit
+
+
+@responses.activate
+def test_the_default_mode_without_an_interval_keeps_a_watermark(tmp_path: Path) -> None:
+    responses.get(OBS, json=bundle([resource("Observation", "1", "2024-03-01T10:00:00Z")]))
+    summary = make(tmp_path).execute(context(data_interval_start=None, data_interval_end=None, run_id="manual__1"))
+    assert summary["incremental"] == "watermark"
+    assert summary["run"] == "manual__1"
+    assert summary["watermark"] == "2024-03-01T10:00:00Z"
+    assert "_lastUpdated" not in responses.calls[0].request.url  # the first run takes everything
+    responses.replace(responses.GET, OBS, json=bundle([]))
+    make(tmp_path).execute(context(data_interval_start=None, data_interval_end=None, run_id="manual__2"))
+    assert "_lastUpdated=gt2024-03-01T10%3A00%3A00Z" in responses.calls[1].request.url
 
 
 def test_own_last_updated_conflicts_with_incremental(tmp_path: Path) -> None:

@@ -149,6 +149,11 @@ class SearchRequest:
     def page_headers(self) -> dict[str, str]:
         return {"Accept": FHIR_JSON, **dict(self.headers)}
 
+    def describe(self) -> str:
+        """The search for error messages: type and parameter names (values may identify patients)."""
+        names = list(dict.fromkeys(name for name, _ in self.params))
+        return f"{self.resource_type}?{'&'.join(f'{name}=…' for name in names)}" if names else self.resource_type
+
     def first_page(self) -> tuple[str, str, dict[str, Any]]:
         """(method, relative path, request keyword arguments) of the first page."""
         headers = self.page_headers()
@@ -343,6 +348,13 @@ class FhirSearch:
                         # No HTTP answer at all (the client gave up on a dropped or refused connection):
                         # as transient as a 503, and the page is fetched again from its start.
                         raise _TruncatedPage(str(exc)) from exc
+                    if not isinstance(exc, TransientFhirError) and not is_retryable_status(exc.status):
+                        # A final answer (400 unknown parameter, 403 scope): say which page of which search.
+                        raise FhirError(
+                            f"search page {number} of {self.request.describe()} failed: {exc}",
+                            status=exc.status,
+                            outcome=exc.outcome,
+                        ) from exc
                     raise
                 page = self._parse(number, url, response)
                 page.attempts = attempt

@@ -178,6 +178,25 @@ def test_operation_outcome_error_stops_with_its_text_and_is_not_retried() -> Non
     assert len(search.http.calls) == 1  # type: ignore[attr-defined]
 
 
+def test_a_final_error_from_the_client_names_the_page_and_the_search() -> None:
+    class RefusingHttp(PlainHttp):
+        def request(self, method: str, url_or_path: str, **kwargs: object) -> requests.Response:  # type: ignore[override]
+            raise FhirError(
+                f"GET {OBS}?<redacted> answered HTTP 400: error/not-supported: Unknown search parameter 'colour'",
+                status=400,
+                outcome=outcome("Unknown search parameter 'colour'"),
+            )
+
+    request = SearchRequest.build("Observation", {"colour": "red", "patient": "Patient/secret-id"})
+    with pytest.raises(FhirError) as info:
+        run(FhirSearch(RefusingHttp(), request, sleep=lambda _: None))
+    message = str(info.value)
+    assert message.startswith("search page 1 of Observation?colour=…&patient=… failed: GET ")
+    assert message.endswith("Unknown search parameter 'colour'")
+    assert "secret-id" not in message  # parameter values may identify a patient
+    assert info.value.status == 400 and info.value.outcome is not None
+
+
 @responses.activate
 def test_operation_outcome_instead_of_a_bundle_is_an_error() -> None:
     responses.get(OBS, status=200, json=outcome("too costly", code="too-costly"))

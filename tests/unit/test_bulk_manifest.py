@@ -94,7 +94,7 @@ def test_organize_output_by_blocks_accept_any_type() -> None:
         ({"transactionTime": "T", "output": {}}, "must be an array"),
         ({"transactionTime": "T", "output": [{"type": "Patient"}]}, "no url"),
         ({"transactionTime": "T", "output": [{"type": "Patient", "url": "u", "count": -1}]}, "non-negative"),
-        ({"transactionTime": "T", "output": [{"type": "bad type", "url": "u"}]}, "not a resource type"),
+        ({"transactionTime": "T", "output": [{"type": "bad type", "url": "u"}]}, "not a FHIR resource type"),
     ],
 )
 def test_bad_manifests(data: object, words: str) -> None:

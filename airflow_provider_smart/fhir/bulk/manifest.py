@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from airflow_provider_smart.fhir.names import UnsafeNameError, checked_resource_type
+from airflow_provider_smart.fhir.sanitize import safe_text
 from airflow_provider_smart.fhir.urls import resolve
 
 FileKind = Literal["output", "error", "deleted"]
@@ -15,8 +16,6 @@ KINDS: tuple[FileKind, ...] = ("output", "error", "deleted")
 #: Directories for error and deleted files; lowercase so they never collide with a resource type.
 ERRORS_DIR = "errors"
 DELETED_DIR = "deleted"
-
-_TYPE = re.compile(r"^[A-Z][A-Za-z0-9]{0,63}$")
 
 
 class ManifestError(ValueError):
@@ -58,8 +57,8 @@ def _files(data: dict[str, Any], key: str, kind: FileKind, base_url: str | None)
         if not isinstance(item, dict) or not isinstance(item.get("url"), str) or not item["url"]:
             raise ManifestError(f"manifest '{key}[{n}]' has no url")
         ftype = item.get("type")
-        if ftype is not None and (not isinstance(ftype, str) or not _TYPE.match(ftype)):
-            raise ManifestError(f"manifest '{key}[{n}].type' is not a resource type: {ftype!r}")
+        if ftype is not None:
+            ftype = _type_name(ftype, f"manifest '{key}[{n}].type'")
         count = item.get("count")
         if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
             raise ManifestError(f"manifest '{key}[{n}].count' must be a non-negative integer, got {count!r}")
@@ -67,6 +66,13 @@ def _files(data: dict[str, Any], key: str, kind: FileKind, base_url: str | None)
         cont = item.get("continuesInFile")
         out.append(ManifestFile(kind, url, ftype, count, cont if isinstance(cont, str) else None))
     return out
+
+
+def _type_name(value: Any, what: str) -> str:
+    try:
+        return checked_resource_type(value, what)
+    except UnsafeNameError as exc:
+        raise ManifestError(str(exc)) from None
 
 
 def parse_manifest(data: Any, *, base_url: str | None = None) -> Manifest:
@@ -88,9 +94,11 @@ def parse_manifest(data: Any, *, base_url: str | None = None) -> Manifest:
             if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
                 next_url = resolve(base_url, link["url"]) if base_url else link["url"]
     org = data.get("outputOrganizedBy")
+    if org is not None and org != "":
+        org = _type_name(org, "manifest 'outputOrganizedBy'")
     return Manifest(
         transaction_time=tt,
-        request=data.get("request") if isinstance(data.get("request"), str) else None,
+        request=safe_text(data["request"]) if isinstance(data.get("request"), str) else None,
         requires_access_token=rat,
         output=tuple(_files(data, "output", "output", base_url)),
         error=tuple(errors),
@@ -174,6 +182,9 @@ def plan_files(manifest: Manifest) -> list[PlannedFile]:
     by a resource type (``organizeOutputBy``) hold many types and land in ``by-<Type>/``; error files
     in ``errors/`` and deleted-resource Bundles in ``deleted/``. Files are numbered per directory in
     manifest order.
+
+    A manifest ``count`` is checked for data files only: some servers copy a data file's count onto
+    the error entries, and an error file's length says nothing about the data.
     """
     counters: dict[str, int] = {}
     planned: list[PlannedFile] = []
@@ -198,7 +209,7 @@ def plan_files(manifest: Manifest) -> list[PlannedFile]:
                 directory=directory,
                 filename=f"{stem}.{index:05d}.ndjson",
                 expected_type=expected,
-                count=f.count,
+                count=None if f.kind == "error" else f.count,
                 resource_type=f.type if f.kind == "output" else expected,
             )
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -13,14 +14,18 @@ from airflow.sdk import BaseOperator
 from airflow_provider_smart.fhir.bulk.kickoff import ExportRequest
 from airflow_provider_smart.fhir.bulk.manifest import Manifest, manifest_to_dict, parse_manifest, plan_files
 from airflow_provider_smart.fhir.bulk.status import ExportComplete, ExportFailed, PollPolicy
+from airflow_provider_smart.fhir.sanitize import safe_text
 from airflow_provider_smart.fhir.urls import redact_url
 from airflow_provider_smart.storage.export_state import (
     ExportLayout,
+    ExportStateError,
+    export_id_for,
     read_watermark,
     utcnow_iso,
     watermark_path,
     write_watermark,
 )
+from airflow_provider_smart.storage.lease import DEFAULT_LEASE_TIMEOUT, ExportLease, LeaseHeldError
 from airflow_provider_smart.storage.paths import resolve_output, safe_segment
 
 if TYPE_CHECKING:
@@ -38,6 +43,24 @@ def _seconds(value: timedelta | float | int | None) -> float | None:
     if value is None:
         return None
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def lease_owner(context: Context, dag_id: str, task_id: str) -> str:
+    """The task instance as a lease owner: its retries are the same owner, other runs are not."""
+    ti = context.get("ti")
+    map_index = getattr(ti, "map_index", -1)
+    return f"{dag_id}/{task_id}/{context.get('run_id')}" + (
+        f"[{map_index}]" if isinstance(map_index, int) and map_index >= 0 else ""
+    )
+
+
+def is_last_try(context: Context, retries: int) -> bool:
+    """True when a failure now is final (no retry follows): the try number has reached the task's tries."""
+    ti = context.get("ti")
+    try_number, max_tries = getattr(ti, "try_number", None), getattr(ti, "max_tries", None)
+    if isinstance(try_number, int) and isinstance(max_tries, int):
+        return try_number > max_tries
+    return not retries
 
 
 def default_export_label(context: Context) -> str:
@@ -108,13 +131,18 @@ class _ExportBase(BaseOperator):
         from airflow_provider_smart.storage.export_landing import ExportOutcomeError, finalize
 
         status_url = state.get("status_url")
+        lease = self._lease_for(layout, state)
+        if lease is not None:
+            lease.check()  # publishing under a label another run has taken would mix two exports
         try:
             summary = finalize(layout, manifest, fail_on_severity=fail_on_severity, logger=self.log)
         except ExportOutcomeError as exc:
             # The export is over on the server either way; a retry starts a new one.
             if status_url and delete_on_success:
                 delete_export(client, status_url)
-            layout.write_state(dict(state, phase="failed", message=str(exc)))
+            layout.write_state(dict(state, phase="failed", message=safe_text(exc, limit=2000)))
+            if lease is not None:
+                lease.release()
             raise
         if parquet is not None:
             summary["parquet"] = self._land_parquet(layout, manifest, parquet)
@@ -134,6 +162,8 @@ class _ExportBase(BaseOperator):
             deleted_on_server=deleted,
         )
         layout.write_state(dict(state, phase="complete", summary=summary, completed_at=utcnow_iso()))
+        if lease is not None:
+            lease.release()
         self.log.info(
             "export %s landed: %s resources by type, transactionTime %s",
             layout.label,
@@ -141,6 +171,14 @@ class _ExportBase(BaseOperator):
             summary["transaction_time"],
         )
         return summary
+
+    def _lease_for(self, layout: ExportLayout, state: dict[str, Any]) -> ExportLease | None:
+        """The lease of the run that started this export (None for exports started before leases)."""
+        owner = state.get("lease_owner")
+        if not isinstance(owner, str):
+            return None
+        timeout = float(state.get("lease_timeout") or DEFAULT_LEASE_TIMEOUT)
+        return ExportLease(layout.export_dir, owner, timeout=timeout)
 
 
 class FhirBulkExportOperator(_ExportBase):
@@ -197,8 +235,14 @@ class FhirBulkExportOperator(_ExportBase):
     :param export_timeout: how long the export may take on the server (timedelta or seconds) before it
         is cancelled with DELETE; None to wait forever.
     :param delete_on_success: send DELETE after the files have landed (frees the server's export slot).
-    :param fail_on_severity: fail the task (after keeping the data) when an error file holds an issue of
-        this severity or worse: ``fatal`` (default), ``error``, ``warning``, ``information`` or ``none``.
+    :param fail_on_severity: fail the task when an error file holds an issue of this severity or worse:
+        ``error`` (default: an error means resources are missing from the export), ``fatal``, ``warning``,
+        ``information`` or ``none``. The landed files are kept unpublished under
+        ``_exports/<label>/staging/`` and the watermark does not move.
+    :param lease_timeout: seconds after its last heartbeat that a run's hold on the export label lapses
+        (a worker that died); while deferred, the hold lasts until the export's deadline.
+    :param clock_skew: how far (timedelta or seconds) the server's ``transactionTime`` may lie ahead of
+        this worker's clock before it is refused as a watermark.
     :param download_mode: ``inline`` (this task downloads and returns the summary) or ``fanout`` (this
         task returns a list of batches for :class:`FhirBulkDownloadOperator` to map over with
         ``.expand(batch=export.output)``, and pushes a reference to the export under the XCom key
@@ -268,7 +312,9 @@ class FhirBulkExportOperator(_ExportBase):
         max_transient_errors: int = 10,
         export_timeout: timedelta | float | None = timedelta(hours=24),
         delete_on_success: bool = True,
-        fail_on_severity: str | None = "fatal",
+        fail_on_severity: str | None = "error",
+        lease_timeout: timedelta | float = DEFAULT_LEASE_TIMEOUT,
+        clock_skew: timedelta | float = timedelta(minutes=5),
         download_mode: str = "inline",
         max_download_workers: int = 4,
         max_download_attempts: int = 5,
@@ -320,6 +366,8 @@ class FhirBulkExportOperator(_ExportBase):
         self.export_timeout = _seconds(export_timeout)
         self.delete_on_success = delete_on_success
         self.fail_on_severity = fail_on_severity
+        self.lease_timeout = float(_seconds(lease_timeout) or DEFAULT_LEASE_TIMEOUT)
+        self.clock_skew = float(_seconds(clock_skew) or 0.0)
         self.download_mode = download_mode
         self.max_download_workers = max_download_workers
         self.max_download_attempts = max_download_attempts
@@ -327,6 +375,7 @@ class FhirBulkExportOperator(_ExportBase):
         self.fanout_batch_size = fanout_batch_size
         self.max_batches = max_batches
         self._active: tuple[Any, ExportLayout, str] | None = None
+        self._held: tuple[ExportLayout, ExportLease] | None = None
 
     # -- building blocks ---------------------------------------------------------------------------
     @property
@@ -385,16 +434,73 @@ class FhirBulkExportOperator(_ExportBase):
 
     # -- execute -----------------------------------------------------------------------------------
     def execute(self, context: Context) -> Any:
+        return self._guarded(context, lambda: self._execute(context))
+
+    def _guarded(self, context: Context, body: Any) -> Any:
+        """Run ``body``; on a failure no retry follows (last try, or one no retry can fix), cancel the
+        export on the server with DELETE; on a retryable one keep it for the retry to re-attach."""
+        from airflow.sdk.exceptions import TaskDeferred
+
+        self._held = None
+        try:
+            return body()
+        except TaskDeferred:
+            raise
+        except BaseException as exc:
+            if self._held is not None:
+                self._after_failure(context, exc, *self._held)
+            raise
+
+    def _after_failure(self, context: Context, exc: BaseException, layout: ExportLayout, lease: ExportLease) -> None:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from airflow_provider_smart.fhir.bulk.manifest import ManifestError
+        from airflow_provider_smart.fhir.bulk.sync import delete_export
+        from airflow_provider_smart.fhir.instants import WatermarkError
+        from airflow_provider_smart.fhir.names import UnsafeNameError
+        from airflow_provider_smart.storage.export_landing import ExportOutcomeError
+
+        if isinstance(exc, LeaseHeldError):
+            return  # the label is someone else's now: touch nothing
+        unfixable = isinstance(
+            exc, (AirflowFailException, ExportOutcomeError, ManifestError, WatermarkError, UnsafeNameError)
+        )
+        if not (unfixable or is_last_try(context, int(self.retries or 0))):
+            self.log.info("export %s kept on the server for the retry to re-attach", layout.label)
+            return
+        try:
+            state = layout.read_state() or {}
+            status_url = state.get("status_url")
+            if status_url and state.get("phase") in ("pending", "downloading"):
+                self.log.warning(
+                    "no retry follows this failure: cancelling export %s with DELETE", redact_url(status_url)
+                )
+                client = self._active[0] if self._active else self._hook().get_client()
+                delete_export(client, status_url)
+                layout.write_state(dict(state, phase="failed", message=safe_text(exc, limit=2000)))
+            lease.release()
+        except Exception as cleanup:
+            self.log.warning("could not cancel the export after the failure: %s", safe_text(cleanup))
+
+    def _execute(self, context: Context) -> Any:
         from airflow_provider_smart.fhir.bulk.sync import kick_off, poll_once
+        from airflow_provider_smart.storage.preflight import check_writable
 
         request = self.build_request()
         scope = request.scope()
         layout = self._layout(context)
         hook = self._hook()
         client = hook.get_client()
+        check_writable(layout.root)
+        lease = ExportLease(
+            layout.export_dir, lease_owner(context, self.dag_id, self.task_id), timeout=self.lease_timeout
+        )
+        lease.acquire()
+        self._held = (layout, lease)
         state = layout.read_state()
         if state is not None:
             layout.check_scope(state, scope)
+            layout.bind(state)
             phase = state.get("phase")
             if phase == "complete":
                 self.log.info("export %s already landed completely; nothing to do", layout.label)
@@ -413,8 +519,9 @@ class FhirBulkExportOperator(_ExportBase):
                     return self._on_manifest(context, client, layout, state, result.manifest)
                 if isinstance(result, ExportFailed):
                     if not result.gone:
-                        layout.write_state(dict(state, phase="failed", message=result.message))
-                        raise RuntimeError(f"the export this task started failed: {result.message}")
+                        message = safe_text(result.message, limit=2000)
+                        layout.write_state(dict(state, phase="failed", message=message))
+                        raise RuntimeError(f"the export this task started failed: {message}")
                     self.log.warning("the server no longer knows export %s; starting a new one", layout.label)
                 else:
                     return self._wait(context, client, layout, state)
@@ -423,6 +530,8 @@ class FhirBulkExportOperator(_ExportBase):
         request = self.build_request(since=since)
         layout.clear()
         status_url = kick_off(client, request, max_retry_after=float(self.max_poll_interval))
+        # From here until the state is durable, a kill or a failure must cancel the export (on_kill).
+        self._active = (client, layout, status_url)
         now = time.time()
         state = {
             "scope": scope,
@@ -430,13 +539,28 @@ class FhirBulkExportOperator(_ExportBase):
             "since": request.since,
             "until": request.until,
             "status_url": status_url,
+            "export_id": export_id_for(status_url),
+            "lease_owner": lease.owner,
+            "lease_timeout": self.lease_timeout,
             "phase": "pending",
             "kicked_off_at": utcnow_iso(),
             "deadline": now + self.export_timeout if self.export_timeout else None,
             "kickoffs": int((state or {}).get("kickoffs", 0)) + 1,
         }
+        layout.bind(state)
         # Written before deferring: a retried task finds the status URL and re-attaches.
-        layout.write_state(state)
+        try:
+            layout.write_state(state)
+        except BaseException as exc:
+            from airflow_provider_smart.fhir.bulk.sync import delete_export
+
+            delete_export(client, status_url)
+            self._active = None
+            raise ExportStateError(
+                f"could not record the export's state at {layout.state_path} "
+                f"({type(exc).__name__}: {safe_text(exc, limit=200)}); the export was cancelled with DELETE so "
+                "it does not hold the server's export slot"
+            ) from None
         self.log.info("export kicked off; status at %s", redact_url(status_url))
         return self._wait(context, client, layout, state)
 
@@ -446,6 +570,10 @@ class FhirBulkExportOperator(_ExportBase):
         self._active = (client, layout, status_url)
         if self.deferrable:
             from airflow_provider_smart.triggers.bulk_export import BulkExportStatusTrigger
+
+            if self._held is not None:
+                # Nobody beats while the trigger waits: the hold lasts until the export's deadline.
+                self._held[1].heartbeat(until=float(deadline) if deadline else time.time() + 7 * 86400)
 
             self.defer(
                 trigger=BulkExportStatusTrigger(
@@ -474,21 +602,36 @@ class FhirBulkExportOperator(_ExportBase):
             from airflow_provider_smart.fhir.bulk.sync import ExportFailedError
 
             if isinstance(exc, ExportFailedError):
-                layout.write_state(dict(state, phase="failed", message=str(exc)))
+                layout.write_state(dict(state, phase="failed", message=safe_text(exc, limit=2000)))
             raise
         return self._on_manifest(context, client, layout, state, result.manifest)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """Called when the trigger fires: download on ``complete``; DELETE and fail otherwise."""
+        return self._guarded(context, lambda: self._execute_complete(context, event))
+
+    def _execute_complete(self, context: Context, event: dict[str, Any] | None) -> Any:
         layout = self._layout(context)
         state = layout.read_state()
         if state is None:
             raise RuntimeError(f"export state {layout.state_path} disappeared while the task was deferred")
+        lease = ExportLease(
+            layout.export_dir, lease_owner(context, self.dag_id, self.task_id), timeout=self.lease_timeout
+        )
+        lease.acquire()  # fails when another run took the label while this one was deferred
+        self._held = (layout, lease)
+        polled = (event or {}).get("status_url")
+        if isinstance(polled, str) and polled != state.get("status_url"):
+            raise ExportStateError(
+                f"{layout.state_path} now belongs to another export than the one this task waited for; "
+                "another run reused the export label. Run again with a label of its own"
+            )
+        layout.bind(state)
         client = self._hook().get_client()
         status = (event or {}).get("status")
         if status == "complete":
             return self._on_manifest(context, client, layout, state, (event or {}).get("manifest"))
-        message = str((event or {}).get("message") or f"unexpected trigger event {event!r}")
+        message = safe_text((event or {}).get("message") or f"unexpected trigger event {event!r}", limit=2000)
         if status == "timeout":
             self._cancel_export(client, layout, state, message)
             raise RuntimeError(f"{message}; the export was cancelled with DELETE (export_timeout)")
@@ -504,11 +647,14 @@ class FhirBulkExportOperator(_ExportBase):
         layout.write_state(dict(state, phase="failed", message=why))
 
     def on_kill(self) -> None:
-        """The task is being killed: cancel the server-side export so it does not hold the export slot."""
+        """The task is being killed: cancel the server-side export so it does not hold the export slot
+        (also when the kill came between the kick-off and the first state write)."""
         if self._active is None:
             return
         client, layout, status_url = self._active
         state = layout.read_state() or {}
+        if state.get("status_url") != status_url:
+            state = dict(state, status_url=status_url, phase="pending")
         if state.get("phase") == "pending":
             self.log.info("task killed: cancelling export %s with DELETE", redact_url(status_url))
             self._cancel_export(client, layout, state, "task killed")
@@ -530,6 +676,7 @@ class FhirBulkExportOperator(_ExportBase):
         status_url = state.get("status_url") or ""
         if first_page is not None:
             manifest = fetch_manifest(client, first_page, status_url, policy=self.policy)
+            self._check_transaction_time(manifest)
             state = dict(
                 state,
                 phase="downloading",
@@ -553,14 +700,16 @@ class FhirBulkExportOperator(_ExportBase):
             max_attempts=int(self.max_download_attempts),
             limits=StreamLimits.from_options(self.download_limits),
         )
-        land_files(
-            client,
-            layout,
-            manifest,
-            settings=settings,
-            refresh_manifest=(lambda: self._refetch_manifest(client, status_url)) if status_url else None,
-            logger=self.log,
-        )
+        held = self._held[1] if self._held is not None else None
+        with held.kept_alive() if held is not None else contextlib.nullcontext():
+            land_files(
+                client,
+                layout,
+                manifest,
+                settings=settings,
+                refresh_manifest=(lambda: self._refetch_manifest(client, status_url)) if status_url else None,
+                logger=self.log,
+            )
         return self._finish(
             client,
             layout,
@@ -577,6 +726,19 @@ class FhirBulkExportOperator(_ExportBase):
         if "delta" not in self.formats:
             return None
         return {"options": self.delta_options, "output_conn_id": self.output_conn_id}
+
+    def _own_lease(self, context: Context, layout: ExportLayout) -> ExportLease:
+        owner = lease_owner(context, self.dag_id, self.task_id)
+        return ExportLease(layout.export_dir, owner, timeout=self.lease_timeout)
+
+    def _check_transaction_time(self, manifest: Manifest) -> None:
+        """The manifest's transactionTime becomes the next ``_since``: refuse it before downloading
+        anything when it is no instant or lies in the future (no retry can fix it: the export is cancelled)."""
+        from airflow_provider_smart.fhir.instants import check_watermark_instant
+
+        check_watermark_instant(
+            manifest.transaction_time, "the manifest's transactionTime", skew=timedelta(seconds=self.clock_skew)
+        )
 
     def _parquet_spec(self) -> dict[str, Any] | None:
         """What the finishing step needs to write Parquet (JSON-safe: it travels in the fan-out reference)."""
@@ -613,6 +775,7 @@ class FhirBulkExportOperator(_ExportBase):
             "output": output,
             "output_conn_id": self.output_conn_id,
             "export_label": layout.label,
+            "export_id": layout.export_id,
             "transaction_time": transaction_time,
             "delete_on_success": self.delete_on_success,
             "fail_on_severity": self.fail_on_severity,
@@ -634,6 +797,17 @@ def _layout_from_ref(ref: dict[str, Any]) -> ExportLayout:
             f"got {type(ref).__name__}; pass export_task.output['export'] (or map downloads over export_task.output)"
         )
     return ExportLayout(resolve_output(ref["output"], ref.get("output_conn_id")), ref["export_label"])
+
+
+def _bind_ref(layout: ExportLayout, state: dict[str, Any], ref: dict[str, Any]) -> None:
+    """Tie the layout to the export the reference names; refuse when the label now holds another one."""
+    layout.bind(state)
+    want = ref.get("export_id")
+    if want and layout.export_id and want != layout.export_id:
+        raise ExportStateError(
+            f"{layout.state_path} now holds another export than the one this task was handed; another run "
+            "reused the export label. Run the export again with a label of its own"
+        )
 
 
 class FhirBulkDownloadOperator(_ExportBase):
@@ -677,6 +851,7 @@ class FhirBulkDownloadOperator(_ExportBase):
         state = layout.read_state()
         if not state or not state.get("manifest"):
             raise RuntimeError(f"no completed export manifest in {layout.state_path}; run the export task first")
+        _bind_ref(layout, state, self.batch)
         manifest = parse_manifest(state["manifest"])
         client = self._hook().get_client()
         status_url = state.get("status_url") or ""
@@ -730,13 +905,14 @@ class FhirBulkExportFinalizeOperator(_ExportBase):
         state = layout.read_state()
         if not state or not state.get("manifest"):
             raise RuntimeError(f"no completed export manifest in {layout.state_path}; run the export task first")
+        _bind_ref(layout, state, self.export)
         if state.get("phase") == "complete":
             return state.get("summary")
         manifest = parse_manifest(state["manifest"])
         delete = self.delete_on_success
         if delete is None:
             delete = bool(self.export.get("delete_on_success", True))
-        severity = self.fail_on_severity or self.export.get("fail_on_severity", "fatal")
+        severity = self.fail_on_severity or self.export.get("fail_on_severity", "error")
         return self._finish(
             self._hook().get_client(),
             layout,

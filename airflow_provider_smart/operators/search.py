@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import Asset, AssetAlias, BaseOperator
 
+from airflow_provider_smart.fhir.instants import check_watermark_instant
 from airflow_provider_smart.fhir.search import (
     FhirSearch,
     SearchRequest,
@@ -29,6 +30,7 @@ from airflow_provider_smart.storage.ndjson import (
     check_compression,
 )
 from airflow_provider_smart.storage.paths import resolve_output, safe_segment
+from airflow_provider_smart.storage.preflight import check_writable
 from airflow_provider_smart.storage.watermark import WatermarkStore, search_fingerprint
 
 if TYPE_CHECKING:
@@ -261,6 +263,7 @@ class FhirSearchOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         resource_type = validate_resource_type(self.resource_type)
         output = resolve_output(self.output_location, self.output_conn_id)
+        check_writable(output)
         params = normalize_params(self.search_params)
         if self.page_size is not None:
             params = [(k, v) for k, v in params if k != "_count"] + [("_count", str(self.page_size))]
@@ -376,6 +379,11 @@ class FhirSearchOperator(BaseOperator):
             )
         watermark = search.high_water_mark
         if store is not None:
+            if search.high_water_mark is not None:
+                # The next run asks for _lastUpdated=gt<this>: a garbage or future mark would skip data.
+                check_watermark_instant(
+                    search.high_water_mark, "the search's high-water mark (the greatest meta.lastUpdated)"
+                )
             # Only now, with every file committed, may the next run start after this mark.
             watermark = store.advance(search.high_water_mark, run=run, previous=previous)
 

@@ -139,7 +139,7 @@ async def _kickoff(request: Request, grant: AccessGrant, level: str, group_id: s
             types=types,
             compartment_types=compartment,
             client_id=grant.client_id,
-            error_file_fault=runtime.faults.error_file,
+            error_file_fault=runtime.faults.error_file_severity if runtime.faults.error_file else None,
         )
     except KickoffError as exc:
         return _outcome_response(exc.status, exc.issues)
@@ -239,13 +239,15 @@ def _file_url(request: Request, runtime: BulkRuntime, job: ExportJob, entry: Exp
 
 def _manifest(request: Request, runtime: BulkRuntime, job: ExportJob, page: int) -> dict[str, Any]:
     presigned = bool(runtime.settings.presigned_files and runtime.files_base_url)
-    return build_manifest(
-        job,
-        url_for=lambda entry: _file_url(request, runtime, job, entry),
-        requires_access_token=not presigned,
-        page=page,
-        page_size=runtime.settings.manifest_page_size,
-        page_url=lambda n: f"{_status_url(request, job.id)}/manifest/{n}",
+    return runtime.faults.rewrite_manifest(
+        build_manifest(
+            job,
+            url_for=lambda entry: _file_url(request, runtime, job, entry),
+            requires_access_token=not presigned,
+            page=page,
+            page_size=runtime.settings.manifest_page_size,
+            page_url=lambda n: f"{_status_url(request, job.id)}/manifest/{n}",
+        )
     )
 
 

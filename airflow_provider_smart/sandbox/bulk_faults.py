@@ -29,6 +29,14 @@ class BulkFaults:
         with Retry-After (as EHRs that allow one export per client do).
     :param enforce_retry_after: a status request sooner than the last answer's Retry-After answers 429
         with Retry-After (the spec's advice for clients that poll too frequently) and is not counted.
+    :param error_file_severity: the severity of the ``error_file`` fault's main issue (``fatal``,
+        ``error``, ``warning``...): ``error`` is what servers write for resources they could not export.
+    :param error_counts_from_data: every manifest error entry carries the first data file's ``count``
+        (some servers copy it there).
+    :param transaction_time: every manifest's ``transactionTime`` is this text (``not-a-date``,
+        ``9999-12-31T00:00:00Z``).
+    :param output_organized_by: every manifest's ``outputOrganizedBy`` is this text (a hostile value such
+        as ``x/../../../../tmp/ESCAPED``).
     """
 
     fail_exports: bool = False
@@ -37,6 +45,10 @@ class BulkFaults:
     invalidate_tokens_after_downloads: int | None = None
     one_export_per_client: bool = False
     enforce_retry_after: bool = False
+    error_file_severity: str = "fatal"
+    error_counts_from_data: bool = False
+    transaction_time: str | None = None
+    output_organized_by: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def take_expire_file(self) -> bool:
@@ -57,8 +69,24 @@ class BulkFaults:
                 return True
             return False
 
+    def rewrite_manifest(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """The manifest as the manifest faults change it."""
+        with self._lock:
+            if self.transaction_time is not None:
+                manifest["transactionTime"] = self.transaction_time
+            if self.output_organized_by is not None:
+                manifest["outputOrganizedBy"] = self.output_organized_by
+            if self.error_counts_from_data and manifest.get("output") and manifest.get("error"):
+                count = manifest["output"][0].get("count")
+                manifest["error"] = [dict(entry, count=count) for entry in manifest["error"]]
+        return manifest
+
     def reset(self) -> None:
         with self._lock:
+            self.error_file_severity = "fatal"
+            self.error_counts_from_data = False
+            self.transaction_time = None
+            self.output_organized_by = None
             self.fail_exports = False
             self.error_file = False
             self.expire_files = 0
@@ -70,7 +98,8 @@ class BulkFaults:
         if not isinstance(body, dict):
             raise ValueError("bulk faults must be a JSON object")
         names = {"fail_exports", "error_file", "expire_files", "invalidate_tokens_after_downloads"}
-        names |= {"one_export_per_client", "enforce_retry_after"}
+        names |= {"one_export_per_client", "enforce_retry_after", "error_counts_from_data"}
+        names |= {"error_file_severity", "transaction_time", "output_organized_by"}
         unknown = set(body) - names
         if unknown:
             raise ValueError(f"unknown bulk fault(s) {sorted(unknown)}: use {sorted(names)}")
@@ -80,6 +109,11 @@ class BulkFaults:
                     value = int(value)
                 elif name == "invalidate_tokens_after_downloads":
                     value = None if value is None else int(value)
+                elif name == "error_file_severity":
+                    if value not in ("fatal", "error", "warning", "information"):
+                        raise ValueError(f"error_file_severity must be fatal, error, warning or information: {value!r}")
+                elif name in ("transaction_time", "output_organized_by"):
+                    value = None if value is None else str(value)
                 else:
                     value = bool(value)
                 setattr(self, name, value)
@@ -93,4 +127,8 @@ class BulkFaults:
                 "invalidate_tokens_after_downloads": self.invalidate_tokens_after_downloads,
                 "one_export_per_client": self.one_export_per_client,
                 "enforce_retry_after": self.enforce_retry_after,
+                "error_file_severity": self.error_file_severity,
+                "error_counts_from_data": self.error_counts_from_data,
+                "transaction_time": self.transaction_time,
+                "output_organized_by": self.output_organized_by,
             }

@@ -257,11 +257,11 @@ def deletion_bundle(deletion: Deletion) -> dict[str, Any]:
     }
 
 
-#: Issues of the "error file" fault: one fatal, one informational.
-def fault_error_outcomes(job_id: str) -> list[dict[str, Any]]:
+#: Issues of the "error file" fault: one of ``severity`` (fatal by default), one informational.
+def fault_error_outcomes(job_id: str, severity: str = "fatal") -> list[dict[str, Any]]:
     return [
         operation_outcome(
-            [issue("fatal", "exception", f"export {job_id}: a storage node failed while writing part of the export")]
+            [issue(severity, "exception", f"export {job_id}: a storage node failed while writing part of the export")]
         ),
         operation_outcome([issue("information", "informational", f"export {job_id}: finished in the sandbox")]),
     ]
@@ -301,7 +301,7 @@ class BulkJobs:
         types: list[str],
         compartment_types: set[str],
         client_id: str | None,
-        error_file_fault: bool = False,
+        error_file_fault: str | None = None,
     ) -> ExportJob:
         """Check what the export selects, register the job and write its files in a background thread
         (so a big export does not hold the kick-off response; the job is in progress until they are written).
@@ -331,7 +331,7 @@ class BulkJobs:
         writer.start()
         return job
 
-    def _build(self, job: ExportJob, selection: Selection, types: list[str], error_file_fault: bool) -> None:
+    def _build(self, job: ExportJob, selection: Selection, types: list[str], error_file_fault: str | None) -> None:
         try:
             files = self._write(job, selection, types, error_file_fault)
         except Exception as exc:
@@ -352,7 +352,7 @@ class BulkJobs:
             job.written.set()
 
     def _write(
-        self, job: ExportJob, selection: Selection, types: list[str], error_file_fault: bool
+        self, job: ExportJob, selection: Selection, types: list[str], error_file_fault: str | None
     ) -> list[ExportFile]:
         settings = self.settings
         request = job.request
@@ -411,7 +411,7 @@ class BulkJobs:
             )
         errors = [operation_outcome([w]) for w in request.warnings]
         if error_file_fault:
-            errors += fault_error_outcomes(job.id)
+            errors += fault_error_outcomes(job.id, error_file_fault)
         if errors:
             files += write_by_type(
                 job.directory,

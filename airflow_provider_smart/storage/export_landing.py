@@ -86,7 +86,7 @@ def land_files(
 
     @contextlib.contextmanager
     def sink(p: PlannedFile) -> Iterator[IO[bytes]]:
-        with atomic_open(layout.final_path(p), "wb") as handle:
+        with atomic_open(layout.staged_path(p), "wb") as handle:
             # One write through Airflow's wrapper records the lineage; the blocks then go straight to
             # the file object underneath (the wrapper's per-call lookup costs about a tenth of a download).
             handle.write(b"")
@@ -132,7 +132,7 @@ def missing_files(layout: ExportLayout, manifest: Manifest) -> list[PlannedFile]
     return [p for p in plan_files(manifest) if not layout.is_committed(p)]
 
 
-def summarize(layout: ExportLayout, manifest: Manifest) -> dict[str, Any]:
+def summarize(layout: ExportLayout, manifest: Manifest, planned: list[PlannedFile] | None = None) -> dict[str, Any]:
     """Counts per type, paths, error-file issues and deleted counts, from the commit records."""
     counts: dict[str, int] = {}
     files: dict[str, list[str]] = {}
@@ -140,26 +140,25 @@ def summarize(layout: ExportLayout, manifest: Manifest) -> dict[str, Any]:
     deleted = 0
     total_bytes = 0
     missing = []
-    for p in plan_files(manifest):
+    for p in planned if planned is not None else plan_files(manifest):
         rec = layout.read_record(p.key)
-        if rec is None:
+        if rec is None or (layout.export_id is not None and rec.get("export_id") != layout.export_id):
             missing.append(p.key)
             continue
         total_bytes += int(rec.get("bytes", 0))
+        files.setdefault(p.directory, []).append(str(layout.final_path(p)))
         if p.kind == "output":
             name = p.resource_type or p.directory
             counts[name] = counts.get(name, 0) + int(rec.get("lines", 0))
-            files.setdefault(p.directory, []).append(str(rec.get("path")))
         elif p.kind == "error":
-            files.setdefault(p.directory, []).append(str(rec.get("path")))
             if isinstance(rec.get("outcomes"), dict):
                 outcomes.merge(rec["outcomes"])
         else:
             deleted += int(rec.get("lines", 0))
-            files.setdefault(p.directory, []).append(str(rec.get("path")))
     return {
         "transaction_time": manifest.transaction_time,
         "export_label": layout.label,
+        "export_id": layout.export_id,
         "output": str(layout.root),
         "counts": dict(sorted(counts.items())),
         "files": files,
@@ -175,53 +174,82 @@ def finalize(
     layout: ExportLayout,
     manifest: Manifest,
     *,
-    fail_on_severity: str | None = "fatal",
+    fail_on_severity: str | None = "error",
     logger: Any = None,
 ) -> dict[str, Any]:
-    """Check every file landed, log error-file issues by severity, and write the ``_SUCCESS`` markers.
+    """Check every file landed, report the error-file issues, then commit: publish the files, markers last.
 
-    Raises :class:`ExportOutcomeError` (after writing the summary, without markers) when the error
-    files hold an issue at least as severe as ``fail_on_severity``; raises ``RuntimeError`` when files
-    are missing.
+    Every issue's severity and text reach the log (``error``/``fatal`` at ERROR level, the rest at
+    WARNING), and the summary (counts per severity and per ``severity/code``, the total, the first
+    messages). When an issue is at least as severe as ``fail_on_severity`` this raises
+    :class:`ExportOutcomeError` after writing the summary, without publishing: the landed files stay
+    in the export's staging area (``_exports/<label>/staging/``), where no reader of ``<root>/<Type>``
+    looks. Raises ``RuntimeError`` when files are missing. Linear in the number of files.
     """
     logger = logger or log
-    summary = summarize(layout, manifest)
+    planned = plan_files(manifest)
+    summary = summarize(layout, manifest, planned)
     if summary["missing"]:
         raise RuntimeError(
             f"{len(summary['missing'])} files of export {layout.label} have not landed "
             f"(e.g. {summary['missing'][:3]}); run the download again to fetch them"
         )
     summary.pop("missing")
-    counts = summary["errors"]["counts"]
+    errors = summary["errors"]
     for message in summary["error_messages"]:
-        level = logging.ERROR if message.startswith(("[fatal]", "[error]")) else logging.INFO
+        level = logging.ERROR if message.startswith(("[fatal]", "[error]")) else logging.WARNING
         logger.log(level, "export error file: %s", message)
-    warnings = [m for m in summary["error_messages"] if not m.startswith("[fatal]")]
-    summary["warnings"] = warnings
+    shown = len(summary["error_messages"])
+    if errors["total"] > shown:
+        logger.warning(
+            "export error files: %d issues in all (%s); the first %d are shown",
+            errors["total"],
+            errors["by_code"],
+            shown,
+        )
+    summary["warnings"] = [m for m in summary["error_messages"] if not m.startswith("[fatal]")]
     failing = 0
     if fail_on_severity and fail_on_severity != "none":
         limit = severity_rank(fail_on_severity)
-        failing = sum(n for sev, n in counts.items() if severity_rank(sev) <= limit)
+        failing = sum(n for sev, n in errors["counts"].items() if severity_rank(sev) <= limit)
     atomic_write_json(layout.manifest_path, _manifest_json(manifest))
     if failing:
         summary["failed"] = True
         atomic_write_json(layout.export_dir / "summary.json", summary)
         raise ExportOutcomeError(
-            f"the export's error files report {failing} issue(s) at severity {fail_on_severity!r} or worse "
-            f"(the {sum(len(v) for v in summary['files'].values())} landed files are kept under {layout.root}): "
-            + "; ".join(summary["error_messages"][:5])
+            f"the export's error files report {failing} issue(s) at severity {fail_on_severity!r} or worse, "
+            f"so resources are missing from it: {'; '.join(summary['error_messages'][:5])}. "
+            f"The {sum(len(v) for v in summary['files'].values())} landed files are kept, unpublished, under "
+            f"{layout.export_dir / 'staging'} and the watermark did not move; pass fail_on_severity='fatal' "
+            "or 'none' to accept such exports"
         )
-    for directory in {p.directory for p in plan_files(manifest)}:
-        entries = [p.key for p in plan_files(manifest) if p.directory == directory]
+    layout.publish(planned)
+    by_directory: dict[str, list[str]] = {}
+    for p in planned:
+        by_directory.setdefault(p.directory, []).append(p.key)
+    for directory, entries in by_directory.items():
         mark_complete(
             layout.data_dir(directory),
-            {"export_label": layout.label, "transaction_time": manifest.transaction_time, "files": entries},
+            {
+                "export_label": layout.label,
+                "export_id": layout.export_id,
+                "transaction_time": manifest.transaction_time,
+                "files": entries,
+            },
         )
     mark_complete(layout.export_dir, summary)
     return summary
 
 
 def _manifest_json(manifest: Manifest) -> dict[str, Any]:
+    """The manifest as stored for readers: file URLs without their query strings (presigned signatures)."""
     from airflow_provider_smart.fhir.bulk.manifest import manifest_to_dict
+    from airflow_provider_smart.fhir.urls import redact_url
 
-    return manifest_to_dict(manifest)
+    data = manifest_to_dict(manifest)
+    for kind in ("output", "error", "deleted"):
+        for entry in data.get(kind, []):
+            entry["url"] = redact_url(entry["url"])
+            if "continuesInFile" in entry:
+                entry["continuesInFile"] = redact_url(entry["continuesInFile"])
+    return data

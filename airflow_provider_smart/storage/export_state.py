@@ -2,6 +2,8 @@
 
 Layout under the output root (``<label>`` is the export label, by default the Airflow run id)::
 
+    <root>/_exports/<label>/staging/<dir>/<file>.ndjson          files while they download (readers never look here)
+
     <root>/<ResourceType>/<label>/<ResourceType>.00000.ndjson   output files, one directory per type
     <root>/<ResourceType>/<label>/_SUCCESS                       written when that type's files are all in
     <root>/by-<Type>/<label>/block.00000.ndjson                  output organised by a type (organizeOutputBy)
@@ -10,11 +12,15 @@ Layout under the output root (``<label>`` is the export label, by default the Ai
     <root>/_exports/<label>/state.json                           status URL, request, manifest, phase
     <root>/_exports/<label>/manifest.json                        the (merged) manifest, once complete
     <root>/_exports/<label>/files/<key>.json                     one record per committed file
+    <root>/_exports/<label>/lease.json                           which run holds the label (see ``lease.py``)
     <root>/_exports/<label>/_SUCCESS                             the export's summary, written last
     <root>/_watermarks/<scope>.json                              transactionTime of the last complete export
 
-Names starting with ``_`` are skipped by Spark, DuckDB, Athena and Hive, so readers of ``<root>/Patient``
-never see state or temporary files. Every file is written atomically (see ``atomic.py``); the state file
+Files download into the export's staging area, outside every ``<root>/<Type>/`` tree; only the commit
+(:meth:`ExportLayout.publish`, after every file landed and the error files allow it) moves them to
+``<root>/<Type>/<label>/``, each directory's ``_SUCCESS`` last. So a reader of ``<root>/<Type>/**``
+never sees a file of an export that has not committed, and a failed or abandoned attempt leaves its
+files only under ``_exports/``. Every file is written atomically (see ``atomic.py``); the state file
 is written before the task defers, so a retried task re-attaches to the running export.
 """
 
@@ -26,12 +32,15 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_smart.fhir.bulk.manifest import PlannedFile
+from airflow_provider_smart.fhir.instants import check_watermark_instant
 from airflow_provider_smart.storage.atomic import (
     atomic_write_json,
     clear_directory,
     is_hidden,
     read_json,
+    replace,
 )
+from airflow_provider_smart.storage.lease import LEASE_FILE
 from airflow_provider_smart.storage.paths import safe_segment
 
 if TYPE_CHECKING:
@@ -39,6 +48,7 @@ if TYPE_CHECKING:
 
 STATE_VERSION = 1
 EXPORTS_DIR = "_exports"
+STAGING_DIR = "staging"
 WATERMARKS_DIR = "_watermarks"
 
 
@@ -53,9 +63,16 @@ def utcnow_iso() -> str:
 class ExportLayout:
     """Paths of one export (``label``) under an output ``root``."""
 
-    def __init__(self, root: ObjectStoragePath, label: str) -> None:
+    def __init__(self, root: ObjectStoragePath, label: str, export_id: str | None = None) -> None:
         self.root = root
         self.label = safe_segment(label)
+        #: Which server export the files belong to; records of another export are not "landed".
+        self.export_id = export_id
+
+    def bind(self, state: dict[str, Any] | None) -> ExportLayout:
+        """Tie file records to the export of ``state`` (its ``export_id``)."""
+        self.export_id = (state or {}).get("export_id") or None
+        return self
 
     @property
     def export_dir(self) -> ObjectStoragePath:
@@ -81,6 +98,10 @@ class ExportLayout:
 
     def record_path(self, key: str) -> ObjectStoragePath:
         return self.records_dir / f"{key}.json"
+
+    def staged_path(self, planned: PlannedFile) -> ObjectStoragePath:
+        """Where a file lands while the export is not committed."""
+        return self.export_dir / STAGING_DIR / planned.directory / planned.filename
 
     # -- state ------------------------------------------------------------------------------
     def read_state(self) -> dict[str, Any] | None:
@@ -110,15 +131,45 @@ class ExportLayout:
         return rec if isinstance(rec, dict) else None
 
     def is_committed(self, planned: PlannedFile) -> bool:
-        """A file counts as landed when its record exists (written after the data) and the data is there."""
+        """A file counts as landed when its record of this export exists (written after the data) and the
+        data is there (staged, or already published)."""
         rec = self.read_record(planned.key)
-        return rec is not None and rec.get("url_key") == _url_key(planned) and self.final_path(planned).exists()
+        return (
+            rec is not None
+            and rec.get("url_key") == _url_key(planned)
+            and (self.export_id is None or rec.get("export_id") == self.export_id)
+            and (self.staged_path(planned).exists() or self.final_path(planned).exists())
+        )
 
     def write_record(self, planned: PlannedFile, record: dict[str, Any]) -> None:
         atomic_write_json(
             self.record_path(planned.key),
-            dict(record, key=planned.key, path=str(self.final_path(planned)), url_key=_url_key(planned)),
+            dict(
+                record,
+                key=planned.key,
+                path=str(self.final_path(planned)),
+                url_key=_url_key(planned),
+                export_id=self.export_id,
+            ),
         )
+
+    def publish(self, planned: list[PlannedFile]) -> None:
+        """Move every staged file to its visible place: one pass over the files (renames on local disk,
+        copy and delete on object stores). Files already moved by an interrupted earlier commit stay."""
+        made: set[str] = set()
+        for p in planned:
+            staged = self.staged_path(p)
+            if not staged.exists():
+                if not self.final_path(p).exists():
+                    raise ExportStateError(
+                        f"{staged} is missing and was never published; run the export again to download it"
+                    )
+                continue
+            final = self.final_path(p)
+            if p.directory not in made:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                made.add(p.directory)
+            replace(staged, final)
 
     def clear(self) -> None:
         """Remove everything this label wrote (data directories, records, markers), before a fresh export."""
@@ -130,13 +181,19 @@ class ExportLayout:
                         clear_directory(target)
                         target.rmdir()
         if self.export_dir.exists():
-            clear_directory(self.export_dir)
+            # The lease stays: it is this run's claim on the label.
+            clear_directory(self.export_dir, keep=frozenset({LEASE_FILE}))
 
 
 def _url_key(planned: PlannedFile) -> str:
     # Which manifest entry a record belongs to: kind, type and position; not the URL, which may be
     # re-signed when the manifest is fetched again.
     return f"{planned.kind}:{planned.resource_type}:{planned.key}"
+
+
+def export_id_for(status_url: str) -> str:
+    """A short stable id of one server export (its status URL), stored in every file record."""
+    return hashlib.sha256(status_url.encode()).hexdigest()[:16]
 
 
 def watermark_path(root: ObjectStoragePath, conn_id: str, scope: dict[str, Any]) -> ObjectStoragePath:
@@ -159,7 +216,12 @@ def read_watermark(root: ObjectStoragePath, conn_id: str, scope: dict[str, Any])
 def write_watermark(
     root: ObjectStoragePath, conn_id: str, scope: dict[str, Any], transaction_time: str, label: str
 ) -> ObjectStoragePath:
-    """Advance the watermark. Called only after every file of the export has landed."""
+    """Advance the watermark. Called only after every file of the export has landed.
+
+    :raises WatermarkError: ``transaction_time`` is not an instant or lies in the future (the old
+        watermark stays).
+    """
+    check_watermark_instant(transaction_time, "the export's transactionTime")
     path = watermark_path(root, conn_id, scope)
     previous = read_json(path)
     if (

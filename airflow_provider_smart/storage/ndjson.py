@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
+from airflow_provider_smart.fhir.names import checked_resource_type
 from airflow_provider_smart.storage.atomic import (
     SUCCESS_MARKER,
     TMP_PREFIX,
@@ -241,6 +242,8 @@ class NdjsonRunWriter:
     def _writer(self, resource_type: str) -> NdjsonPartWriter:
         writer = self._writers.get(resource_type)
         if writer is None:
+            # A server's resourceType becomes a directory name: only FHIR type names may.
+            checked_resource_type(resource_type, "resourceType of a search result")
             writer = NdjsonPartWriter(
                 self.staging_directory(resource_type),
                 compression=self.compression,
@@ -263,6 +266,9 @@ class NdjsonRunWriter:
         parts = {name: writer.close() for name, writer in self._writers.items()}
         order = sorted(parts, key=lambda name: (name == self.primary_type, name))
         previous_related = self._previous_related_types()
+        # Every directory this commit replaces or removes is checked before any is touched.
+        for resource_type in sorted(set(parts) | previous_related):
+            self._refuse_foreign(resource_type, (summary or {}).get("search_fingerprint"))
         results: dict[str, TypeResult] = {}
         # A type this run wrote last time but not now (an _include that found nothing this time) belongs
         # to this run's output too: remove it so the run's output is exactly what this attempt found.
@@ -272,6 +278,22 @@ class NdjsonRunWriter:
             results[resource_type] = self._swap(resource_type, parts[resource_type], summary or {}, order)
         self.committed = results
         return results
+
+    def _refuse_foreign(self, resource_type: str, fingerprint: Any) -> None:
+        """Refuse to replace a committed directory another search wrote (an ``_include`` type that another
+        search writes as its primary or as its own include, into the same output root and run)."""
+        if fingerprint is None:
+            return
+        final = self.type_directory(resource_type)
+        marker = read_json(final / SUCCESS_MARKER)
+        theirs = marker.get("search_fingerprint") if isinstance(marker, dict) else None
+        if theirs is not None and theirs != fingerprint:
+            search = marker.get("search") if isinstance(marker, dict) else None
+            raise ValueError(
+                f"{final} holds the committed output of another search ({json.dumps(search)[:200]}), which this "
+                f"run's {resource_type} resources would replace; nothing was changed. Give each search its own "
+                "output root (or drop the _include/_revinclude that writes this type)"
+            )
 
     def _previous_related_types(self) -> set[str]:
         if self.primary_type is None:

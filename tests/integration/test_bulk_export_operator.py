@@ -238,8 +238,10 @@ def test_fatal_error_file_fails_after_the_data_landed(bulk_server: Callable[...,
         run_deferred(export_op(tmp_path, types=["Patient", "Condition"]), context())
     assert "kept" in str(info.value)
     out = tmp_path / "out"
-    assert landed(out, "manual__run1") == store_view(server, ["Patient", "Condition"])
-    assert list(out.glob("errors/manual__run1/OperationOutcome.*.ndjson"))
+    # Every file landed, unpublished: readers of <output>/<Type> see nothing of this export.
+    staging = out / "_exports/manual__run1/staging"
+    assert landed(out, "manual__run1") == {}
+    assert {p.parent.name for p in staging.rglob("*.ndjson")} == {"Patient", "Condition", "errors"}
     assert not (out / "_exports/manual__run1/_SUCCESS").exists()
     assert not list(out.glob("_watermarks/*.json"))  # the watermark does not move past an incomplete export
 

@@ -62,9 +62,13 @@ def test_lands_files_token_only_to_fhir_origin(tmp_path: Path) -> None:
             assert auth_of(call) is None
         else:
             assert auth_of(call) == f"Bearer {TOKEN}"
-    assert (tmp_path / "Patient/run1/Patient.00001.ndjson").read_bytes() == ndjson("Patient", 2, 3)
+    # Landed in the export's staging area; nothing under Patient/ until the commit.
+    assert (tmp_path / "_exports/run1/staging/Patient/Patient.00001.ndjson").read_bytes() == ndjson("Patient", 2, 3)
+    assert not (tmp_path / "Patient").exists()
     summary = finalize(layout, m)
     assert summary["counts"] == {"Observation": 4, "Patient": 5}
+    assert (tmp_path / "Patient/run1/Patient.00001.ndjson").read_bytes() == ndjson("Patient", 2, 3)
+    assert not list((tmp_path / "_exports/run1/staging").rglob("*.ndjson"))
     assert (tmp_path / "Patient/run1/_SUCCESS").exists() and (tmp_path / "_exports/run1/_SUCCESS").exists()
     assert json.loads((tmp_path / "_exports/run1/manifest.json").read_text())["transactionTime"] == m.transaction_time
     assert not list(tmp_path.rglob(f"{TMP_PREFIX}*"))
@@ -133,8 +137,10 @@ def test_line_checks_fail_the_file_and_leave_nothing_visible(tmp_path: Path) -> 
     responses.get(f"{PRESIGNED}/o0", body=ndjson("Patient", 4))  # wrong type
     with pytest.raises(DownloadError, match="2 of 3 files failed"):
         land_files(FakeFhirClient(BASE), layout_for(tmp_path), parse_manifest(manifest()))
-    assert not (tmp_path / "Patient/run1/Patient.00001.ndjson").exists()
-    assert not (tmp_path / "Observation/run1/Observation.00000.ndjson").exists()
+    assert not (tmp_path / "_exports/run1/staging/Patient/Patient.00001.ndjson").exists()
+    assert not (tmp_path / "_exports/run1/staging/Observation/Observation.00000.ndjson").exists()
+    # The good file stays staged: nothing is where a reader of <root>/<Type> looks.
+    assert [p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*.ndjson")] == ["_exports"]
     assert not list(tmp_path.rglob(f"{TMP_PREFIX}*"))
 
 
@@ -155,7 +161,7 @@ def test_410_refetches_manifest_once_for_fresh_urls(tmp_path: Path) -> None:
 
     land_files(FakeFhirClient(BASE), layout_for(tmp_path), m, refresh_manifest=refresh)
     assert refreshes == [1]
-    assert (tmp_path / "Patient/run1/Patient.00000.ndjson").read_bytes() == ndjson("Patient", 3)
+    assert (tmp_path / "_exports/run1/staging/Patient/Patient.00000.ndjson").read_bytes() == ndjson("Patient", 3)
 
 
 @responses.activate
@@ -192,10 +198,13 @@ def test_error_files_fatal_fail_after_data_kept(tmp_path: Path) -> None:
 
     with pytest.raises(ExportOutcomeError, match="lost Observation 7"):
         finalize(layout, m)
-    assert (tmp_path / "Patient/run1/Patient.00000.ndjson").exists()
-    assert (tmp_path / "errors/run1/OperationOutcome.00000.ndjson").exists()
+    # Kept, but unpublished: a reader of Patient/ sees nothing of an export with missing resources.
+    assert (tmp_path / "_exports/run1/staging/Patient/Patient.00000.ndjson").exists()
+    assert (tmp_path / "_exports/run1/staging/errors/OperationOutcome.00000.ndjson").exists()
+    assert not (tmp_path / "Patient").exists() and not (tmp_path / "errors").exists()
     assert not (tmp_path / "_exports/run1/_SUCCESS").exists()
     summary = finalize(layout, m, fail_on_severity="none")
+    assert (tmp_path / "Patient/run1/Patient.00000.ndjson").exists()
     assert summary["errors"]["counts"]["fatal"] == 1
     assert summary["warnings"] == ["[information] information/informational: skipped drafts"]
 

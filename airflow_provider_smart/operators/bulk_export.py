@@ -471,7 +471,9 @@ class FhirBulkExportOperator(_ExportBase):
         try:
             state = layout.read_state() or {}
             status_url = state.get("status_url")
-            if status_url and state.get("phase") in ("pending", "downloading"):
+            # Only an export this run started or re-attached to (never one a scope check refused).
+            mine = layout.export_id is not None and state.get("export_id") == layout.export_id
+            if mine and status_url and state.get("phase") in ("pending", "downloading"):
                 self.log.warning(
                     "no retry follows this failure: cancelling export %s with DELETE", redact_url(status_url)
                 )
@@ -492,9 +494,7 @@ class FhirBulkExportOperator(_ExportBase):
         hook = self._hook()
         client = hook.get_client()
         check_writable(layout.root)
-        lease = ExportLease(
-            layout.export_dir, lease_owner(context, self.dag_id, self.task_id), timeout=self.lease_timeout
-        )
+        lease = self._own_lease(context, layout)
         lease.acquire()
         self._held = (layout, lease)
         state = layout.read_state()
@@ -504,6 +504,7 @@ class FhirBulkExportOperator(_ExportBase):
             phase = state.get("phase")
             if phase == "complete":
                 self.log.info("export %s already landed completely; nothing to do", layout.label)
+                lease.release()
                 if self.download_mode == "fanout":
                     context["ti"].xcom_push(key="export", value=self._fanout_ref(layout, state.get("transaction_time")))
                     return []
@@ -615,9 +616,7 @@ class FhirBulkExportOperator(_ExportBase):
         state = layout.read_state()
         if state is None:
             raise RuntimeError(f"export state {layout.state_path} disappeared while the task was deferred")
-        lease = ExportLease(
-            layout.export_dir, lease_owner(context, self.dag_id, self.task_id), timeout=self.lease_timeout
-        )
+        lease = self._own_lease(context, layout)
         lease.acquire()  # fails when another run took the label while this one was deferred
         self._held = (layout, lease)
         polled = (event or {}).get("status_url")

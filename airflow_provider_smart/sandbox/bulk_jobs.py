@@ -301,7 +301,7 @@ class BulkJobs:
         types: list[str],
         compartment_types: set[str],
         client_id: str | None,
-        error_file_fault: str | None = None,
+        error_file_fault: str | bool | None = None,
     ) -> ExportJob:
         """Check what the export selects, register the job and write its files in a background thread
         (so a big export does not hold the kick-off response; the job is in progress until they are written).
@@ -331,7 +331,9 @@ class BulkJobs:
         writer.start()
         return job
 
-    def _build(self, job: ExportJob, selection: Selection, types: list[str], error_file_fault: str | None) -> None:
+    def _build(
+        self, job: ExportJob, selection: Selection, types: list[str], error_file_fault: str | bool | None
+    ) -> None:
         try:
             files = self._write(job, selection, types, error_file_fault)
         except Exception as exc:
@@ -352,7 +354,7 @@ class BulkJobs:
             job.written.set()
 
     def _write(
-        self, job: ExportJob, selection: Selection, types: list[str], error_file_fault: str | None
+        self, job: ExportJob, selection: Selection, types: list[str], error_file_fault: str | bool | None
     ) -> list[ExportFile]:
         settings = self.settings
         request = job.request
@@ -411,7 +413,8 @@ class BulkJobs:
             )
         errors = [operation_outcome([w]) for w in request.warnings]
         if error_file_fault:
-            errors += fault_error_outcomes(job.id, error_file_fault)
+            # True (or a severity): the error file fault, with that severity (fatal by default).
+            errors += fault_error_outcomes(job.id, error_file_fault if isinstance(error_file_fault, str) else "fatal")
         if errors:
             files += write_by_type(
                 job.directory,

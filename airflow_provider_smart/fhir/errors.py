@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from airflow_provider_smart.fhir.sanitize import safe_text
+
 _MAX_BODY_IN_MESSAGE = 500
 
 
@@ -15,6 +17,11 @@ class FhirError(Exception):
         super().__init__(message)
         self.status = status
         self.outcome = outcome
+
+    @property
+    def retryable(self) -> bool:
+        """Worth trying again: no HTTP answer at all (a failed connection); subclasses say more."""
+        return self.status is None
 
 
 class TransientFhirError(FhirError):
@@ -30,6 +37,10 @@ class TransientFhirError(FhirError):
     ):
         super().__init__(message, status=status, outcome=outcome)
         self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return True
 
 
 def operation_outcome_issues(outcome: dict[str, Any]) -> list[dict[str, Any]]:
@@ -56,7 +67,7 @@ def operation_outcome_text(outcome: dict[str, Any]) -> str:
     issues = operation_outcome_issues(outcome)
     if not issues:
         return "OperationOutcome with no issues"
-    return "; ".join(issue_text(i) for i in issues)
+    return safe_text("; ".join(issue_text(i) for i in issues), limit=_MAX_BODY_IN_MESSAGE * 4)
 
 
 def is_transient_outcome(outcome: dict[str, Any]) -> bool:
@@ -66,7 +77,10 @@ def is_transient_outcome(outcome: dict[str, Any]) -> bool:
 
 
 def describe_error_body(body: bytes | str, content_type: str | None = None) -> str:
-    """Best readable text of an error body: OperationOutcome text, OAuth error, or a short excerpt."""
+    """Best readable text of an error body: OperationOutcome text, OAuth error, or a short excerpt.
+
+    Always made safe (:func:`~.sanitize.safe_text`): servers echo our Authorization header back.
+    """
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     try:
         data = json.loads(text)
@@ -77,7 +91,7 @@ def describe_error_body(body: bytes | str, content_type: str | None = None) -> s
             return operation_outcome_text(data)
         if "error" in data and isinstance(data["error"], str):
             desc = data.get("error_description")
-            return f"{data['error']}: {desc}" if desc else data["error"]
-    excerpt = " ".join(text.split())[:_MAX_BODY_IN_MESSAGE]
+            return safe_text(f"{data['error']}: {desc}" if desc else data["error"])
+    excerpt = safe_text(text, limit=_MAX_BODY_IN_MESSAGE)
     kind = f" ({content_type})" if content_type else ""
     return f"non-JSON answer{kind}: {excerpt!r}" if excerpt else f"empty answer{kind}"

@@ -1,11 +1,15 @@
-"""An authorized HTTP client for one FHIR server (requests based).
+"""An authorized HTTP client for one FHIR server (requests based); implements :class:`~.client.FhirClient`.
 
-- The bearer token goes only to URLs with the FHIR base URL's origin, never when ``authorize=False``.
+- The bearer token goes only where :func:`~.urls.may_carry_token` allows it, never when ``authorize=False``.
+- Every URL is checked before it is requested (:func:`~.urls.check_url`): a URL that parsers could read
+  differently is refused outright; so is an https -> http downgrade unless the connection allows it.
 - Redirects are followed by hand so the Authorization header is re-decided at every hop.
-- Connection errors, 429 and 5xx are retried with backoff, honouring ``Retry-After``; a POST only when
-  the caller says it is safe to repeat (``retry_post=True``).
+- Waits and retries follow the one wait policy (:mod:`~.retry`): 429, 502, 503, 504, ``transient``
+  OperationOutcomes and failed connections are retried within one :class:`~.retry.RetryBudget` per
+  request (or the caller's); a POST only when the caller says it is safe to repeat (``retry_post=True``).
 - A 401 causes exactly one re-authentication and one more try.
-- Final errors raise :class:`FhirError` with the OperationOutcome's text, never with a token.
+- Error bodies are read up to a cap; final errors raise :class:`FhirError` with the server's text made
+  safe (:func:`~.sanitize.safe_text`), never with a token.
 """
 
 from __future__ import annotations
@@ -21,11 +25,24 @@ import requests
 from airflow_provider_smart.fhir.errors import FhirError, TransientFhirError, describe_error_body
 from airflow_provider_smart.fhir.retry import (
     DEFAULT_MAX_RETRY_AFTER,
-    backoff_delays,
+    DEFAULT_MAX_TOTAL_WAIT,
+    RetryBudget,
+    WaitPolicy,
+    is_retryable,
     is_retryable_status,
     parse_retry_after,
 )
-from airflow_provider_smart.fhir.urls import fhir_base, redact_url, resolve, same_origin
+from airflow_provider_smart.fhir.sanitize import safe_text
+from airflow_provider_smart.fhir.urls import (
+    UnsafeUrlError,
+    check_transport,
+    check_url,
+    fhir_base,
+    may_carry_token,
+    redact_url,
+    resolve,
+    same_origin,
+)
 
 if TYPE_CHECKING:
     from airflow_provider_smart.auth.client import SmartAuthClient
@@ -35,21 +52,34 @@ log = logging.getLogger(__name__)
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_MAX_ERROR_BODY = 64 * 1024
-#: Shorter strings are not real tokens; replacing them would mangle messages (test doubles).
-_MIN_SCRUB = 8
+#: Error bodies only feed a message: this much is plenty, and an endless body costs no more.
+MAX_ERROR_BODY = 64 * 1024
 
 Params = Mapping[str, Any] | Sequence[tuple[str, Any]] | None
 
 
+class RefusedRequestError(FhirError):
+    """A request the client refuses to send at all (an ambiguous URL, a TLS downgrade, a foreign redirect).
+
+    Never retried: trying again cannot make the URL safe.
+    """
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
 class FhirHttpClient:
-    """Requests to one FHIR server with its SMART token, retries and safe redirects.
+    """Requests to one FHIR server with its SMART token, the wait policy and safe redirects.
 
     :param auth: gives tokens; None for open servers.
     :param base_url: the FHIR base URL; relative paths resolve against it and its origin gets the token.
     :param headers: sent with every request (e.g. a vendor's client-id header).
-    :param max_retries: retries after connection errors, 429 and 5xx (per request).
-    :param max_retry_after: cap for a server's ``Retry-After`` in seconds.
+    :param max_retries: retries after connection errors, 429, 502-504 and transient outcomes (per
+        request); ignored when ``wait_policy`` is given.
+    :param max_retry_after: cap of one wait in seconds; ignored when ``wait_policy`` is given.
+    :param wait_policy: the whole wait policy (see :class:`~.retry.WaitPolicy`).
+    :param allow_insecure_http: accept https -> http downgrades (logged); off by default.
     """
 
     def __init__(
@@ -65,6 +95,8 @@ class FhirHttpClient:
         max_redirects: int = 10,
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
+        wait_policy: WaitPolicy | None = None,
+        allow_insecure_http: bool = False,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
@@ -73,11 +105,15 @@ class FhirHttpClient:
         self.verify = verify
         self.timeout = timeout
         self.headers = dict(headers or {})
-        self.max_retries = max_retries
-        self.max_retry_after = max_retry_after
+        self.wait_policy = wait_policy or WaitPolicy(
+            max_retry_after=max_retry_after,
+            max_attempts=max(1, max_retries + 1),
+            max_total_wait=DEFAULT_MAX_TOTAL_WAIT,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+        )
         self.max_redirects = max_redirects
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
+        self.allow_insecure_http = allow_insecure_http
         self.session = session or requests.Session()
         # An explicit (no-op) auth keeps requests from adding ~/.netrc credentials over our header,
         # while proxies and CA bundles from the environment still apply.
@@ -87,6 +123,14 @@ class FhirHttpClient:
     def __repr__(self) -> str:
         return f"FhirHttpClient(base_url={self.base_url!r})"
 
+    @property
+    def max_retries(self) -> int:
+        return self.wait_policy.max_attempts - 1
+
+    @property
+    def max_retry_after(self) -> float:
+        return self.wait_policy.max_retry_after
+
     def url(self, url_or_path: str) -> str:
         """An absolute URL: relative paths are taken relative to the FHIR base URL."""
         if "://" in url_or_path:
@@ -94,8 +138,12 @@ class FhirHttpClient:
         return resolve(self.base_url + "/", url_or_path.lstrip("/"))
 
     def may_authorize(self, url: str, authorize: bool | None = None) -> bool:
-        """Whether a request to ``url`` may carry the token: same origin as the base URL, not opted out."""
-        return self.auth is not None and authorize is not False and same_origin(url, self.base_url)
+        """Whether a request to ``url`` may carry the token (:func:`~.urls.may_carry_token`), not opted out."""
+        return self.auth is not None and authorize is not False and may_carry_token(url, self.base_url)
+
+    def budget(self, what: str) -> RetryBudget:
+        """A fresh retry budget under this client's wait policy (for callers that retry on their own too)."""
+        return self.wait_policy.budget(what, sleep=self._sleep)
 
     def request(
         self,
@@ -111,7 +159,9 @@ class FhirHttpClient:
         raise_for_status: bool = True,
         retry_post: bool = False,
         retries: int | None = None,
+        budget: RetryBudget | None = None,
         timeout: float | None = None,
+        same_origin_redirects: bool = False,
     ) -> requests.Response:
         """Send a request and return the final response (after redirects, retries and one re-auth).
 
@@ -119,47 +169,66 @@ class FhirHttpClient:
             goes only to the base URL's origin.
         :param raise_for_status: raise :class:`FhirError` for a final status >= 400 (else return it).
         :param retry_post: the caller knows this POST is safe to repeat.
-        :param retries: overrides ``max_retries`` for this request (0 = answer 429/5xx at once).
+        :param retries: 0 answers 429/5xx at once (the caller polls on its own); otherwise ignored.
+        :param budget: the retry budget to draw from (shared with the caller's own retry loop).
+        :param same_origin_redirects: refuse a redirect to another origin instead of following it.
         """
         method = method.upper()
         url = self.url(url_or_path)
+        where = f"{method} {redact_url(url)}"
         repeatable = method in _IDEMPOTENT or retry_post
-        budget = self.max_retries if retries is None else retries
-        delays = backoff_delays(budget, base=self.backoff_base, maximum=self.backoff_max)
+        if budget is None:
+            policy = self.wait_policy
+            if retries is not None:
+                policy = WaitPolicy(
+                    max_retry_after=policy.max_retry_after,
+                    max_attempts=max(1, retries + 1),
+                    max_total_wait=policy.max_total_wait,
+                    backoff_base=policy.backoff_base,
+                    backoff_max=policy.backoff_max,
+                )
+            budget = policy.budget(where, sleep=self._sleep)
         reauthenticated = False
         while True:
             try:
-                response, token = self._send(
-                    method, url, params, json, data, headers, stream, authorize, timeout or self.timeout
+                response, token, final_url = self._send(
+                    method,
+                    url,
+                    params,
+                    json,
+                    data,
+                    headers,
+                    stream,
+                    authorize,
+                    timeout or self.timeout,
+                    same_origin_redirects,
                 )
             except requests.RequestException as exc:
-                delay = next(delays, None) if repeatable else None
-                if delay is None:
-                    raise FhirError(
-                        f"{method} {redact_url(url)} failed: cannot reach the FHIR server ({type(exc).__name__}); "
-                        "check the connection host, network and TLS settings"
-                    ) from None
-                log.warning("%s %s: %s; retrying in %.1fs", method, redact_url(url), type(exc).__name__, delay)
-                self._sleep(delay)
-                continue
+                reason = f"cannot reach the server ({type(exc).__name__})"
+                if repeatable and budget.wait(f"{where}: {reason}"):
+                    continue
+                raise FhirError(
+                    f"{where} failed: cannot reach the FHIR server ({type(exc).__name__}, {budget.give_up_text()}); "
+                    "check the connection host, network and TLS settings"
+                ) from None
             status = response.status_code
             if status == 401 and token is not None and self.auth is not None and not reauthenticated:
-                log.info("%s %s answered 401; getting a new access token and trying once more", method, redact_url(url))
+                log.info("%s answered 401; getting a new access token and trying once more", where)
                 response.close()
                 self.auth.invalidate(token)
                 reauthenticated = True
                 continue
-            if is_retryable_status(status) and repeatable:
-                waited = parse_retry_after(response.headers.get("Retry-After"), maximum=self.max_retry_after)
-                delay = next(delays, None)
-                if delay is not None:
-                    delay = waited if waited is not None else delay
-                    log.warning("%s %s answered %d; retrying in %.1fs", method, redact_url(url), status, delay)
-                    response.close()
-                    self._sleep(delay)
-                    continue
-            if status >= 400 and raise_for_status:
-                raise self._error(method, url, response, token, reauthenticated)
+            if status >= 400:
+                body = _buffer_error_body(response)
+                if repeatable and is_retryable(status, _outcome(body)):
+                    text = _error_text(body, response, token)
+                    if budget.wait(
+                        f"{where} answered HTTP {status}: {text}", retry_after=response.headers.get("Retry-After")
+                    ):
+                        response.close()
+                        continue
+                if raise_for_status:
+                    raise self._error(method, final_url, response, body, token, reauthenticated, budget)
             return response
 
     def get(self, url_or_path: str, **kwargs: Any) -> requests.Response:
@@ -170,6 +239,14 @@ class FhirHttpClient:
 
     def delete(self, url_or_path: str, **kwargs: Any) -> requests.Response:
         return self.request("DELETE", url_or_path, **kwargs)
+
+    def check(self, url: str, *, previous: str | None = None) -> None:
+        """Refuse an ambiguous URL or a TLS downgrade before anything is sent to it."""
+        try:
+            check_url(url)
+            check_transport(url, self.base_url, previous=previous, allow_insecure_http=self.allow_insecure_http)
+        except UnsafeUrlError as exc:
+            raise RefusedRequestError(str(exc)) from None
 
     def _send(
         self,
@@ -182,10 +259,14 @@ class FhirHttpClient:
         stream: bool,
         authorize: bool | None,
         timeout: float,
-    ) -> tuple[requests.Response, AccessToken | None]:
+        same_origin_redirects: bool,
+    ) -> tuple[requests.Response, AccessToken | None, str]:
         """One request plus its redirects, deciding the Authorization header at every hop."""
         token: AccessToken | None = None
+        previous: str | None = None
+        first = url
         for _ in range(self.max_redirects + 1):
+            self.check(url, previous=previous)
             hop_headers = {"Accept": "application/fhir+json", **self.headers, **(headers or {})}
             # A caller's own Authorization header is never forwarded either; only ours, only to our origin.
             hop_headers = {k: v for k, v in hop_headers.items() if k.lower() != "authorization"}
@@ -208,34 +289,35 @@ class FhirHttpClient:
             )
             token = used
             if response.status_code not in _REDIRECTS or "Location" not in response.headers:
-                return response, token
-            target = resolve(response.url or url, response.headers["Location"])
+                return response, token, url
+            # Resolve against the URL we asked for (with params), never against anything else.
+            target = resolve(response.url or url, response.headers["Location"].strip())
             response.close()
+            if same_origin_redirects and not same_origin(target, first):
+                raise RefusedRequestError(
+                    f"{method} {redact_url(first)} was redirected to another origin ({redact_url(target)}); "
+                    "refusing to follow it. Fix the server's base URL setting or the connection's host."
+                )
             log.debug("%s %s redirected to %s", method, redact_url(url), redact_url(target))
             if response.status_code == 303 or (response.status_code in (301, 302) and method == "POST"):
                 method, json, data = "GET", None, None
             params = None  # the Location already carries its query
-            url = target
-        raise FhirError(f"{redact_url(url)}: more than {self.max_redirects} redirects")
+            previous, url = url, target
+        raise RefusedRequestError(f"{redact_url(url)}: more than {self.max_redirects} redirects")
 
     def _error(
         self,
         method: str,
         url: str,
         response: requests.Response,
+        body: bytes,
         token: AccessToken | None,
         reauthenticated: bool,
+        budget: RetryBudget,
     ) -> FhirError:
         status = response.status_code
-        try:
-            body = _read_limited(response)
-        except requests.RequestException:  # the body only feeds the message
-            body = b""
-        finally:
-            response.close()
-        text = describe_error_body(body, response.headers.get("Content-Type"))
-        if token is not None and len(token.value) >= _MIN_SCRUB:
-            text = text.replace(token.value, "<redacted>")
+        response.close()
+        text = _error_text(body, response, token)
         outcome = _outcome(body)
         where = f"{method} {redact_url(url)}"
         if status == 401:
@@ -254,10 +336,10 @@ class FhirHttpClient:
                 status=status,
                 outcome=outcome,
             )
-        if is_retryable_status(status):
+        if is_retryable(status, outcome):
             retry_after = parse_retry_after(response.headers.get("Retry-After"), maximum=self.max_retry_after)
             return TransientFhirError(
-                f"{where} answered HTTP {status} (gave up after retries): {text}",
+                f"{where} answered HTTP {status} (gave up: {budget.give_up_text()}): {text}",
                 status=status,
                 outcome=outcome,
                 retry_after=retry_after,
@@ -279,16 +361,35 @@ def no_netrc_auth(request: requests.PreparedRequest) -> requests.PreparedRequest
     return request
 
 
-def _read_limited(response: requests.Response) -> bytes:
-    """At most ``_MAX_ERROR_BODY`` bytes of a (possibly streamed) error body: enough for a message."""
+def read_limited(response: requests.Response, limit: int = MAX_ERROR_BODY) -> bytes:
+    """At most ``limit`` bytes of a (possibly streamed) body; the rest is never read."""
+    if getattr(response, "_content_consumed", False) and isinstance(response._content, bytes):
+        return response._content[:limit]
     chunks: list[bytes] = []
     size = 0
-    for chunk in response.iter_content(8192):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= _MAX_ERROR_BODY:
-            break
-    return b"".join(chunks)[:_MAX_ERROR_BODY]
+    try:
+        for chunk in response.iter_content(8192):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= limit:
+                break
+    except requests.RequestException:  # a body cut short still gives what arrived
+        pass
+    return b"".join(chunks)[:limit]
+
+
+def _buffer_error_body(response: requests.Response) -> bytes:
+    """Read an error body up to the cap and keep it on the response, so callers can still read it."""
+    body = read_limited(response, MAX_ERROR_BODY)
+    response._content = body
+    setattr(response, "_content_consumed", True)  # noqa: B010 - requests' own flag for a read body
+    return body
+
+
+def _error_text(body: bytes, response: requests.Response, token: AccessToken | None) -> str:
+    """The server's error text, made safe: the token and any other secret redacted, controls gone, capped."""
+    text = describe_error_body(body, response.headers.get("Content-Type"))
+    return safe_text(text, secrets=(token.value,) if token is not None else ())
 
 
 def _outcome(body: bytes) -> dict[str, Any] | None:
@@ -297,3 +398,6 @@ def _outcome(body: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return data if isinstance(data, dict) and data.get("resourceType") == "OperationOutcome" else None
+
+
+__all__ = ["FhirHttpClient", "RefusedRequestError", "is_retryable_status", "no_netrc_auth", "read_limited"]

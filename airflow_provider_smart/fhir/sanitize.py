@@ -37,7 +37,7 @@ _AUTH_SCHEME = re.compile(r"(?i)\b(bearer|basic)(\s+|%20|\+)[A-Za-z0-9\-._~+/=%]
 # Three base64url segments, the first two starting like a JSON object ('eyJ' is base64 of '{"').
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{2,}\.eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*")
 # The query string of an absolute URL inside free text (presigned URLs carry signatures there).
-_URL_QUERY = re.compile(r"(?i)\b(https?://[^\s?#\"'<>]*)\?[^\s#\"'<>]*")
+_URL_QUERY = re.compile(r"(?i)\b(https?://[^\s?#\"'<>]*)\?[^\s#\"'<>]+")
 # Key/value pairs whose value is a credential, in JSON, form or header style.
 _SECRET_FIELD = re.compile(
     r"(?i)(\"?\b(?:access_token|refresh_token|id_token|client_assertion|client_secret|password|authorization)\"?"

@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
+from airflow_provider_smart.fhir.client import FhirClient
 from airflow_provider_smart.fhir.errors import (
     FhirError,
     TransientFhirError,
@@ -27,7 +28,7 @@ from airflow_provider_smart.fhir.errors import (
     operation_outcome_issues,
     operation_outcome_text,
 )
-from airflow_provider_smart.fhir.retry import backoff_delays, is_retryable_status, parse_retry_after
+from airflow_provider_smart.fhir.retry import WaitPolicy, is_retryable, parse_retry_after
 from airflow_provider_smart.fhir.urls import redact_url, resolve, same_origin
 
 log = logging.getLogger(__name__)
@@ -41,24 +42,8 @@ _LONG_FRACTION = re.compile(r"(\.\d{7,})")
 _RESOURCE_TYPE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 
 
-class SupportsFhirRequest(Protocol):
-    """The HTTP side the search needs: what ``FhirHttpClient`` offers (anything with this method works)."""
-
-    @property
-    def base_url(self) -> str: ...
-
-    def request(
-        self,
-        method: str,
-        url_or_path: str,
-        *,
-        params: Any = None,
-        data: Any = None,
-        headers: Mapping[str, str] | None = None,
-        retry_post: bool = False,
-    ) -> Any:
-        """Send a request (relative paths resolve against ``base_url``); return a requests-like response."""
-        ...
+#: The search takes the one client interface (kept under its old name for existing imports).
+SupportsFhirRequest = FhirClient
 
 
 def normalize_params(params: SearchParams) -> list[tuple[str, str]]:
@@ -286,6 +271,12 @@ class FhirSearch:
         self.max_retry_after = max_retry_after
         self.sleep = sleep
         self.stats = SearchStats()
+        self.wait_policy = WaitPolicy(
+            max_retry_after=max_retry_after,
+            max_attempts=page_retries + 1,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+        )
 
     @property
     def high_water_mark(self) -> str | None:
@@ -334,19 +325,23 @@ class FhirSearch:
     # -- one page, with retries -------------------------------------------------------------------------
 
     def _fetch(self, number: int, method: str, url: str, kwargs: dict[str, Any]) -> SearchPage:
-        error: Exception
-        wait: float | None
-        delays = backoff_delays(self.page_retries, base=self.backoff_base, maximum=self.backoff_max)
-        attempt = 0
+        """One page, tried again within ONE retry budget shared with the client's own retries.
+
+        The client retries answers (429, 502-504, transient outcomes, failed connections) drawing from
+        the page's budget; this loop adds only what the client cannot see (a body cut short), from the
+        same budget, so the two loops never multiply.
+        """
+        where = f"search page {number} ({redact_url(url)})"
+        budget = self.wait_policy.budget(where, sleep=self.sleep)
         while True:
-            attempt += 1
+            wait: float | None = None
             try:
                 try:
-                    response = self.http.request(method, url, **kwargs)
+                    # Redirects of a search page to another origin are refused, not followed.
+                    response = self.http.request(method, url, budget=budget, same_origin_redirects=True, **kwargs)
                 except FhirError as exc:
-                    if exc.status is None:
-                        # No HTTP answer at all (the client gave up on a dropped or refused connection):
-                        # as transient as a 503, and the page is fetched again from its start.
+                    if exc.retryable and not isinstance(exc, TransientFhirError):
+                        # No HTTP answer at all (the client gave up on a dropped or refused connection).
                         raise _TruncatedPage(str(exc)) from exc
                     if not isinstance(exc, TransientFhirError) and not is_retryable_status(exc.status):
                         # A final answer (400 unknown parameter, 403 scope): say which page of which search.
@@ -357,36 +352,19 @@ class FhirSearch:
                         ) from exc
                     raise
                 page = self._parse(number, url, response)
-                page.attempts = attempt
+                page.attempts = budget.attempts
                 return page
             except _TruncatedPage as exc:
-                error, wait = exc, None
+                error: Exception = exc
             except TransientFhirError as exc:
                 error, wait = exc, exc.retry_after
-            except FhirError as exc:
-                if exc.status is None or not is_retryable_status(exc.status):
-                    raise
-                error, wait = exc, None
             except _TRANSPORT_ERRORS as exc:
-                error, wait = FhirError(f"connection failed while reading the page: {type(exc).__name__}"), None
-            delay = next(delays, None)
-            if delay is None:
+                error = FhirError(f"connection failed while reading the page: {type(exc).__name__}")
+            if not budget.wait(f"{where} failed: {error}; fetching the same page again", retry_after=wait):
                 raise FhirError(
-                    f"search page {number} ({redact_url(url)}) failed {attempt} times; last error: {error}"
+                    f"{where} failed {budget.attempts} times ({budget.give_up_text()}); last error: {error}"
                 ) from error
-            if wait is not None:
-                delay = max(0.0, min(wait, self.max_retry_after))
             self.stats.retries += 1
-            log.warning(
-                "Search page %d (%s) failed (%s); fetching the same page again in %.1fs (attempt %d of %d)",
-                number,
-                redact_url(url),
-                error,
-                delay,
-                attempt + 1,
-                self.page_retries + 1,
-            )
-            self.sleep(delay)
 
     def _parse(self, number: int, url: str, response: Any) -> SearchPage:
         status = int(response.status_code)
@@ -396,7 +374,7 @@ class FhirSearch:
             message = f"search page {number} ({redact_url(url)}) failed with HTTP {status}: "
             message += describe_error_body(body, content_type)
             outcome = _json_outcome(body)
-            if is_retryable_status(status):
+            if is_retryable(status, outcome):
                 retry_after = parse_retry_after(response.headers.get("Retry-After"), maximum=self.max_retry_after)
                 raise TransientFhirError(message, status=status, outcome=outcome, retry_after=retry_after)
             raise FhirError(message, status=status, outcome=outcome)

@@ -30,6 +30,7 @@ class FakeFhirClient:
         authorize: bool | None = None,
         raise_for_status: bool = True,
         timeout: float | None = None,
+        **_: Any,
     ) -> requests.Response:
         url = url_or_path if "://" in url_or_path else resolve(self.base_url + "/", url_or_path)
         send_token = authorize is not False and same_origin(url, self.base_url)

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from airflow_provider_smart.fhir.errors import describe_error_body, is_transient_outcome, operation_outcome_text
-from airflow_provider_smart.fhir.retry import DEFAULT_MAX_RETRY_AFTER, parse_retry_after
+from airflow_provider_smart.fhir.errors import describe_error_body, operation_outcome_text
+from airflow_provider_smart.fhir.retry import DEFAULT_MAX_RETRY_AFTER, is_retryable, parse_retry_after
+from airflow_provider_smart.fhir.sanitize import safe_text
 from airflow_provider_smart.fhir.urls import redact_url, resolve
 
 
@@ -112,13 +113,10 @@ def _error_result(
     message = f"{what} answered HTTP {status}: {text}"
     if status == 429:
         return ExportThrottled(retry_after, message)
-    if outcome is not None:
-        if is_transient_outcome(outcome):
-            return ExportTransientError(message, status, retry_after)
-        return ExportFailed(message, status, outcome)
-    if status >= 500 or status in (408, 425):
+    # The one retry rule (429/502/503/504 or a transient outcome); a plain 500 fails at once.
+    if is_retryable(status, outcome):
         return ExportTransientError(message, status, retry_after)
-    return ExportFailed(message, status, None)
+    return ExportFailed(message, status, outcome)
 
 
 def interpret_kickoff(
@@ -170,7 +168,7 @@ def interpret_status(
         progress = _header(headers, "X-Progress")
         data = _json(body) if body else None
         partial = data if isinstance(data, dict) and ("output" in data or "transactionTime" in data) else None
-        return ExportPending(retry_after, progress.strip()[:200] if progress else None, partial)
+        return ExportPending(retry_after, safe_text(progress, limit=200) if progress else None, partial)
     if status == 200:
         data = _json(body)
         if isinstance(data, dict) and data.get("resourceType") == "OperationOutcome":

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import requests
 
@@ -26,8 +26,11 @@ from airflow_provider_smart.fhir.bulk.status import (
     interpret_kickoff,
     interpret_status,
 )
+from airflow_provider_smart.fhir.client import FhirClient
 from airflow_provider_smart.fhir.errors import FhirError
-from airflow_provider_smart.fhir.retry import DEFAULT_MAX_RETRY_AFTER
+from airflow_provider_smart.fhir.http import MAX_ERROR_BODY, read_limited
+from airflow_provider_smart.fhir.retry import DEFAULT_MAX_RETRY_AFTER, log_wait
+from airflow_provider_smart.fhir.sanitize import safe_text
 from airflow_provider_smart.fhir.urls import redact_url
 
 log = logging.getLogger(__name__)
@@ -36,20 +39,11 @@ log = logging.getLogger(__name__)
 MAX_MANIFEST_PAGES = 10_000
 
 
-class RequestClient(Protocol):
-    @property
-    def base_url(self) -> str: ...
+#: The Bulk Data code takes the one client interface (kept under its old name for existing imports).
+RequestClient = FhirClient
 
-    def request(
-        self,
-        method: str,
-        url_or_path: str,
-        *,
-        params: Any = ...,
-        json: Any = ...,
-        headers: Any = ...,
-        raise_for_status: bool = ...,
-    ) -> requests.Response: ...
+#: A completed manifest page is read up to this size (a 100,000-file manifest is about 31 MB).
+MAX_MANIFEST_BODY = 256 * 1024 * 1024
 
 
 class ExportFailedError(FhirError):
@@ -70,11 +64,14 @@ def kick_off(client: RequestClient, request: ExportRequest, *, max_retry_after: 
         json=kick.json,
         headers=kick.headers,
         raise_for_status=False,
+        stream=True,
     )
+    with response:
+        body = read_limited(response, MAX_ERROR_BODY)
     result = interpret_kickoff(
         response.status_code,
         response.headers,
-        response.content,
+        body,
         request_url=response.url or kick.url,
         max_retry_after=max_retry_after,
     )
@@ -94,17 +91,42 @@ def kick_off(client: RequestClient, request: ExportRequest, *, max_retry_after: 
 def poll_once(
     client: RequestClient, status_url: str, *, max_retry_after: float = DEFAULT_MAX_RETRY_AFTER
 ) -> ExportStatus:
-    """One status request, classified. Transport errors count as transient."""
+    """One status request, classified. Transport errors count as transient.
+
+    The client does not retry here (``retries=0``): the polling loop is the one place that waits, so a
+    429 costs one wait, not the client's retries times the loop's. Bodies are read up to a cap: a 202
+    or error body to 64 KiB, a completed manifest page to :data:`MAX_MANIFEST_BODY`.
+    """
     try:
-        response = client.request("GET", status_url, headers={"Accept": "application/json"}, raise_for_status=False)
+        response = client.request(
+            "GET",
+            status_url,
+            headers={"Accept": "application/json"},
+            raise_for_status=False,
+            retries=0,
+            stream=True,
+        )
+        with response:
+            limit = MAX_MANIFEST_BODY if response.status_code == 200 else MAX_ERROR_BODY
+            body = read_limited(response, limit + 1)
     except FhirError as exc:
+        if not exc.retryable:
+            return ExportFailed(str(exc), exc.status or 0)
         return ExportTransientError(str(exc), exc.status or 0, getattr(exc, "retry_after", None))
     except requests.RequestException as exc:
         return ExportTransientError(f"status request failed: {type(exc).__name__}", 0, None)
+    if len(body) > limit:
+        if response.status_code == 200:
+            return ExportFailed(
+                f"status {redact_url(status_url)} answered with a manifest larger than {limit} bytes; refusing to "
+                "read it (is this a Bulk Data status URL?)",
+                response.status_code,
+            )
+        body = body[:limit]
     return interpret_status(
         response.status_code,
         response.headers,
-        response.content,
+        body,
         status_url=status_url,
         max_retry_after=max_retry_after,
     )
@@ -131,16 +153,17 @@ def wait_for_export(
         if isinstance(result, ExportPending):
             errors = 0
             if result.progress and result.progress != last_progress:
-                log.info("export in progress: %s", result.progress)
+                log.info("export in progress: %s", safe_text(result.progress, limit=200))
                 last_progress = result.progress
         else:
             errors += 1
             if errors > policy.max_transient_errors:
                 raise ExportFailedError(f"giving up after {errors} failed status polls in a row: {result.message}")
-            log.warning("status poll: %s", result.message)
         delay = policy.delay(result, errors)
         if deadline is not None and clock() + delay > deadline:
             raise ExportTimeoutError(f"export at {redact_url(status_url)} did not complete before its deadline")
+        if not isinstance(result, ExportPending) or result.retry_after is not None:
+            log_wait(log, f"status {redact_url(status_url)}", poll_reason(result), delay, now=clock())
         sleep(delay)
 
 
@@ -166,6 +189,28 @@ def fetch_manifest(
     return merge_pages(pages)
 
 
+def fetch_completed_page(
+    client: RequestClient,
+    status_url: str,
+    *,
+    policy: PollPolicy | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """The first manifest page of a completed export, fetched from its status URL.
+
+    The trigger's event carries only the status URL (never the manifest or its presigned URLs); the
+    worker reads the manifest from the server with this.
+    """
+    return _fetch_page(client, status_url, policy or PollPolicy(), sleep)
+
+
+def poll_reason(result: ExportStatus) -> str:
+    """Why the poller waits, for the one log line of that wait."""
+    if isinstance(result, ExportPending):
+        return "export still running (202 with Retry-After)"
+    return getattr(result, "message", type(result).__name__)
+
+
 def _fetch_page(client: RequestClient, url: str, policy: PollPolicy, sleep: Callable[[float], None]) -> dict[str, Any]:
     errors = 0
     while True:
@@ -178,7 +223,9 @@ def _fetch_page(client: RequestClient, url: str, policy: PollPolicy, sleep: Call
             errors += 1
             if errors > policy.max_transient_errors:
                 raise ExportFailedError(f"manifest page kept failing: {result.message}")
-        sleep(policy.delay(result, errors))
+        delay = policy.delay(result, errors)
+        log_wait(log, f"manifest page {redact_url(url)}", poll_reason(result), delay)
+        sleep(delay)
 
 
 def delete_export(client: RequestClient, status_url: str) -> bool:
@@ -189,7 +236,7 @@ def delete_export(client: RequestClient, status_url: str) -> bool:
     try:
         response = client.request("DELETE", status_url, raise_for_status=False)
     except (FhirError, requests.RequestException) as exc:
-        log.warning("DELETE of export %s failed: %s", redact_url(status_url), exc)
+        log.warning("DELETE of export %s failed: %s", redact_url(status_url), safe_text(exc))
         return False
     if response.status_code in (200, 202, 204, 404, 410):
         log.info("export %s deleted on the server (HTTP %d)", redact_url(status_url), response.status_code)

@@ -18,6 +18,7 @@ import json as jsonlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import requests
@@ -127,9 +128,25 @@ class FhirHttpClient:
     def max_retries(self) -> int:
         return self.wait_policy.max_attempts - 1
 
+    @max_retries.setter
+    def max_retries(self, value: int) -> None:
+        self.wait_policy = replace(self.wait_policy, max_attempts=max(1, int(value) + 1))
+
     @property
     def max_retry_after(self) -> float:
         return self.wait_policy.max_retry_after
+
+    @max_retry_after.setter
+    def max_retry_after(self, value: float) -> None:
+        self.wait_policy = replace(self.wait_policy, max_retry_after=float(value))
+
+    @property
+    def backoff_base(self) -> float:
+        return self.wait_policy.backoff_base
+
+    @backoff_base.setter
+    def backoff_base(self, value: float) -> None:
+        self.wait_policy = replace(self.wait_policy, backoff_base=float(value))
 
     def url(self, url_or_path: str) -> str:
         """An absolute URL: relative paths are taken relative to the FHIR base URL."""

@@ -353,6 +353,8 @@ class FhirSearch:
                     raise
                 page = self._parse(number, url, response)
                 page.attempts = budget.attempts
+                # Every retry of the page counts, whether the client or this loop made it.
+                self.stats.retries += budget.retries
                 return page
             except _TruncatedPage as exc:
                 error: Exception = exc
@@ -364,7 +366,6 @@ class FhirSearch:
                 raise FhirError(
                     f"{where} failed {budget.attempts} times ({budget.give_up_text()}); last error: {error}"
                 ) from error
-            self.stats.retries += 1
 
     def _parse(self, number: int, url: str, response: Any) -> SearchPage:
         status = int(response.status_code)

@@ -134,11 +134,12 @@ def test_injected_429s_5xx_and_a_dropped_response_land_the_same_set(
     expected = expected_hba1c(sandbox)
     faults = sandbox.state.faults
     faults.throttle("/fhir/Observation*", times=2, retry_after=0)
-    faults.fail("/fhir/Observation*", status=500, times=1)
+    faults.fail("/fhir/Observation*", status=502, times=1)
     faults.fail("/fhir/Observation*", status=503, times=1)
     faults.drop("/fhir/Observation*", times=2, after_bytes=300)
-    op = operator(tmp_path, page_size=max(1, len(expected) // 3))
-    # One client retry with short waits: most faults get through the client and are retried by the search.
+    # One retry budget per page, shared by the client and the search: six faults may hit one page.
+    op = operator(tmp_path, page_size=max(1, len(expected) // 3), page_retries=6)
+    # Short waits: the client retries answers, the search re-fetches pages, both from the page's budget.
     op.get_http = lambda: _quick(op, max_retries=1)  # type: ignore[method-assign]
     summary = op.execute(ctx())
     assert sum(faults.fired.values()) == 6  # every fault was hit

@@ -343,7 +343,7 @@ class FhirSearch:
                     if exc.retryable and not isinstance(exc, TransientFhirError):
                         # No HTTP answer at all (the client gave up on a dropped or refused connection).
                         raise _TruncatedPage(str(exc)) from exc
-                    if not isinstance(exc, TransientFhirError) and not is_retryable_status(exc.status):
+                    if not exc.retryable:
                         # A final answer (400 unknown parameter, 403 scope): say which page of which search.
                         raise FhirError(
                             f"search page {number} of {self.request.describe()} failed: {exc}",

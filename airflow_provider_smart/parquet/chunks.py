@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # A line holding only whitespace (after a newline; the first line is checked on its own).
 _BLANK = re.compile(rb"\n(?=[ \t\r]*\n)")
 # A JSON null as a value. Matches inside string values too, which only sends that line the exact way.
 _NULL = re.compile(rb"[\[:,]\s*null\b")
-_CONTAINED_KEY = b'"contained"'
+_CONTAINED_MEMBER = b'"contained":['
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
 
 
@@ -102,17 +105,19 @@ def line_spans(chunk: bytes, indexes: list[int]) -> list[tuple[int, int, int]]:
     return spans
 
 
-def split_contained(chunk: bytes, lines: int) -> tuple[bytes, list[list[str] | None]] | None:
+def split_contained(chunk: bytes, lines: int) -> tuple[bytes, pa.ListArray] | None:
     """Cut each line's top-level ``contained`` array out, as the JSON text of each contained resource.
 
     Contained resources are stored as JSON text (any resource type may appear there). Lifting them out
     textually lets the Arrow parser handle the rest of the line. msgspec finds every line's top-level
     items (validating their JSON) in one call; each line is then cut where those exact bytes follow the
-    key. Returns the chunk without them and, per line, the list of texts (None when the line has no
-    ``contained``); None when a line does not have the expected shape (the caller then takes the exact
-    path). ``lines`` is the number of lines (the chunk has no blank line).
+    key. Returns the chunk without them and a ``list<string>`` array with, per line, the texts (null when
+    the line has no ``contained``); None when a line does not have the expected shape (the caller then
+    takes the exact path). ``lines`` is the number of lines (the chunk has no blank line).
     """
     import msgspec
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     try:
         found = _contained_decoder().decode_lines(chunk)
@@ -121,44 +126,61 @@ def split_contained(chunk: bytes, lines: int) -> tuple[bytes, list[list[str] | N
     if len(found) != lines:  # two values on one line: not NDJSON
         return None
     out: list[bytes] = []
-    texts: list[list[str] | None] = []
-    pos = 0  # start of the current line
-    copied = 0  # chunk[copied:pos] still to be copied to the output
+    items: list[bytes] = []
+    offsets = [0]
+    valid: list[bool] = []
+    pos = 0  # where to look for the next line's member
+    copied = 0  # chunk[copied:...] still to be copied to the output
     for item in found:
-        end = chunk.index(b"\n", pos) + 1
-        if item.contained is not None:
-            raws = [bytes(raw) for raw in item.contained]
-            if b"null" in raws:
-                return None  # a null item: the exact path keeps it as a null
-            cut = _contained_member(chunk, pos, end, raws)
-            if cut is None:
-                return None
-            out.append(chunk[copied : cut[0]])
-            copied = cut[1]
-            texts.append([raw.decode("utf-8") for raw in raws])
-        else:
-            texts.append(None)
-        pos = end
+        if item.contained is None:
+            offsets.append(len(items))
+            valid.append(False)
+            continue
+        raws = [bytes(raw) for raw in item.contained]
+        if b"null" in raws:
+            return None  # a null item: the exact path keeps it as a null
+        # The next top-level member is this line's: lines in between have none (msgspec says so), and a
+        # nested key found first fails the top-level check below.
+        cut = _contained_member(chunk, pos, raws)
+        if cut is None:
+            return None
+        out.append(chunk[copied : cut[0]])
+        pos = copied = cut[1]
+        items.extend(raws)
+        offsets.append(len(items))
+        valid.append(True)
     out.append(chunk[copied:])
-    return b"".join(out), texts
+    texts = pa.array(items, type=pa.binary()).cast(pa.string())  # checks UTF-8
+    mask = pa.array(valid, type=pa.bool_())
+    array = pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), texts, mask=pc.invert(mask))
+    return b"".join(out), array
 
 
-def _contained_member(chunk: bytes, start: int, end: int, items: list[bytes]) -> tuple[int, int] | None:
-    """Where to cut the line ``chunk[start:end]`` to drop its top-level ``"contained":[...]`` member (and one
-    comma), found as its exact compact text; None when the line has another layout."""
-    key = chunk.find(_CONTAINED_KEY, start, end)
+def _contained_member(chunk: bytes, pos: int, items: list[bytes]) -> tuple[int, int] | None:
+    """Where to cut the chunk to drop the next top-level ``"contained":[...]`` member from ``pos`` on (and
+    one comma), found as the exact compact text of ``items``; None when the line has another layout."""
+    key = chunk.find(_CONTAINED_MEMBER, pos)
     if key < 0:
         return None
+    start = chunk.rfind(b"\n", 0, key) + 1
     prefix = chunk[start:key]
     if prefix.count(b"{") != 1 or b"}" in prefix or b"[" in prefix:
         # Braces may sit inside string values: look again with the strings taken out.
         bare = _STRINGS.sub(b"", prefix)
         if bare.count(b"{") - bare.count(b"}") != 1 or bare.count(b"[") != bare.count(b"]"):
             return None  # not the resource's own element
-    member = _CONTAINED_KEY + b":[" + b",".join(items) + b"]"
-    if not chunk.startswith(member, key):
-        return None  # whitespace inside the member, or another layout: the exact path handles it
-    after = key + len(member)
+    after = key + len(_CONTAINED_MEMBER)
+    for index, raw in enumerate(items):
+        if index:
+            if not chunk.startswith(b",", after):
+                return None
+            after += 1
+        if not chunk.startswith(raw, after):
+            return None  # whitespace inside the member, or another layout: the exact path handles it
+        after += len(raw)
+    if not chunk.startswith(b"]", after):
+        return None
+    after += 1
     if chunk.startswith(b",", after):
         return key, after + 1
     if chunk.startswith(b",", key - 1):

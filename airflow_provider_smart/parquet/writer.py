@@ -207,7 +207,8 @@ class _TypeWriter:
                 if bad:
                     text = cut_lines(text, line_spans(text, sorted(bad)))
                     if contained is not None:
-                        contained = [c for i, c in enumerate(contained) if i not in bad]
+                        keep = pa.array([i not in bad for i in range(rows)], type=pa.bool_())
+                        contained = contained.filter(keep)
                 parse_schema = self.parse_schema(contained is not None)
                 try:
                     table = self._parse(text, parse_schema, "error")
@@ -217,7 +218,7 @@ class _TypeWriter:
                     return None
                 removed_rows = bad
         if contained is not None:
-            table = table.append_column("contained", pa.array(contained, type=pa.list_(pa.string())))
+            table = table.append_column("contained", contained)
         table = table.append_column(pa.field(UNMAPPED_COLUMN, pa.string()), pa.nulls(len(table), pa.string()))
         # Rows of the parsed text are the chunk's lines without the cut ones.
         null_index = [line for line, _, _ in nulls]
@@ -231,12 +232,12 @@ class _TypeWriter:
 
     def _parse_cut(
         self, chunk: bytes, lines: int, cut: dict[int, tuple[int, int, int]]
-    ) -> tuple[bytes, int, list[list[str] | None] | None, pa.Table] | bytes | None:
+    ) -> tuple[bytes, int, pa.ListArray | None, pa.Table] | bytes | None:
         """Parse the chunk without the ``cut`` lines: (text, rows, contained texts, table); the name of a
         field the parser could not infer one type for; or None (the exact path takes the chunk)."""
         text = cut_lines(chunk, sorted(cut.values()))
         rows = lines - len(cut)
-        contained: list[list[str] | None] | None = None
+        contained: pa.ListArray | None = None
         if b'"contained"' in text:
             node = self.record.root.children.get("contained") or (
                 None if self.record.pinned else self.record.root.child_for("contained")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow.sdk import Asset, AssetAlias, BaseOperator
 
 from airflow_provider_smart.fhir.instants import check_watermark_instant
+from airflow_provider_smart.fhir.names import checked_resource_type
 from airflow_provider_smart.fhir.search import (
     FhirSearch,
     SearchRequest,
@@ -340,7 +341,13 @@ class FhirSearchOperator(BaseOperator):
         with writer, contextlib.ExitStack() as cleanup:
             if tee is not None:
                 cleanup.enter_context(tee)
+            types_seen: set[str] = set()
             for page in search.pages():
+                for resource in (*page.matches, *page.includes):
+                    # Each type becomes a directory (NDJSON and Parquet alike): only FHIR type names may.
+                    name = resource.get("resourceType")
+                    if name not in types_seen:
+                        types_seen.add(checked_resource_type(name, "resourceType of a search result"))
                 for resource in page.matches:
                     # With _include in play the same resource may arrive as a match and an include.
                     if writer.write(resource, deduplicate=has_includes) and tee is not None:

@@ -296,3 +296,37 @@ def test_search_result_types_are_checked_before_they_become_directories(tmp_path
 def test_now_plus_skew_default_is_minutes() -> None:
     soon = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
     assert check_watermark_instant(soon, "t") == soon
+
+
+# -- search operator ---------------------------------------------------------------------------------------
+@responses.activate
+@pytest.mark.parametrize("formats", [("ndjson",), ("parquet",)])
+def test_a_search_result_type_with_a_trailing_dot_writes_nothing(tmp_path: Path, formats: tuple[str, ...]) -> None:
+    from tests.fhir_fakes import bundle, resource
+    from tests.unit.test_search_operator import OBS, context, make
+
+    responses.get(
+        OBS,
+        json=bundle([resource("Observation", "1")], includes=[{"resourceType": "Patient.", "id": "p", "meta": {}}]),
+    )
+    with pytest.raises(UnsafeNameError, match="trailing dot"):
+        make(tmp_path, incremental=None, formats=formats).execute(context(run_id="r"))
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+
+
+@responses.activate
+@pytest.mark.parametrize("mark", ["2999-01-01T00:00:00Z", "not-a-date"])
+def test_a_future_or_garbage_high_water_mark_keeps_the_old_watermark(tmp_path: Path, mark: str) -> None:
+    from tests.fhir_fakes import bundle, resource
+    from tests.unit.test_search_operator import OBS, context, make
+
+    responses.get(OBS, json=bundle([resource("Observation", "1", "2024-01-05T00:00:00Z")]))
+    make(tmp_path, incremental="watermark").execute(context(run_id="run1"))
+    (state,) = (tmp_path / "out" / "Observation").glob("_watermark.*.json")
+    responses.replace(responses.GET, OBS, json=bundle([resource("Observation", "2", mark)]))
+    if mark == "not-a-date":  # an unreadable lastUpdated never becomes the high-water mark at all
+        assert make(tmp_path, incremental="watermark").execute(context(run_id="run2"))["high_water_mark"] is None
+    else:
+        with pytest.raises(WatermarkError, match="later than now"):
+            make(tmp_path, incremental="watermark").execute(context(run_id="run2"))
+    assert json.loads(state.read_text())["watermark"] == "2024-01-05T00:00:00Z"

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -68,15 +69,18 @@ class ExportLayout:
         self.label = safe_segment(label)
         #: Which server export the files belong to; records of another export are not "landed".
         self.export_id = export_id
+        self._paths: dict[str, ObjectStoragePath] = {}
 
     def bind(self, state: dict[str, Any] | None) -> ExportLayout:
         """Tie file records to the export of ``state`` (its ``export_id``)."""
         self.export_id = (state or {}).get("export_id") or None
         return self
 
+    # Paths are built once per directory: joining storage paths costs far more than the file
+    # operations of a small file, and an export may have 100,000 files.
     @property
     def export_dir(self) -> ObjectStoragePath:
-        return self.root / EXPORTS_DIR / self.label
+        return self._cached("export", lambda: self.root / EXPORTS_DIR / self.label)
 
     @property
     def state_path(self) -> ObjectStoragePath:
@@ -88,10 +92,13 @@ class ExportLayout:
 
     @property
     def records_dir(self) -> ObjectStoragePath:
-        return self.export_dir / "files"
+        return self._cached("records", lambda: self.export_dir / "files")
 
     def data_dir(self, directory: str) -> ObjectStoragePath:
-        return self.root / directory / self.label
+        return self._cached(f"data:{directory}", lambda: self.root / directory / self.label)
+
+    def staging_dir(self, directory: str) -> ObjectStoragePath:
+        return self._cached(f"staging:{directory}", lambda: self.export_dir / STAGING_DIR / directory)
 
     def final_path(self, planned: PlannedFile) -> ObjectStoragePath:
         return self.data_dir(planned.directory) / planned.filename
@@ -101,7 +108,13 @@ class ExportLayout:
 
     def staged_path(self, planned: PlannedFile) -> ObjectStoragePath:
         """Where a file lands while the export is not committed."""
-        return self.export_dir / STAGING_DIR / planned.directory / planned.filename
+        return self.staging_dir(planned.directory) / planned.filename
+
+    def _cached(self, key: str, build: Callable[[], ObjectStoragePath]) -> ObjectStoragePath:
+        path = self._paths.get(key)
+        if path is None:
+            path = self._paths[key] = build()
+        return path
 
     # -- state ------------------------------------------------------------------------------
     def read_state(self) -> dict[str, Any] | None:

@@ -175,9 +175,10 @@ class NdjsonStream:
         ``decode_lines`` plus counting and searching the newlines.
         """
         assert self._decoder is not None
-        inner = buf[start : end - 1] if start or end != len(buf) else buf[:-1]
+        # Two copies of the run: the replace (of the whole chunk, sliced after) and the join.
+        commas = memoryview(buf.replace(b"\n", b","))[start : end - 1]
         try:
-            values = self._decoder.decode(b"".join((b"[", inner.replace(b"\n", b","), b"]")))
+            values = self._decoder.decode(b"".join((b"[", commas, b"]")))
             str(view, "utf-8")  # msgspec skips unknown fields without validating their UTF-8
         except ValueError:  # msgspec's DecodeError and ValidationError are ValueErrors
             return False

@@ -11,6 +11,10 @@ file, ``--files`` files) into a temporary directory, serves it with nginx starte
 * ``land_files``: the export operator's download path: the same checks plus atomic
   ``ObjectStoragePath`` writes into a temporary directory and a commit record per file.
 
+With ``--old-src DIR`` (a directory holding an earlier ``airflow_provider_smart``, e.g. from
+``git archive <commit> airflow_provider_smart | tar -x -C DIR``) it also runs ``bare_old``: that
+version's downloader on the same files, so old and new are compared in one run.
+
 Prints the median MB/s of each, its ratio to curl, and the peak RSS of each process (VmRSS sampled
 while downloading, and the baseline before it). Run on demand, never in the tests::
 
@@ -186,7 +190,10 @@ def child_bare(spec: dict[str, Any]) -> dict[str, Any]:
     with RssSampler() as sampler:
         results = downloader.download_all(planned, devnull)
     elapsed = time.perf_counter() - start
+    import airflow_provider_smart
+
     return {
+        "source": str(Path(airflow_provider_smart.__file__).parent.parent),
         "bytes": sum(r.bytes for r in results),
         "lines": sum(r.lines for r in results),
         "seconds": elapsed,
@@ -226,10 +233,11 @@ def child_land(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_python_child(kind: str, spec_path: Path) -> dict[str, Any]:
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--child", kind, str(spec_path)], stdout=subprocess.PIPE, cwd=REPO, text=True
-    )
+def run_python_child(kind: str, spec_path: Path, old_src: str | None = None) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--child", kind, str(spec_path)]
+    if kind == "bare_old":
+        command = [*command[:3], "bare", str(spec_path), "--old-src", str(old_src)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, cwd=REPO, text=True)
     out, _ = proc.communicate()
     if proc.returncode != 0:
         raise SystemExit(f"{kind} child failed")
@@ -258,15 +266,20 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=5, help="parallel downloads (curl: --parallel-max 5)")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of each (medians printed)")
     parser.add_argument("--only", default="curl,bare,land_files", help="which to run (comma separated)")
+    parser.add_argument("--old-src", help="a directory with an earlier airflow_provider_smart to compare")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        if args.old_src:
+            sys.path.insert(0, str(Path(args.old_src).resolve()))
         kind, path = args.child
         spec = json.loads(Path(path).read_text())
         print(json.dumps(child_bare(spec) if kind == "bare" else child_land(spec)))
         return
 
     wanted = args.only.split(",")
+    if args.old_src:
+        wanted.append("bare_old")
     with tempfile.TemporaryDirectory(prefix="bench-dl-") as tmp:
         root = Path(tmp) / "files"
         work = Path(tmp) / "nginx"
@@ -285,12 +298,19 @@ def main() -> None:
             runs: dict[str, list[dict[str, Any]]] = {k: [] for k in wanted}
             for _ in range(args.repeat):
                 for kind in wanted:
-                    result = run_curl(spec) if kind == "curl" else run_python_child(kind.split("_")[0], spec_path)
+                    if kind == "curl":
+                        result = run_curl(spec)
+                    else:
+                        result = run_python_child(
+                            kind if kind == "bare_old" else kind.split("_")[0], spec_path, args.old_src
+                        )
                     if kind != "curl" and result["bytes"] != total:
                         raise SystemExit(f"{kind} got {result['bytes']} bytes, expected {total}")
                     runs[kind].append(result)
                     rate = result["bytes"] / 1e6 / result["seconds"]
                     extra = ""
+                    if kind == "bare_old":
+                        extra = f" (from {result['source']})"
                     if "lineage_load_seconds" in result:
                         extra = f" (lineage collector loaded in {result['lineage_load_seconds']:.1f}s before)"
                     print(f"  {kind:>10}: {rate:7.1f} MB/s, peak RSS {result['peak_mb']:.0f} MB{extra}", flush=True)

@@ -266,6 +266,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=5, help="parallel downloads (curl: --parallel-max 5)")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of each (medians printed)")
     parser.add_argument("--only", default="curl,bare,land_files", help="which to run (comma separated)")
+    parser.add_argument("--out-dir", help="where land_files writes (default: a temporary directory on disk)")
     parser.add_argument("--old-src", help="a directory with an earlier airflow_provider_smart to compare")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -292,7 +293,13 @@ def main() -> None:
         total = sum((root / e["file"]).stat().st_size for e in entries)
         print(f"wrote {total / 1e9:.2f} GB in {len(entries)} files in {time.perf_counter() - t0:.0f}s")
         with nginx(root, work) as base:
-            spec = {"base": base, "entries": entries, "workers": args.workers, "bytes": total, "out_dir": tmp}
+            spec = {
+                "base": base,
+                "entries": entries,
+                "workers": args.workers,
+                "bytes": total,
+                "out_dir": args.out_dir or tmp,
+            }
             spec_path = Path(tmp) / "spec.json"
             spec_path.write_text(json.dumps(spec))
             runs: dict[str, list[dict[str, Any]]] = {k: [] for k in wanted}

@@ -133,3 +133,13 @@ def test_error_files_hand_each_object_over() -> None:
     assert b"".join(bytes(p) for p in stream.feed(body)) == body
     list(stream.finish())
     assert [o["id"] for o in seen] == ["0", "1"]
+
+
+def test_a_wrong_type_from_the_server_is_cleaned_and_capped_in_the_message() -> None:
+    hostile_type = "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln\x1b[31m" + "A" * 5000
+    body = line(i=0) + line(hostile_type, 1)
+    with pytest.raises(NdjsonCheckError) as caught:
+        run([body])
+    message = str(caught.value)
+    assert "line 2: resourceType" in message
+    assert "eyJ" not in message and "\x1b" not in message and len(message) < 300

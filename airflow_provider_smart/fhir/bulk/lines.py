@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from airflow_provider_smart.fhir.sanitize import safe_text
+
 #: A generous default for one NDJSON line: FHIR resources with inline attachments run to megabytes.
 DEFAULT_MAX_LINE_BYTES = 64 << 20
 
@@ -57,8 +59,8 @@ class LineChecker:
             raise NdjsonCheckError(f"{self.source} line {self.count}: no resourceType")
         if self.expected_type is not None and rtype != self.expected_type:
             raise NdjsonCheckError(
-                f"{self.source} line {self.count}: resourceType {rtype!r} but the manifest lists this file "
-                f"as {self.expected_type!r}"
+                f"{self.source} line {self.count}: resourceType {safe_text(rtype, limit=80)!r} but the manifest "
+                f"lists this file as {self.expected_type!r}"
             )
         return obj
 

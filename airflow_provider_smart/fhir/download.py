@@ -30,6 +30,7 @@ from airflow_provider_smart.fhir.bulk.lines import LineChecker, NdjsonCheckError
 from airflow_provider_smart.fhir.bulk.manifest import PlannedFile
 from airflow_provider_smart.fhir.bulk.outcomes import OutcomeSummary
 from airflow_provider_smart.fhir.errors import FhirError, describe_error_body
+from airflow_provider_smart.fhir.http import read_limited
 from airflow_provider_smart.fhir.retry import backoff_delays, is_retryable_status, parse_retry_after
 from airflow_provider_smart.fhir.urls import redact_url, same_origin
 
@@ -262,7 +263,7 @@ class BulkDownloader:
                 # Presigned storage URLs answer 403 once their signature has expired (S3, GCS, Azure).
                 raise FileExpiredError(f"{source} answered 403 (a presigned URL past its expiry?)", status=403)
             if status != 200:
-                text = describe_error_body(self._error_body(response), response.headers.get("Content-Type"))
+                text = describe_error_body(read_limited(response, 4096), response.headers.get("Content-Type"))
                 if is_retryable_status(status):
                     retry_after = parse_retry_after(response.headers.get("Retry-After"), maximum=self.backoff_max)
                     raise _RetryableError(f"HTTP {status}: {text}", retry_after)
@@ -319,14 +320,6 @@ class BulkDownloader:
         if isinstance(exc, transport) or (isinstance(exc, OSError) and _is_transport_error(exc)):
             return _RetryableError(f"connection lost after {nbytes} bytes ({type(exc).__name__})")
         return exc
-
-    def _error_body(self, response: requests.Response) -> bytes:
-        """The start of an error body: at most 4 KiB of it is read, however much the server sends."""
-        limits = StreamLimits(chunk_size=4096, max_file_bytes=None, stall_timeout=self.limits.stall_timeout)
-        try:
-            return next(iter_body(response, limits), b"")[:4096]
-        except (BodyError, requests.RequestException, urllib3.exceptions.HTTPError, OSError):
-            return b""
 
     # -- many files -----------------------------------------------------------------------------
     def download_all(

@@ -106,10 +106,10 @@ def summarize(root: Path) -> None:
             print(f"  {directory.relative_to(REPO)}: {', '.join(parts)}")
 
 
-def dags_test(dag_id: str, what: str, env: dict[str, str], *extra: str) -> None:
+def dags_test(dag_id: str, what: str, env: dict[str, str], *extra: str, output: Path = OUTPUT) -> None:
     step(f"airflow dags test {dag_id} {' '.join(extra)}: {what}".replace("  ", " "))
     started = time.monotonic()
-    conf = json.dumps({"output": str(OUTPUT)})
+    conf = json.dumps({"output": str(output)})
     run(str(BIN / "airflow"), "dags", "test", dag_id, *extra, "--conf", conf, env=env)
     print(f"    {dag_id} succeeded in {time.monotonic() - started:.1f}s", flush=True)
 
@@ -151,6 +151,10 @@ def main() -> int:
         tomorrow = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT00:00:00+00:00")
         dags_test("fhir_search_hba1c", "today's HbA1c results and their patients", env, tomorrow)
         dags_test("fhir_bulk_export_nightly", "second run: only what changed since the first", env)
+        views_root = OUTPUT / "views-example"
+        dags_test("fhir_views_from_export", "export -> SQL on FHIR views -> Parquet", env, output=views_root)
+        for marker in sorted((views_root / "views").glob("*/*/_SUCCESS")):
+            print(f"    view {marker.parent.parent.name}: {json.loads(marker.read_text())['rows']} rows")
 
     step(f"What landed in {OUTPUT.relative_to(REPO)}/")
     summarize(OUTPUT)

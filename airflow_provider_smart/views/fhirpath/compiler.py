@@ -47,6 +47,14 @@ def navigate(focus: list[Any], name: str) -> list[Any]:
     return out
 
 
+def navigate_path(focus: list[Any], names: tuple[str, ...]) -> list[Any]:
+    for name in names:
+        if not focus:
+            return focus
+        focus = navigate(focus, name)
+    return focus
+
+
 def _choice(item: dict[str, Any], name: str) -> Any:
     cut = len(name)
     for key, child in item.items():
@@ -98,18 +106,32 @@ class Compiler:
         raise self.error(f"${node.name} is not supported (only $this and $index)")
 
     def c_member(self, node: Node) -> Compiled:
-        name = node.name
-        if node.base is None:
-            if name[:1].isupper():
-                # A leading type name (``Patient.name``) selects resources of that type.
-                def by_type(focus: list[Any], env: Env) -> list[Any]:
-                    out = [i for i in focus if type(i) is dict and i.get("resourceType") == name]
-                    return out if out else navigate(focus, name)
+        # A chain ``a.b.c`` runs as one loop over its names, not as nested closures.
+        names: list[str] = []
+        current: Node | None = node
+        while current is not None and current.kind == "member":
+            names.append(current.name)
+            current = current.base
+        names.reverse()
+        if current is None and names[0][:1].isupper():
+            type_name, rest = names[0], tuple(names[1:])
 
-                return by_type
-            return lambda focus, env: navigate(focus, name)
-        base = self.compile(node.base)
-        return lambda focus, env: navigate(base(focus, env), name)
+            # A leading type name (``Patient.name``) selects resources of that type.
+            def by_type(focus: list[Any], env: Env) -> list[Any]:
+                items = [i for i in focus if type(i) is dict and i.get("resourceType") == type_name]
+                if not items:
+                    items = navigate(focus, type_name)
+                return navigate_path(items, rest)
+
+            return by_type
+        path = tuple(names)
+        if current is None:
+            if len(path) == 1:
+                name = path[0]
+                return lambda focus, env: navigate(focus, name)
+            return lambda focus, env: navigate_path(focus, path)
+        base = self.compile(current)
+        return lambda focus, env: navigate_path(base(focus, env), path)
 
     def c_index(self, node: Node) -> Compiled:
         assert node.base is not None

@@ -84,6 +84,37 @@ def new_lab_results(server: SandboxServer) -> list[str]:
     return amended
 
 
+def delete_one_result(server: SandboxServer, keep: list[str]) -> str:
+    """Delete one HbA1c result on the server (entered in error), one that was not just amended."""
+    for observation in server.state.store.iter_type("Observation"):
+        codings = (observation.get("code") or {}).get("coding") or []
+        if str(observation["id"]) in keep or not any(c.get("code") == HBA1C for c in codings):
+            continue
+        path = f"/_sandbox/fhir/Observation/{observation['id']}"
+        requests.delete(server.base_url + path, auth=server.admin_auth, timeout=30).raise_for_status()
+        return str(observation["id"])
+    raise SystemExit("demo failed: no HbA1c result left to delete")
+
+
+def show_tables(root: Path, updated: str, deleted: str) -> None:
+    """What the current-state tables hold after the second export: counts, one updated, one deleted."""
+    from deltalake import DeltaTable
+
+    for table_dir in sorted(p for p in root.iterdir() if not p.name.startswith("_")):
+        table = DeltaTable(str(table_dir))
+        print(f"  {table_dir.relative_to(REPO)}: {table.count()} rows, version {table.version()}")
+    observations = DeltaTable(str(root / "Observation")).to_pyarrow_table(
+        columns=["id", "status", "meta", "_fhir_source"]
+    )
+    by_id = {row["id"]: row for row in observations.to_pylist()}
+    row = by_id[updated]
+    print(
+        f"  updated: Observation/{updated} status={row['status']} versionId={row['meta']['versionId']} "
+        f"(written by {row['_fhir_source']})"
+    )
+    print(f"  deleted: Observation/{deleted} in the table: {deleted in by_id}")
+
+
 def count_lines(path: Path) -> int:
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rb") as handle:
@@ -143,14 +174,18 @@ def main() -> int:
         # The token check first: if the key or the registration is wrong, it says so plainly.
         dags_test("smart_fhir_auth_check", "a token for a signed ES384 client assertion", env)
         dags_test("fhir_bulk_export_nightly", "first run: a full Bulk Data $export into NDJSON + Parquet", env)
+        dags_test("fhir_delta_nightly", "first run: a full export into current-state Delta tables", env)
 
         amended = new_lab_results(server)
         step(f"The sandbox amends {len(amended)} HbA1c results (as new lab results during the day)")
+        removed = delete_one_result(server, amended)
+        step(f"The sandbox deletes Observation/{removed} (entered in error)")
         # A manual run of a daily data-interval timetable covers the day that ends at the date given: give
         # tomorrow's midnight, so the interval is today, which holds exactly those changes.
         tomorrow = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT00:00:00+00:00")
         dags_test("fhir_search_hba1c", "today's HbA1c results and their patients", env, tomorrow)
         dags_test("fhir_bulk_export_nightly", "second run: only what changed since the first", env)
+        dags_test("fhir_delta_nightly", "second run: the changes merged, the deletion applied", env)
         views_root = OUTPUT / "views-example"
         dags_test("fhir_views_from_export", "export -> SQL on FHIR views -> Parquet", env, output=views_root)
         for marker in sorted((views_root / "views").glob("*/*/_SUCCESS")):
@@ -158,6 +193,8 @@ def main() -> int:
 
     step(f"What landed in {OUTPUT.relative_to(REPO)}/")
     summarize(OUTPUT)
+    step(f"Current-state Delta tables in {(OUTPUT / 'current-state/tables').relative_to(REPO)}/")
+    show_tables(OUTPUT / "current-state/tables", amended[0], removed)
     print("\nDemo complete.")
     return 0
 

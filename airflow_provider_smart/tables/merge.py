@@ -428,8 +428,12 @@ class _Plan:
             with_id = keys.filter(pc.is_valid(keys.column("id")))
             order = pc.sort_indices(
                 with_id,
-                sort_keys=[("id", "ascending"), ("v", "descending"), ("lu", "descending"), ("pos", "descending")],
-                null_placement="at_end",
+                sort_keys=[
+                    ("id", "ascending", "at_end"),
+                    ("v", "descending", "at_end"),
+                    ("lu", "descending", "at_end"),
+                    ("pos", "descending", "at_end"),
+                ],
             )
             ranked = with_id.take(order)
             ids = ranked.column("id").combine_chunks()

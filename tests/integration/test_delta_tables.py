@@ -169,3 +169,49 @@ def test_merge_operator_merges_a_landed_export_and_emits_assets(
 
     with pytest.raises(ValueError, match="no committed export or search run 'nope'"):
         FhirDeltaMergeOperator(task_id="m2", output=str(tmp_path / "out"), run_label="nope").execute({})
+
+
+def test_search_operator_with_delta_format_merges_matches_and_includes(
+    sandbox_factory: Callable[..., SandboxServer], smart_client_factory: Callable[..., SmartClient], tmp_path: Path
+) -> None:
+    from airflow_provider_smart.operators.search import FhirSearchOperator
+
+    server = sandbox_factory(SandboxConfig(patients=8, seed=11))
+    smart_client_factory(server=server)
+    hba1c = "http://loinc.org|4548-4"
+
+    def search(run_id: str) -> dict[str, Any]:
+        op = FhirSearchOperator(
+            task_id="search",
+            resource_type="Observation",
+            output=str(tmp_path / "out"),
+            search_params={"code": hba1c, "_include": "Observation:patient"},
+            incremental="watermark",
+            formats=("ndjson", "delta"),
+        )
+        return dict(op.execute({"run_id": run_id}))
+
+    def wanted() -> dict[str, dict[str, str | None]]:
+        matches = {
+            r["id"]: (r.get("meta") or {}).get("versionId")
+            for r in server.state.store.iter_type("Observation")
+            if any(c.get("code") == "4548-4" for c in (r.get("code") or {}).get("coding") or [])
+        }
+        patients = server_view(server)["Patient"]
+        subjects = {
+            r["subject"]["reference"].split("/")[-1]
+            for r in server.state.store.iter_type("Observation")
+            if r["id"] in matches
+        }
+        return {"Observation": matches, "Patient": {p: patients[p] for p in subjects}}
+
+    first = search("run1")
+    assert first["delta"]["source"] == "search:run1"
+    assert table_view(tmp_path / "out") == wanted()
+    time.sleep(1.1)
+    amended_id = sorted(wanted()["Observation"])[0]
+    amended = dict(server.state.store.get("Observation", amended_id) or {}, status="amended")
+    server.state.store.put(amended)
+    second = search("run2")
+    assert second["delta"]["results"]["Observation"]["updated"] == 1
+    assert table_view(tmp_path / "out")["Observation"] == wanted()["Observation"]

@@ -33,7 +33,7 @@ class BulkRuntime:
         self.jobs = BulkJobs(settings, self.clock)
         #: The export fault switches: the same object as ``state.faults.bulk``.
         self.faults = faults or BulkFaults()
-        self.signer = UrlSigner()
+        self.signer = UrlSigner(clock=self.clock.time)
         self.origins = OriginLog()
         #: Root URL of the presigned file origin, set by the server once that origin listens.
         self.files_base_url: str | None = None

@@ -13,6 +13,7 @@ import hmac
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
@@ -44,15 +45,17 @@ class OriginLog:
 class UrlSigner:
     """Signs and checks presigned file URLs (HMAC-SHA256 over job, file, generation and expiry)."""
 
-    def __init__(self, key: bytes | None = None):
+    def __init__(self, key: bytes | None = None, clock: Callable[[], float] | None = None):
         self._key = key or secrets.token_bytes(32)
+        #: "Now" for signing and checking expiry: the sandbox's clock, so tests can let URLs expire.
+        self._clock = clock or time.time
 
     def _signature(self, job_id: str, name: str, generation: int, expires: int) -> str:
         message = f"{job_id}\n{name}\n{generation}\n{expires}".encode()
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
     def sign(self, base_url: str, job_id: str, name: str, generation: int, ttl: int) -> str:
-        expires = int(time.time()) + ttl
+        expires = int(self._clock()) + ttl
         query = urlencode(
             {
                 "generation": generation,
@@ -70,6 +73,6 @@ class UrlSigner:
             return "the URL's generation and expires must be integers"
         if not hmac.compare_digest(self._signature(job_id, name, gen, exp), signature):
             return "the request signature does not match"
-        if exp < time.time():
+        if exp < self._clock():
             return "the request has expired"
         return None

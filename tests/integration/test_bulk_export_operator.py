@@ -24,7 +24,12 @@ from airflow_provider_smart.operators.bulk_export import (
     FhirBulkExportOperator,
 )
 from airflow_provider_smart.sandbox.bulk_jobs import BulkSettings
-from airflow_provider_smart.sandbox.bulk_runtime import FHIR_FILE_PATHS, KICKOFF_PATHS, STATUS_PATHS
+from airflow_provider_smart.sandbox.bulk_runtime import (
+    FHIR_FILE_PATHS,
+    KICKOFF_PATHS,
+    PRESIGNED_FILE_PATHS,
+    STATUS_PATHS,
+)
 from airflow_provider_smart.sandbox.faults import FaultRule
 from airflow_provider_smart.sandbox.server import SandboxServer
 from airflow_provider_smart.sandbox.state import SandboxConfig
@@ -410,6 +415,49 @@ def test_fanout_batches_land_the_same_data(bulk_server: Callable[..., Any], tmp_
     # Running a batch again downloads nothing.
     again = FhirBulkDownloadOperator(task_id="again", batch=batches[0]).execute(context())
     assert again["downloaded"] == 0 and again["skipped"] == len(batches[0]["keys"])
+
+
+def _fanout(server: SandboxServer, tmp_path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Kick off and wait in fan-out mode: the batches the download tasks get, and the export reference."""
+    ctx = context()
+    batches, _ = run_deferred(export_op(tmp_path, download_mode="fanout", max_batches=2), ctx)
+    assert len(batches) == 2
+    return batches, ctx["ti"].xcoms["export"]
+
+
+def _download_and_finalize(server: SandboxServer, tmp_path: Path, batches: list[dict[str, Any]], ref: Any) -> None:
+    for n, batch in enumerate(batches):
+        FhirBulkDownloadOperator(task_id=f"download_{n}", batch=batch).execute(context())
+    FhirBulkExportFinalizeOperator(task_id="finalize", export=ref).execute(context())
+    assert landed(tmp_path / "out", "manual__run1") == store_view(server)
+
+
+def test_fanout_download_refetches_the_manifest_after_410(bulk_server: Callable[..., Any], tmp_path: Path) -> None:
+    server, _ = bulk_server(max_file_resources=10)
+    batches, ref = _fanout(server, tmp_path)
+    status_polls = server.state.faults.count(STATUS_PATHS)
+    # The first file request answers 410 Gone and every URL of the stored manifest expires with it: the first
+    # download task meets the 410, the second starts from expired URLs; both must fetch fresh ones.
+    server.state.bulk.faults.expire_files = 1
+    _download_and_finalize(server, tmp_path, batches, ref)
+    assert server.state.bulk.faults.expire_files == 0  # the 410 was served
+    # Fresh URLs came from the manifest (the status URL) fetched again by the download tasks.
+    assert server.state.faults.count(STATUS_PATHS) > status_polls
+
+
+def test_fanout_presigned_403_is_an_expired_url(bulk_server: Callable[..., Any], tmp_path: Path) -> None:
+    server, _ = bulk_server(max_file_resources=10, presigned_files=True, presign_ttl=60)
+    batches, ref = _fanout(server, tmp_path)
+    files = sum(len(batch["keys"]) for batch in batches)
+    status_polls = server.state.faults.count(STATUS_PATHS)
+    # The download tasks start after the manifest's presigned URLs expired: the store answers 403 (as S3 does),
+    # which must be taken as "fetch the manifest again", not as a refusal.
+    server.state.clock.advance(61)
+    _download_and_finalize(server, tmp_path, batches, ref)
+    presigned = server.state.faults.count(PRESIGNED_FILE_PATHS)
+    assert presigned > files  # the refused (expired) requests, then the files with fresh URLs
+    assert server.state.faults.count(STATUS_PATHS) > status_polls
+    assert not server.state.bulk.origins.authorization_seen("files")
 
 
 def test_export_timeout_cancels_with_delete(bulk_server: Callable[..., Any], tmp_path: Path) -> None:

@@ -339,3 +339,44 @@ def test_example_dag_under_airflow_dags_test(
     assert ids(landed) == ids(expected)
     assert sorted(ids(read_dir(out / "Patient" / window))) == sorted(patient_ids(expected))
     assert smart_client.private_key_pem[40:80] not in log
+
+
+def test_watermark_on_s3_stays_put_after_a_failed_run(
+    fresh_sandbox: SandboxServer, smart_client_factory: Callable[..., SmartClient], moto_s3: MotoS3
+) -> None:
+    smart_client_factory(server=fresh_sandbox)
+    op = FhirSearchOperator(
+        task_id="s3_watermark",
+        resource_type="Observation",
+        search_params={"code": HBA1C},
+        output=f"s3://{moto_s3.bucket}/wm",
+        output_conn_id=moto_s3.conn_id,
+        incremental="watermark",
+        page_size=5,
+        page_retries=1,
+    )
+    first = op.execute(ctx("r1"))
+    assert first["counts"]["Observation"] == len(expected_hba1c(fresh_sandbox))
+    template = dict(expected_hba1c(fresh_sandbox)[0])
+    template["id"] = "obs-during-outage"
+    fresh_sandbox.state.store.put(template)
+
+    fresh_sandbox.state.faults.fail("/fhir/Observation*", status=503, times=None)
+    op.get_http = lambda: _quick(op)  # type: ignore[method-assign]
+    with pytest.raises(Exception, match="503"):
+        op.execute(ctx("r2"))
+    assert not [key for key in moto_s3.keys("wm/") if "/r2/" in key]  # nothing of the failed run committed
+    fresh_sandbox.state.faults.reset()
+
+    # The failed run did not move the watermark: the next run still finds what changed after the first.
+    third = op.execute(ctx("r3"))
+    assert third["counts"]["Observation"] == 1 and third["watermark"] > first["watermark"]
+    landed = [
+        json.loads(line)
+        for key in moto_s3.keys("wm/Observation/r3/")
+        if "/part-" in key
+        for line in moto_s3.read(key).splitlines()
+    ]
+    assert ids(landed) == ["obs-during-outage"]
+    fourth = op.execute(ctx("r4"))
+    assert fourth["counts"]["Observation"] == 0 and fourth["watermark"] == third["watermark"]

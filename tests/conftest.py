@@ -21,6 +21,20 @@ SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
 
 pytest_plugins = ["tests.sandbox_fixtures", "tests.s3_fixtures"]
 
+
+def _leave_warnings_to_pytest() -> None:
+    """Airflow's logging setup replaces ``warnings.showwarning`` to log warnings, which also takes them from
+    pytest's warning capture: a deprecation our code triggers would vanish instead of failing or showing in
+    the summary. Tests keep the hook pytest installs (the pyproject filters decide what is shown)."""
+    from airflow._shared.logging import structlog as core_logging
+    from airflow.sdk._shared.logging import structlog as sdk_logging
+
+    for module in (core_logging, sdk_logging):
+        module._WarningsInterceptor.register = staticmethod(lambda new_callable: None)  # type: ignore[method-assign]
+
+
+_leave_warnings_to_pytest()
+
 AIRFLOW_BIN = str(Path(sys.executable).with_name("airflow"))
 
 

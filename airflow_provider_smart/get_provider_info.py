@@ -48,6 +48,8 @@ def get_provider_info() -> dict[str, Any]:
                 "hook-class-name": "airflow_provider_smart.hooks.smart.SmartFhirHook",
                 "hook-name": "SMART on FHIR (Backend Services)",
                 "ui-field-behaviour": {
+                    # The port is part of the FHIR base URL; the Test button works without it thanks to the
+                    # smart_fhir_connection_test plugin (see docs/connection.rst).
                     "hidden-fields": ["schema", "port"],
                     "relabeling": {
                         "host": "FHIR base URL",
@@ -57,53 +59,72 @@ def get_provider_info() -> dict[str, Any]:
                     "placeholders": {
                         "host": "https://fhir.example.org/api/FHIR/R4",
                         "login": "my-registered-client-id",
-                        "password": '-----BEGIN PRIVATE KEY-----  or  {"keys": [...]}',
-                        "extra": '{"scope": "system/*.read"}',
+                        # A one-line field: a pasted PEM loses its line breaks, and the hook restores them.
+                        "password": "Paste the whole PEM (one line is fine) or a JWK/JWKS JSON",
                     },
                 },
+                # Airflow's form writes every field below into Extra; empty ones as null, which means "not set".
                 "conn-fields": {
                     "private_key_file": {
                         "label": "Private key file",
-                        "description": "Path to a PEM/JWK/JWKS file on the workers, instead of the password field.",
+                        "description": (
+                            "Path of a PEM, JWK or JWKS file readable where tasks run (and by the API server for "
+                            "the Test button). Used only when the Private key field above is empty: a pasted key "
+                            "wins when both are set."
+                        ),
                         "schema": {"type": ["string", "null"]},
                     },
                     "kid": {
                         "label": "Key ID (kid)",
-                        "description": "Signing key id; default: the key's own kid, else its RFC 7638 thumbprint.",
+                        "description": (
+                            "Which key signs, and the kid sent to the server. Empty: the key's own kid, else its "
+                            "RFC 7638 thumbprint (what `smart-fhir jwks` publishes)."
+                        ),
                         "schema": {"type": ["string", "null"]},
                     },
                     "algorithm": {
                         "label": "Signing algorithm",
-                        "description": "JWS algorithm of the client assertion; defaults from the key type.",
+                        "description": (
+                            "JWS algorithm of the client assertion. Empty: from the key (RS384 for RSA; ES256, "
+                            "ES384 or ES512 for EC keys on P-256, P-384 or P-521)."
+                        ),
                         "schema": {
                             "type": ["string", "null"],
-                            "enum": [None, "RS384", "ES384", "RS256", "RS512", "ES256", "ES512", "PS384"],
+                            "enum": ["RS384", "ES384", "RS256", "RS512", "PS384", "ES256", "ES512"],
                         },
                     },
                     "scope": {
                         "label": "Scope",
-                        "description": "Space-separated scopes to request.",
+                        "description": (
+                            "Space-separated scopes to request, e.g. system/Patient.read system/Observation.read."
+                        ),
                         "schema": {"type": ["string", "null"], "default": "system/*.read"},
                     },
                     "token_url": {
                         "label": "Token URL",
-                        "description": "Overrides the token_endpoint found by discovery.",
-                        "schema": {"type": ["string", "null"], "format": "url"},
+                        "description": "Empty: the token_endpoint of the server's .well-known/smart-configuration.",
+                        "schema": {"type": ["string", "null"]},
                     },
                     "verify": {
                         "label": "TLS verification",
-                        "description": "true, false, or a path to a CA bundle.",
-                        "schema": {"type": ["string", "boolean", "null"], "default": True},
+                        "description": (
+                            "true: check the server's certificate against the system CAs; false: do not check "
+                            "(test servers only); or the path of a CA bundle file."
+                        ),
+                        "schema": {"type": ["string", "null"], "default": "true", "examples": ["true", "false"]},
                     },
                     "timeout": {
                         "label": "Timeout (seconds)",
-                        "description": "HTTP timeout for each request.",
-                        "schema": {"type": ["number", "null"], "default": 60},
+                        "description": "HTTP timeout of each request.",
+                        "schema": {"type": ["number", "null"], "default": 60, "exclusiveMinimum": 0},
                     },
                     "headers": {
                         "label": "Extra headers",
-                        "description": "JSON object of headers sent with every request (e.g. Epic-Client-ID).",
-                        "schema": {"type": ["object", "null"], "format": "json"},
+                        "description": (
+                            'JSON object of header name to value sent with every request, e.g. {"Epic-Client-ID": '
+                            '"..."}. Authorization is not allowed: the hook sends the access token.'
+                        ),
+                        "schema": {"type": ["object", "null"], "default": {}},
                     },
                 },
             }
@@ -112,6 +133,10 @@ def get_provider_info() -> dict[str, Any]:
             {
                 "name": "smart_fhir_jwks",
                 "plugin-class": "airflow_provider_smart.plugins.jwks.SmartJwksPlugin",
-            }
+            },
+            {
+                "name": "smart_fhir_connection_test",
+                "plugin-class": "airflow_provider_smart.plugins.connection_test.SmartConnectionTestPlugin",
+            },
         ],
     }

@@ -11,7 +11,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: setup test demo lint typecheck docs unit lock clean
+.PHONY: setup test test-ui chromium demo lint typecheck docs unit lock clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -38,7 +38,16 @@ docs: setup
 unit: setup
 	$(BIN)/pytest tests/unit
 
-test: setup lint docs
+# The browser test (tests/ui) drives Debian's chromium; Playwright's own browser download is not used.
+CHROMIUM ?= /usr/bin/chromium
+chromium:
+	@test -x $(CHROMIUM) || { echo "Installing chromium with apt-get (needs root)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+test-ui: setup chromium
+	$(BIN)/pytest tests/ui
+
+test: setup lint docs chromium
 	$(BIN)/pytest
 
 demo: setup

@@ -50,6 +50,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: The connections the tests add through the form (removed afterwards: the server encrypted them with its
+#: own Fernet key, which other tests' processes do not have).
+UI_CONNECTIONS = ("ui_smart_fhir", "ui_smart_fhir_wrong")
+
+
+def _delete_connections(conn_ids: tuple[str, ...]) -> None:
+    from airflow.models.connection import Connection
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        session.query(Connection).filter(Connection.conn_id.in_(conn_ids)).delete(synchronize_session=False)
+
+
 @pytest.fixture(scope="module")
 def api_server(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``airflow api-server`` on 127.0.0.1 with connection tests enabled and every user an admin."""
@@ -91,6 +104,7 @@ def api_server(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             time.sleep(1)
         yield base
     finally:
+        _delete_connections(UI_CONNECTIONS)
         server.terminate()
         try:
             server.wait(timeout=30)

@@ -12,7 +12,8 @@ from tests.conftest import run_airflow
 from tests.integration.test_search_sandbox import expected_hba1c, ids, read_dir
 from tests.sandbox_fixtures import SmartClient
 
-pytestmark = pytest.mark.integration
+# Two `airflow dags test` runs (and the session's DB migration) take minutes on a busy machine.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 MANUAL_DAG = textwrap.dedent(
     """

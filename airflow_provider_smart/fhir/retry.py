@@ -167,7 +167,7 @@ def _clock_text(epoch: float) -> str:
 
 
 def log_wait(
-    logger: logging.Logger | logging.LoggerAdapter[Any],
+    logger: Any,
     what: str,
     reason: str,
     delay: float,
@@ -175,7 +175,10 @@ def log_wait(
     now: float | None = None,
     note: str = "",
 ) -> None:
-    """Log one wait, once: what waits, why (server text made safe), for how long and until when."""
+    """Log one wait, once: what waits, why (server text made safe), for how long and until when.
+
+    ``logger`` is anything with ``warning`` (a stdlib logger, or Airflow's structured task logger).
+    """
     wake = (time.time() if now is None else now) + delay
     logger.warning(
         "%s: %s; waiting %.1fs until %s%s",

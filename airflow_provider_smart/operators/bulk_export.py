@@ -629,7 +629,13 @@ class FhirBulkExportOperator(_ExportBase):
         client = self._hook().get_client()
         status = (event or {}).get("status")
         if status == "complete":
-            return self._on_manifest(context, client, layout, state, (event or {}).get("manifest"))
+            first_page = (event or {}).get("manifest")
+            if first_page is None:
+                # The event carries a reference only; the manifest is read from the status URL.
+                from airflow_provider_smart.fhir.bulk.sync import fetch_completed_page
+
+                first_page = fetch_completed_page(client, state["status_url"], policy=self.policy)
+            return self._on_manifest(context, client, layout, state, first_page)
         message = safe_text((event or {}).get("message") or f"unexpected trigger event {event!r}", limit=2000)
         if status == "timeout":
             self._cancel_export(client, layout, state, message)

@@ -18,20 +18,49 @@ from airflow_provider_smart.fhir.bulk.status import (
     PollPolicy,
     interpret_status,
 )
-from airflow_provider_smart.fhir.urls import redact_url, same_origin
+from airflow_provider_smart.fhir.bulk.sync import MAX_MANIFEST_BODY, poll_reason
+from airflow_provider_smart.fhir.http import MAX_ERROR_BODY
+from airflow_provider_smart.fhir.retry import log_wait
+from airflow_provider_smart.fhir.sanitize import safe_text
+from airflow_provider_smart.fhir.urls import (
+    UnsafeUrlError,
+    check_transport,
+    check_url,
+    may_carry_token,
+    redact_url,
+    resolve,
+)
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 10
+
+
+async def _read_capped(response: Any, limit: int) -> bytes:
+    """At most ``limit`` bytes of a streamed httpx body: an endless 202 body costs no more memory."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(chunks)[:limit]
 
 
 class BulkExportStatusTrigger(BaseTrigger):
     """Poll an export's status URL without blocking the triggerer, until it completes, fails or times out.
 
     The token comes from :class:`~airflow_provider_smart.hooks.smart.SmartFhirHook` in a worker thread
-    (the signing and token request are blocking), and is sent only to the FHIR server's origin. A 401
-    fetches a fresh token once. ``Retry-After`` is honoured, clamped to ``[min_poll_interval,
-    max_poll_interval]``; ``X-Progress`` is logged when it changes.
+    (the signing and token request are blocking); the hook caches discovery and the token per process,
+    so a still-valid token is reused and renewed before it expires, not after a 401. The token goes
+    only where :func:`~airflow_provider_smart.fhir.urls.may_carry_token` allows; redirects are followed
+    by hand and re-decided at every hop, as the worker does. A 401 fetches a fresh token once.
+    ``Retry-After`` (any form the wait policy reads) is honoured, clamped to ``[min_poll_interval,
+    max_poll_interval]``; each wait and each new ``X-Progress`` is logged once, made safe.
 
-    Yields one event: ``{"status": "complete", "manifest": {...}}``, ``{"status": "error", "message":
-    ..., "http_status": ...}`` or ``{"status": "timeout", "message": ...}``; each also carries
-    ``status_url``.
+    Yields one event: ``{"status": "complete", "expires": ...}`` (a reference: the worker reads the
+    manifest from the status URL), ``{"status": "error", "message": ..., "http_status": ...}`` or
+    ``{"status": "timeout", "message": ...}``; each also carries ``status_url``.
 
     :param smart_fhir_conn_id: the ``smart_fhir`` connection.
     :param status_url: the Content-Location returned by the kick-off.
@@ -42,6 +71,7 @@ class BulkExportStatusTrigger(BaseTrigger):
     :param deadline: epoch seconds after which the trigger yields ``timeout``; None for no deadline.
     :param request_timeout: HTTP timeout of one poll, in seconds.
     :param verify: TLS verification (bool or CA bundle path).
+    :param allow_insecure_http: accept an https -> http redirect of the status URL (logged).
     """
 
     def __init__(
@@ -56,6 +86,7 @@ class BulkExportStatusTrigger(BaseTrigger):
         deadline: float | None = None,
         request_timeout: float = 60.0,
         verify: bool | str = True,
+        allow_insecure_http: bool = False,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.smart_fhir_conn_id = smart_fhir_conn_id
@@ -67,6 +98,7 @@ class BulkExportStatusTrigger(BaseTrigger):
         self.deadline = float(deadline) if deadline is not None else None
         self.request_timeout = float(request_timeout)
         self.verify = verify
+        self.allow_insecure_http = bool(allow_insecure_http)
         self._hook: Any = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -82,6 +114,7 @@ class BulkExportStatusTrigger(BaseTrigger):
                 "deadline": self.deadline,
                 "request_timeout": self.request_timeout,
                 "verify": self.verify,
+                "allow_insecure_http": self.allow_insecure_http,
             },
         )
 
@@ -113,8 +146,6 @@ class BulkExportStatusTrigger(BaseTrigger):
         where = redact_url(self.status_url)
         policy = self.policy
         base_url = await asyncio.to_thread(self._base_url)
-        authorize = same_origin(self.status_url, base_url)
-        token = await asyncio.to_thread(self._token, False) if authorize else None
         errors = 0
         last_progress: str | None = None
         self.log.info("polling Bulk Data export status at %s", where)
@@ -123,64 +154,95 @@ class BulkExportStatusTrigger(BaseTrigger):
                 if self.deadline is not None and time.time() >= self.deadline:
                     yield self._event("timeout", message=f"export at {where} did not complete before its deadline")
                     return
-                result, token = await self._poll(http, token, authorize)
+                result = await self._poll(http, base_url)
                 if isinstance(result, ExportComplete):
                     self.log.info("export complete at %s", where)
-                    yield self._event("complete", manifest=result.manifest, expires=result.expires)
+                    # A reference, not the manifest: the worker reads it from the status URL, so no
+                    # presigned URL or 30 MB manifest travels through the triggerer's event table.
+                    yield self._event("complete", expires=result.expires)
                     return
                 if isinstance(result, ExportFailed):
-                    yield self._event("error", message=result.message, http_status=result.status)
+                    yield self._event("error", message=safe_text(result.message), http_status=result.status)
                     return
                 if isinstance(result, ExportPending):
                     errors = 0
                     if result.progress and result.progress != last_progress:
-                        self.log.info("export in progress: %s", result.progress)
+                        self.log.info("export in progress: %s", safe_text(result.progress, limit=200))
                         last_progress = result.progress
                 else:
                     errors += 1
-                    self.log.warning("status poll %d failed: %s", errors, result.message)
                     if errors > policy.max_transient_errors:
                         yield self._event(
                             "error",
-                            message=f"giving up after {errors} failed status polls in a row: {result.message}",
+                            message=safe_text(
+                                f"giving up after {errors} failed status polls in a row: {result.message}"
+                            ),
                             http_status=getattr(result, "status", 429),
                         )
                         return
                 delay = policy.delay(result, errors)
                 if self.deadline is not None:
                     delay = max(0.0, min(delay, self.deadline - time.time()))
+                if not isinstance(result, ExportPending) or result.retry_after is not None:
+                    log_wait(self.log, f"status {where}", poll_reason(result), delay)
                 await asyncio.sleep(delay)
 
     def _http_client(self) -> Any:
         import httpx
 
-        # Redirects are not followed: a status URL that redirects elsewhere must not receive the token.
+        # Redirects are followed by hand (see _poll), deciding the token at every hop like the worker.
         return httpx.AsyncClient(timeout=self.request_timeout, verify=self.verify, follow_redirects=False)
 
-    async def _poll(self, http: Any, token: str | None, authorize: bool) -> tuple[ExportStatus, str | None]:
+    async def _poll(self, http: Any, base_url: str) -> ExportStatus:
+        """One status poll, as the worker's client does it: URL checks, the token only where
+        :func:`may_carry_token` allows, redirects re-decided at every hop, one re-auth on 401, the
+        body read up to a cap. The token comes from the hook's cache (renewed before it expires)."""
         import httpx
 
-        for attempt in range(2):
+        url, previous = self.status_url, None
+        reauthenticated = False
+        hops = 0
+        while True:
+            try:
+                check_url(url)
+                check_transport(url, base_url, previous=previous, allow_insecure_http=self.allow_insecure_http)
+            except UnsafeUrlError as exc:
+                return ExportFailed(str(exc), 0)
             headers = {"Accept": "application/json"}
-            if authorize and token:
+            token: str | None = None
+            if may_carry_token(url, base_url):
+                token = await asyncio.to_thread(self._token, reauthenticated)
                 headers["Authorization"] = f"Bearer {token}"
             try:
-                response = await http.get(self.status_url, headers=headers)
+                async with http.stream("GET", url, headers=headers) as response:
+                    limit = MAX_MANIFEST_BODY if response.status_code == 200 else MAX_ERROR_BODY
+                    body = await _read_capped(response, limit + 1)
             except httpx.HTTPError as exc:
-                return ExportTransientError(f"status request failed: {type(exc).__name__}", 0, None), token
-            if response.status_code == 401 and authorize and attempt == 0:
-                self.log.info("status poll answered 401; fetching a new access token")
-                token = await asyncio.to_thread(self._token, True)
+                return ExportTransientError(f"status request failed: {type(exc).__name__}", 0, None)
+            status = response.status_code
+            if status in _REDIRECTS and response.headers.get("Location"):
+                hops += 1
+                if hops > _MAX_REDIRECTS:
+                    return ExportFailed(
+                        f"status {redact_url(self.status_url)}: more than {_MAX_REDIRECTS} redirects", 0
+                    )
+                previous, url = url, resolve(url, response.headers["Location"].strip())
                 continue
-            result = interpret_status(
-                response.status_code,
+            if status == 401 and token is not None and not reauthenticated:
+                self.log.info("status poll answered 401; fetching a new access token")
+                reauthenticated = True
+                continue
+            if len(body) > limit:
+                if status == 200:
+                    return ExportFailed(f"status {redact_url(url)} answered with a manifest over {limit} bytes", 200)
+                body = body[:limit]
+            return interpret_status(
+                status,
                 response.headers,
-                response.content,
-                status_url=self.status_url,
+                body,
+                status_url=url,
                 max_retry_after=self.max_poll_interval,
             )
-            return result, token
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _event(self, status: str, **payload: Any) -> TriggerEvent:
         return TriggerEvent({"status": status, "status_url": self.status_url, **payload})  # type: ignore[no-untyped-call]

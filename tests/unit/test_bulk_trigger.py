@@ -36,12 +36,16 @@ def make_trigger(script: Script, monkeypatch: pytest.MonkeyPatch, **kwargs: Any)
         min_poll_interval=0,
         **kwargs,
     )
-    tokens = iter(["t1", "t2", "t3"])
+    tokens = iter(["t2", "t3"])
+    current = ["t1"]
     forced: list[bool] = []
 
     def token(force: bool) -> str:
+        # Like the hook: the cached token until a renewal is forced.
         forced.append(force)
-        return next(tokens)
+        if force:
+            current[0] = next(tokens)
+        return current[0]
 
     monkeypatch.setattr(trigger, "_base_url", lambda: BASE)
     monkeypatch.setattr(trigger, "_token", token)
@@ -79,7 +83,8 @@ def test_polls_through_pending_throttle_and_transient_then_completes(monkeypatch
         ]
     )
     event = asyncio.run(first_event(make_trigger(script, monkeypatch)))
-    assert event == {"status": "complete", "status_url": STATUS, "manifest": MANIFEST, "expires": "later"}
+    # A reference, not the manifest: nothing from the manifest travels in the event.
+    assert event == {"status": "complete", "status_url": STATUS, "expires": "later"}
     assert [r.headers["Authorization"] for r in script.requests] == ["Bearer t1"] * 5
 
 

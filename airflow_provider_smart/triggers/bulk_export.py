@@ -51,8 +51,8 @@ class BulkExportStatusTrigger(BaseTrigger):
     """Poll an export's status URL without blocking the triggerer, until it completes, fails or times out.
 
     The token comes from :class:`~airflow_provider_smart.hooks.smart.SmartFhirHook` in a worker thread
-    (the signing and token request are blocking); the hook caches discovery and the token per process,
-    so a still-valid token is reused and renewed before it expires, not after a 401. The token goes
+    (the signing and token request are blocking); the trigger's hook keeps discovery and the token for
+    the trigger's life, so a still-valid token is reused and renewed before it expires, not after a 401. The token goes
     only where :func:`~airflow_provider_smart.fhir.urls.may_carry_token` allows; redirects are followed
     by hand and re-decided at every hop, as the worker does. A 401 fetches a fresh token once.
     ``Retry-After`` (any form the wait policy reads) is honoured, clamped to ``[min_poll_interval,

@@ -63,33 +63,44 @@ def test_a_merge_killed_before_its_commit_leaves_the_previous_version(tmp_path: 
     tables(root).merge([first], source="export:one", transaction_time=TT1)
     before_version, before_rows = version(root), rows(root)
     big = write_ndjson(tmp_path / "in/big.ndjson", [observation(i, 2) for i in range(150_000)])
+    ready = tmp_path / "stream-consumed"
+    # The merge's source stream is held open once every row has been handed over: the writer has
+    # everything but cannot commit. Killing it there is the worst moment, and it is the same moment on
+    # every machine (a timed kill raced the merge and lost on fast ones).
     script = textwrap.dedent(
         f"""
+        import time
+        from pathlib import Path
         from airflow_provider_smart.storage.paths import resolve_output
+        from airflow_provider_smart.tables import merge as merge_module
         from airflow_provider_smart.tables.merge import DeltaTables
+
+        real_batches = merge_module._Plan._batches
+
+        def batches_then_hold(self, *args, **kwargs):
+            yield from real_batches(self, *args, **kwargs)
+            Path({str(ready)!r}).touch()
+            time.sleep(3600)
+
+        merge_module._Plan._batches = batches_then_hold
         DeltaTables(resolve_output({str(root)!r})).merge([{str(big)!r}], source="export:two", transaction_time={TT2!r})
         """
     )
-    log_dir = root / "Observation/_delta_log"
-    known = {p.name for p in (root / "Observation").glob("*.parquet")}
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, start_new_session=True)
-    killed_mid_write = False
     try:
         deadline = time.monotonic() + 240
-        while proc.poll() is None and time.monotonic() < deadline:
-            new_files = {p.name for p in (root / "Observation").glob("*.parquet")} - known
-            if new_files and len(list(log_dir.glob("*.json"))) == before_version + 1:
-                os.killpg(proc.pid, signal.SIGKILL)
-                killed_mid_write = True
-                break
-            time.sleep(0.005)
+        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), f"the merge never handed over all its rows (exit code {proc.poll()})"
+        time.sleep(0.5)  # let the writer flush what it can; it still cannot commit
+        assert proc.poll() is None, "the merge ended although its source stream was held open"
+        os.killpg(proc.pid, signal.SIGKILL)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert killed_mid_write, "the merge finished before it could be killed mid-write; make the input larger"
-    # Data files of the dead merge exist, but no commit references them.
-    assert {p.name for p in (root / "Observation").glob("*.parquet")} - known
+    # Whatever data files the dead merge wrote, no commit references them.
+    assert len(list((root / "Observation/_delta_log").glob("*.json"))) == before_version + 1
     assert version(root) == before_version
     assert rows(root) == before_rows
     # The rerun completes the merge.

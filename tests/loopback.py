@@ -1,13 +1,19 @@
-"""Serve an ASGI app with uvicorn on 127.0.0.1 (a free port) in a background thread, for tests."""
+"""Loopback servers for tests on 127.0.0.1 (a free port), each in a background thread: an ASGI app under
+uvicorn, or a stdlib HTTP server whose every GET is answered by a plain function."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+Answer = Callable[[BaseHTTPRequestHandler], None]
 
 
 @contextmanager
@@ -33,3 +39,61 @@ def serve(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+class AnswerServer(ThreadingHTTPServer):
+    """A stdlib HTTP server on 127.0.0.1 that answers every GET with ``answer(request)``; started at once.
+
+    HTTP/1.0: a body ends when the connection closes, so an answer may stream without a length (endless
+    bodies are easy). A client that hangs up mid-answer is not an error of the server.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(("127.0.0.1", 0), _AnswerHandler)
+        self.answer = answer
+        #: Bytes the answers counted as sent (for answers that track it).
+        self.sent = 0
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+        self._thread.join(timeout=10)
+
+
+class _AnswerHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+    server: AnswerServer
+
+    def do_GET(self) -> None:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.server.answer(self)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def answering(answer: Answer) -> Iterator[AnswerServer]:
+    """An :class:`AnswerServer` for the block; stopped on exit."""
+    server = AnswerServer(answer)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def send_json(
+    request: BaseHTTPRequestHandler, body: Any, status: int = 200, content_type: str = "application/json"
+) -> None:
+    """Answer ``request`` with ``body`` as JSON (with its length)."""
+    data = json.dumps(body).encode()
+    request.send_response(status)
+    request.send_header("Content-Type", content_type)
+    request.send_header("Content-Length", str(len(data)))
+    request.end_headers()
+    request.wfile.write(data)

@@ -15,12 +15,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import jwt
@@ -31,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from airflow_provider_smart.sandbox.server import SandboxServer
 from airflow_provider_smart.sandbox.state import SandboxConfig
+from tests.loopback import AnswerServer, send_json
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _CURVES = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1}
@@ -137,29 +137,15 @@ class _JwksServer:
     def __init__(self) -> None:
         self.jwks: dict[str, Any] = {"keys": []}
         self.hits = 0
-        owner = self
+        self.httpd = AnswerServer(self._answer)
+        self.url = f"{self.httpd.url}/jwks.json"
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                owner.hits += 1
-                body = json.dumps(owner.jwks).encode()
-                self.send_response(200 if self.path == "/jwks.json" else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/jwks.json"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+    def _answer(self, request: BaseHTTPRequestHandler) -> None:
+        self.hits += 1
+        send_json(request, self.jwks, 200 if request.path == "/jwks.json" else 404)
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.httpd.close()
 
 
 def register_client(
@@ -279,3 +265,22 @@ def smart_client_factory(
 @pytest.fixture
 def smart_client(smart_client_factory: Callable[..., SmartClient]) -> SmartClient:
     return smart_client_factory()
+
+
+@pytest.fixture
+def bulk_server(
+    sandbox_factory: Callable[..., SandboxServer], smart_client_factory: Callable[..., SmartClient]
+) -> Callable[..., tuple[SandboxServer, SmartClient]]:
+    """A fresh sandbox with the Bulk settings a test asks for, and a registered client as the default conn.
+
+    ``Retry-After`` defaults to one second so polling tests stay short; the data is ``patients`` patients
+    made from ``seed``.
+    """
+    from airflow_provider_smart.sandbox.bulk_jobs import BulkSettings
+
+    def start(*, patients: int = 10, seed: int = 42, **settings: Any) -> tuple[SandboxServer, SmartClient]:
+        settings.setdefault("retry_after", 1)
+        server = sandbox_factory(SandboxConfig(patients=patients, seed=seed, bulk=BulkSettings(**settings)))
+        return server, smart_client_factory(server=server)
+
+    return start

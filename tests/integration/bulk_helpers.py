@@ -9,7 +9,11 @@ from typing import Any
 
 from airflow.sdk.exceptions import TaskDeferred
 
+from airflow_provider_smart.operators.bulk_export import FhirBulkExportOperator
 from airflow_provider_smart.sandbox.server import SandboxServer
+
+# Poll the sandbox's status endpoint often and without a floor, so deferred exports finish in seconds.
+FAST_POLLING: dict[str, Any] = {"poll_interval": 0.2, "min_poll_interval": 0.0, "max_poll_interval": 2.0}
 
 
 class FakeTI:
@@ -22,6 +26,11 @@ class FakeTI:
     def xcom_push(self, key: str, value: Any) -> None:
         json.dumps(value)  # XCom values must be JSON-safe
         self.xcoms[key] = value
+
+
+def export_operator(output: Path, **kwargs: Any) -> FhirBulkExportOperator:
+    """A FhirBulkExportOperator writing to ``output`` that polls fast; ``kwargs`` override anything."""
+    return FhirBulkExportOperator(**{"task_id": "export", "output": str(output), **FAST_POLLING, **kwargs})
 
 
 def context(run_id: str = "manual__run1", **extra: Any) -> dict[str, Any]:

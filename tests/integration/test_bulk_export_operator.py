@@ -23,7 +23,6 @@ from airflow_provider_smart.operators.bulk_export import (
     FhirBulkExportFinalizeOperator,
     FhirBulkExportOperator,
 )
-from airflow_provider_smart.sandbox.bulk_jobs import BulkSettings
 from airflow_provider_smart.sandbox.bulk_runtime import (
     FHIR_FILE_PATHS,
     KICKOFF_PATHS,
@@ -32,8 +31,7 @@ from airflow_provider_smart.sandbox.bulk_runtime import (
 )
 from airflow_provider_smart.sandbox.faults import FaultRule
 from airflow_provider_smart.sandbox.server import SandboxServer
-from airflow_provider_smart.sandbox.state import SandboxConfig
-from tests.integration.bulk_helpers import context, kickoffs, landed, run_deferred, store_view
+from tests.integration.bulk_helpers import context, export_operator, kickoffs, landed, run_deferred, store_view
 from tests.sandbox_fixtures import SmartClient
 
 pytestmark = pytest.mark.integration
@@ -41,30 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def export_op(tmp_path: Path, **kwargs: Any) -> FhirBulkExportOperator:
-    defaults: dict[str, Any] = {
-        "task_id": "export",
-        "output": str(tmp_path / "out"),
-        "poll_interval": 0.2,
-        "min_poll_interval": 0.0,
-        "max_poll_interval": 2.0,
-        "max_download_attempts": 3,
-    }
-    defaults.update(kwargs)
-    return FhirBulkExportOperator(**defaults)
-
-
-@pytest.fixture
-def bulk_server(
-    sandbox_factory: Callable[..., SandboxServer], smart_client_factory: Callable[..., SmartClient]
-) -> Callable[..., tuple[SandboxServer, SmartClient]]:
-    """A fresh sandbox with the Bulk settings a test asks for, and a registered client as the default conn."""
-
-    def start(**settings: Any) -> tuple[SandboxServer, SmartClient]:
-        settings.setdefault("retry_after", 1)
-        server = sandbox_factory(SandboxConfig(patients=10, seed=42, bulk=BulkSettings(**settings)))
-        return server, smart_client_factory(server=server)
-
-    return start
+    return export_operator(tmp_path / "out", **{"max_download_attempts": 3, **kwargs})
 
 
 def status_gone(server: SandboxServer, client: SmartClient, status_url: str) -> bool:

@@ -9,40 +9,16 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_smart.sandbox.bulk_jobs import BulkSettings
 from airflow_provider_smart.sandbox.server import SandboxServer
 from airflow_provider_smart.sandbox.state import SandboxConfig
-from tests.integration.bulk_helpers import context, run_deferred, store_view
+from tests.integration.bulk_helpers import context, export_operator, run_deferred, store_view
 from tests.sandbox_fixtures import SmartClient
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def bulk_server(
-    sandbox_factory: Callable[..., SandboxServer], smart_client_factory: Callable[..., SmartClient]
-) -> Callable[..., tuple[SandboxServer, SmartClient]]:
-    def start(**settings: Any) -> tuple[SandboxServer, SmartClient]:
-        settings.setdefault("retry_after", 1)
-        server = sandbox_factory(SandboxConfig(patients=8, seed=11, bulk=BulkSettings(**settings)))
-        return server, smart_client_factory(server=server)
-
-    return start
-
-
 def export(tmp_path: Path, run_id: str, **kwargs: Any) -> dict[str, Any]:
-    from airflow_provider_smart.operators.bulk_export import FhirBulkExportOperator
-
-    op = FhirBulkExportOperator(
-        task_id="export",
-        output=str(tmp_path / "out"),
-        since="watermark",
-        poll_interval=0.2,
-        min_poll_interval=0.0,
-        max_poll_interval=2.0,
-        **kwargs,
-    )
-    summary, _ = run_deferred(op, context(run_id))
+    summary, _ = run_deferred(export_operator(tmp_path / "out", since="watermark", **kwargs), context(run_id))
     return dict(summary)
 
 
@@ -87,7 +63,7 @@ def server_view(server: SandboxServer) -> dict[str, dict[str, str | None]]:
 def test_full_then_incremental_exports_give_the_servers_current_state(
     bulk_server: Callable[..., Any], tmp_path: Path
 ) -> None:
-    server, _ = bulk_server()
+    server, _ = bulk_server(patients=8, seed=11)
     store = server.state.store
     first = export(tmp_path, "scheduled__1")
     results = merge_label(tmp_path, "scheduled__1")
@@ -125,7 +101,7 @@ def test_full_then_incremental_exports_give_the_servers_current_state(
 def test_export_operator_with_delta_format_keeps_tables_current(
     bulk_server: Callable[..., Any], tmp_path: Path
 ) -> None:
-    server, _ = bulk_server()
+    server, _ = bulk_server(patients=8, seed=11)
     first = export(tmp_path, "scheduled__1", formats=("ndjson", "delta"))
     assert first["delta"]["source"] == "export:scheduled__1"
     assert table_view(tmp_path / "out") == server_view(server)
@@ -147,7 +123,7 @@ def test_merge_operator_merges_a_landed_export_and_emits_assets(
 ) -> None:
     from airflow_provider_smart.operators.tables import FhirDeltaMergeOperator
 
-    server, _ = bulk_server()
+    server, _ = bulk_server(patients=8, seed=11)
     export(tmp_path, "scheduled__1")
     op = FhirDeltaMergeOperator(
         task_id="merge",

@@ -14,14 +14,12 @@ from airflow_provider_smart.fhir.bulk.manifest import ManifestError
 from airflow_provider_smart.fhir.instants import WatermarkError
 from airflow_provider_smart.operators.bulk_export import FhirBulkExportOperator
 from airflow_provider_smart.operators.search import FhirSearchOperator
-from airflow_provider_smart.sandbox.bulk_jobs import BulkSettings
 from airflow_provider_smart.sandbox.bulk_runtime import FHIR_FILE_PATHS
 from airflow_provider_smart.sandbox.server import SandboxServer
-from airflow_provider_smart.sandbox.state import SandboxConfig
 from airflow_provider_smart.storage.export_state import ExportStateError
 from airflow_provider_smart.storage.lease import LeaseHeldError
 from airflow_provider_smart.storage.preflight import OutputNotWritableError
-from tests.integration.bulk_helpers import FakeTI, context, kickoffs, landed, run_deferred, store_view
+from tests.integration.bulk_helpers import FakeTI, context, export_operator, kickoffs, landed, run_deferred, store_view
 from tests.sandbox_fixtures import SmartClient
 
 pytestmark = pytest.mark.integration
@@ -29,29 +27,7 @@ TYPES = ["Patient", "Condition"]
 
 
 def export_op(out: Path, **kwargs: Any) -> FhirBulkExportOperator:
-    defaults: dict[str, Any] = {
-        "task_id": "export",
-        "output": str(out),
-        "types": TYPES,
-        "poll_interval": 0.2,
-        "min_poll_interval": 0.0,
-        "max_poll_interval": 2.0,
-        "max_download_attempts": 2,
-    }
-    defaults.update(kwargs)
-    return FhirBulkExportOperator(**defaults)
-
-
-@pytest.fixture
-def bulk_server(
-    sandbox_factory: Callable[..., SandboxServer], smart_client_factory: Callable[..., SmartClient]
-) -> Callable[..., tuple[SandboxServer, SmartClient]]:
-    def start(**settings: Any) -> tuple[SandboxServer, SmartClient]:
-        settings.setdefault("retry_after", 1)
-        server = sandbox_factory(SandboxConfig(patients=10, seed=42, bulk=BulkSettings(**settings)))
-        return server, smart_client_factory(server=server)
-
-    return start
+    return export_operator(out, **{"types": TYPES, "max_download_attempts": 2, **kwargs})
 
 
 def gone(client: SmartClient, status_url: str) -> bool:

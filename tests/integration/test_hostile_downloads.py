@@ -9,7 +9,6 @@ a trickle, a stall, an endless error body, a truncated gzip stream. Requests go 
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import threading
 import time
@@ -17,7 +16,7 @@ import tracemalloc
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -32,43 +31,10 @@ from airflow_provider_smart.storage.atomic import TMP_PREFIX
 from airflow_provider_smart.storage.export_landing import DownloadSettings, land_files
 from airflow_provider_smart.storage.export_state import ExportLayout
 from airflow_provider_smart.storage.paths import resolve_output
+from tests.loopback import Answer, AnswerServer, answering
 
 LINE = b'{"resourceType":"Patient","id":"p","name":[{"family":"Hostile","given":["Server"]}]}\n'
 MiB = 1 << 20
-
-Handler = Callable[[BaseHTTPRequestHandler], None]
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    handler: Handler
-    sent: int = 0
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.0"  # the body ends when the connection closes: endless bodies are easy
-    server: _Server
-
-    def do_GET(self) -> None:
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the downloader hung up, as it should
-            self.server.handler(self)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@contextmanager
-def hostile(handler: Handler) -> Iterator[_Server]:
-    server = _Server(("127.0.0.1", 0), _Handler)
-    server.handler = handler
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 def send(req: BaseHTTPRequestHandler, status: int = 200, headers: dict[str, str] | None = None) -> None:
@@ -83,11 +49,11 @@ def write(req: BaseHTTPRequestHandler, data: bytes) -> None:
     req.server.sent += len(data)  # type: ignore[attr-defined]
 
 
-def base(server: _Server) -> str:
-    return f"http://127.0.0.1:{server.server_address[1]}/fhir"
+def base(server: AnswerServer) -> str:
+    return f"{server.url}/fhir"
 
 
-def planned(server: _Server, count: int | None = None, kind: str = "output") -> PlannedFile:
+def planned(server: AnswerServer, count: int | None = None, kind: str = "output") -> PlannedFile:
     return PlannedFile(
         key="Patient.00000",
         kind=kind,  # type: ignore[arg-type]
@@ -100,7 +66,7 @@ def planned(server: _Server, count: int | None = None, kind: str = "output") -> 
     )
 
 
-def downloader(server: _Server, limits: StreamLimits, attempts: int = 1) -> BulkDownloader:
+def downloader(server: AnswerServer, limits: StreamLimits, attempts: int = 1) -> BulkDownloader:
     client = FhirHttpClient(None, base(server), max_retries=0, backoff_base=0.01)
     return BulkDownloader(client, requires_access_token=False, max_attempts=attempts, backoff_base=0.01, limits=limits)
 
@@ -125,6 +91,23 @@ def peak_python_memory() -> Iterator[list[int]]:
     finally:
         result[0] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
+
+
+def failed_download(
+    tmp_path: Path, answer: Answer, limits: StreamLimits, match: str, count: int | None = None
+) -> tuple[AnswerServer, int]:
+    """Download the one file ``answer`` serves and expect :class:`DownloadError` matching ``match``.
+
+    Returns the (stopped) server and the peak of Python allocations, in bytes, while the download ran.
+    """
+    with (
+        answering(answer) as server,
+        file_sink(tmp_path) as sink,
+        peak_python_memory() as peak,
+        pytest.raises(DownloadError, match=match),
+    ):
+        downloader(server, limits).download(planned(server, count), sink)
+    return server, peak[0]
 
 
 def gzip_of_repeats(piece: bytes, total: int, prefix: bytes = b"", level: int = 1) -> bytes:
@@ -155,15 +138,9 @@ def test_gzip_bomb_is_stopped_by_the_file_size_cap_with_flat_memory(
         write(req, bomb)
 
     limits = StreamLimits(max_file_bytes=64 * MiB)
-    with (
-        hostile(handler) as server,
-        file_sink(tmp_path) as sink,
-        peak_python_memory() as peak,
-        pytest.raises(DownloadError, match="max_file_bytes=67108864"),
-    ):
-        downloader(server, limits).download(planned(server), sink)
+    _server, peak = failed_download(tmp_path, handler, limits, "max_file_bytes=67108864")
     # 64 MiB went through; memory held a few chunks of 1 MiB, never the inflated body.
-    assert peak[0] < 12 * MiB, f"peak {peak[0] / MiB:.1f} MiB"
+    assert peak < 12 * MiB, f"peak {peak / MiB:.1f} MiB"
 
 
 def test_gzip_bomb_of_one_endless_line_is_stopped_at_the_line_limit(tmp_path: Path) -> None:
@@ -174,14 +151,8 @@ def test_gzip_bomb_of_one_endless_line_is_stopped_at_the_line_limit(tmp_path: Pa
         write(req, body)
 
     limits = StreamLimits(max_line_bytes=8 * MiB)
-    with (
-        hostile(handler) as server,
-        file_sink(tmp_path) as sink,
-        peak_python_memory() as peak,
-        pytest.raises(DownloadError, match="line 1: longer than max_line_bytes=8388608"),
-    ):
-        downloader(server, limits).download(planned(server), sink)
-    assert peak[0] < 8 * MiB + 6 * MiB, f"peak {peak[0] / MiB:.1f} MiB"
+    _server, peak = failed_download(tmp_path, handler, limits, "line 1: longer than max_line_bytes=8388608")
+    assert peak < 8 * MiB + 6 * MiB, f"peak {peak / MiB:.1f} MiB"
 
 
 def test_endless_line_fails_at_the_line_limit_without_growing(tmp_path: Path) -> None:
@@ -193,15 +164,9 @@ def test_endless_line_fails_at_the_line_limit_without_growing(tmp_path: Path) ->
             write(req, chunk)
 
     limits = StreamLimits(max_line_bytes=4 * MiB)
-    with (
-        hostile(handler) as server,
-        file_sink(tmp_path) as sink,
-        peak_python_memory() as peak,
-        pytest.raises(DownloadError, match="line 4: longer than max_line_bytes=4194304"),
-    ):
-        downloader(server, limits).download(planned(server), sink)
+    server, peak = failed_download(tmp_path, handler, limits, "line 4: longer than max_line_bytes=4194304")
     assert server.sent < 64 * MiB  # stopped while it arrived, not at some later point
-    assert peak[0] < 4 * MiB + 6 * MiB, f"peak {peak[0] / MiB:.1f} MiB"
+    assert peak < 4 * MiB + 6 * MiB, f"peak {peak / MiB:.1f} MiB"
 
 
 def test_endless_stream_of_valid_lines_without_count_stops_at_the_file_cap(tmp_path: Path) -> None:
@@ -212,14 +177,8 @@ def test_endless_stream_of_valid_lines_without_count_stops_at_the_file_cap(tmp_p
             write(req, block)
 
     limits = StreamLimits(max_file_bytes=32 * MiB)
-    with (
-        hostile(handler) as server,
-        file_sink(tmp_path) as sink,
-        peak_python_memory() as peak,
-        pytest.raises(DownloadError, match="more than max_file_bytes=33554432 bytes"),
-    ):
-        downloader(server, limits).download(planned(server, count=None), sink)
-    assert peak[0] < 8 * MiB, f"peak {peak[0] / MiB:.1f} MiB"
+    _server, peak = failed_download(tmp_path, handler, limits, "more than max_file_bytes=33554432 bytes")
+    assert peak < 8 * MiB, f"peak {peak / MiB:.1f} MiB"
 
 
 def test_file_over_its_count_fails_at_once(tmp_path: Path) -> None:
@@ -232,7 +191,7 @@ def test_file_over_its_count_fails_at_once(tmp_path: Path) -> None:
     limits = StreamLimits(max_file_bytes=None, min_bytes_per_second=0)
     started = time.monotonic()
     with (
-        hostile(handler) as server,
+        answering(handler) as server,
         file_sink(tmp_path) as sink,
         pytest.raises(DownloadError, match="more than the 10 lines the manifest's count promises"),
     ):
@@ -251,7 +210,7 @@ def test_trickle_fails_on_the_least_average_rate(tmp_path: Path) -> None:
     limits = StreamLimits(stall_timeout=5, min_bytes_per_second=10_000, rate_window=0.5)
     started = time.monotonic()
     with (
-        hostile(handler) as server,
+        answering(handler) as server,
         file_sink(tmp_path) as sink,
         pytest.raises(DownloadError, match=r"failed after 2 attempts: only .* below min_bytes_per_second=10000"),
     ):
@@ -270,7 +229,7 @@ def test_stall_fails_the_attempt_after_the_stall_timeout(tmp_path: Path) -> None
 
     limits = StreamLimits(stall_timeout=0.5)
     started = time.monotonic()
-    with hostile(handler) as server, file_sink(tmp_path) as sink:
+    with answering(handler) as server, file_sink(tmp_path) as sink:
         try:
             with pytest.raises(DownloadError, match="failed after 1 attempts: connection lost"):
                 downloader(server, limits).download(planned(server), sink)
@@ -286,15 +245,11 @@ def test_endless_error_body_is_read_only_up_to_its_cap(tmp_path: Path) -> None:
         while True:
             write(req, b"x" * 65536)
 
-    with (
-        hostile(handler) as server,
-        file_sink(tmp_path) as sink,
-        peak_python_memory() as peak,
-        pytest.raises(DownloadError, match=r"answered HTTP 400: non-JSON answer \(text/plain\): 'no such file"),
-    ):
-        downloader(server, StreamLimits()).download(planned(server), sink)
+    server, peak = failed_download(
+        tmp_path, handler, StreamLimits(), r"answered HTTP 400: non-JSON answer \(text/plain\): 'no such file"
+    )
     assert server.sent < 32 * MiB
-    assert peak[0] < 4 * MiB, f"peak {peak[0] / MiB:.1f} MiB"
+    assert peak < 4 * MiB, f"peak {peak / MiB:.1f} MiB"
 
 
 def test_concatenated_gzip_members_are_one_file_and_a_truncated_stream_is_retried(tmp_path: Path) -> None:
@@ -306,7 +261,7 @@ def test_concatenated_gzip_members_are_one_file_and_a_truncated_stream_is_retrie
         send(req, headers={"Content-Encoding": "gzip"})
         write(req, whole if len(calls) > 1 else whole[: len(whole) - 12])  # the first answer is cut
 
-    with hostile(handler) as server, file_sink(tmp_path) as sink:
+    with answering(handler) as server, file_sink(tmp_path) as sink:
         result = downloader(server, StreamLimits(), attempts=2).download(planned(server, count=5), sink)
     assert (result.lines, result.attempts, len(calls)) == (5, 2, 2)
     assert (tmp_path / "Patient.00000.ndjson").read_bytes() == LINE * 5
@@ -320,7 +275,7 @@ def test_truncated_gzip_stream_fails_after_its_attempts(tmp_path: Path) -> None:
         write(req, body[:-20])
 
     with (
-        hostile(handler) as server,
+        answering(handler) as server,
         file_sink(tmp_path) as sink,
         pytest.raises(DownloadError, match="failed after 2 attempts: the compressed body ended before"),
     ):
@@ -335,7 +290,7 @@ def test_land_files_leaves_nothing_visible_when_a_bound_trips(tmp_path: Path) ->
         while True:
             write(req, LINE * 1000)
 
-    with hostile(handler) as server:
+    with answering(handler) as server:
         manifest = parse_manifest(
             {
                 "transactionTime": "2024-01-01T00:00:00Z",

@@ -15,11 +15,8 @@ from airflow_provider_smart.operators.bulk_export import (
     FhirBulkExportOperator,
 )
 from airflow_provider_smart.parquet.reader import iter_resources
-from airflow_provider_smart.sandbox.bulk_jobs import BulkSettings
 from airflow_provider_smart.sandbox.server import SandboxServer
-from airflow_provider_smart.sandbox.state import SandboxConfig
-from tests.integration.bulk_helpers import context, landed, run_deferred, store_view
-from tests.sandbox_fixtures import SmartClient
+from tests.integration.bulk_helpers import context, export_operator, landed, run_deferred, store_view
 from tests.unit.parquet.helpers import canon
 
 pytestmark = pytest.mark.integration
@@ -27,26 +24,12 @@ LABEL = "manual__run1"
 
 
 @pytest.fixture
-def server(
-    sandbox_factory: Callable[..., SandboxServer], smart_client_factory: Callable[..., SmartClient]
-) -> SandboxServer:
-    started = sandbox_factory(
-        SandboxConfig(patients=10, seed=42, bulk=BulkSettings(retry_after=1, max_file_resources=25))
-    )
-    smart_client_factory(server=started)
-    return started
+def server(bulk_server: Callable[..., tuple[SandboxServer, Any]]) -> SandboxServer:
+    return bulk_server(max_file_resources=25)[0]
 
 
 def _op(tmp_path: Path, **kwargs: Any) -> FhirBulkExportOperator:
-    return FhirBulkExportOperator(
-        task_id="export",
-        output=str(tmp_path / "out"),
-        poll_interval=0.2,
-        min_poll_interval=0.0,
-        max_poll_interval=2.0,
-        formats=("ndjson", "parquet"),
-        **kwargs,
-    )
+    return export_operator(tmp_path / "out", formats=("ndjson", "parquet"), **kwargs)
 
 
 def _parquet(root: Path) -> dict[str, dict[str, Any]]:

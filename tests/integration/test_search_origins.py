@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -13,6 +11,7 @@ import pytest
 from airflow_provider_smart.fhir.errors import FhirError
 from airflow_provider_smart.fhir.http import FhirHttpClient
 from airflow_provider_smart.fhir.search import FhirSearch, SearchRequest
+from tests.loopback import AnswerServer, send_json
 
 pytestmark = pytest.mark.integration
 
@@ -23,28 +22,15 @@ class Recorder:
     def __init__(self) -> None:
         self.body: dict[str, Any] = {}
         self.seen: list[tuple[str, str | None]] = []
-        owner = self
+        self.httpd = AnswerServer(self._answer)
+        self.url = self.httpd.url
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                owner.seen.append((self.path, self.headers.get("Authorization")))
-                data = json.dumps(owner.body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/fhir+json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    def _answer(self, request: BaseHTTPRequestHandler) -> None:
+        self.seen.append((request.path, request.headers.get("Authorization")))
+        send_json(request, self.body, content_type="application/fhir+json")
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.httpd.close()
 
 
 @pytest.fixture

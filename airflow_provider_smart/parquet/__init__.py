@@ -6,8 +6,9 @@ DAG file can import this package cheaply.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from airflow_provider_smart.lazy import lazy_attribute
 
 _EXPORTS = {
     "FhirParquetWriter": "airflow_provider_smart.parquet.writer",
@@ -23,7 +24,4 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    return lazy_attribute(__name__, _EXPORTS, name)

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+import requests
 
 
 @dataclass
@@ -41,17 +47,32 @@ class MotoS3:
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
-    """One server per test session: Airflow caches the filesystem of a connection id (with its endpoint)
-    for the life of the process, so a second server on another port would never be reached."""
-    from moto.server import ThreadedMotoServer
+    """moto's S3 server in a process of its own on 127.0.0.1, one per test session.
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    Its own process: delta-rs holds the GIL while it waits on S3, so a server thread inside the test process
+    would never get to answer it. One per session: Airflow caches the filesystem of a connection id (with
+    its endpoint) for the life of the process, so a second server on another port would never be reached.
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
     try:
-        yield f"http://{host}:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                requests.get(endpoint, timeout=10)
+                break
+            except requests.RequestException:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"moto_server did not start on {endpoint}") from None
+                time.sleep(0.2)
+        yield endpoint
     finally:
-        server.stop()
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @pytest.fixture

@@ -1,22 +1,11 @@
-"""Current-state tables on S3: moto's server over loopback, credentials from an Airflow ``aws`` connection.
-
-delta-rs holds the GIL while it waits on S3, so moto's server runs in its own process here (the threaded
-server of ``tests/s3_fixtures.py`` would never get to answer).
-"""
+"""Current-state tables on S3: moto's server over loopback, credentials from an Airflow ``aws`` connection."""
 
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_smart.operators.tables import FhirDeltaMergeOperator, storage_options_for
@@ -24,54 +13,6 @@ from tests.integration.test_delta_merge_behaviour import observation
 from tests.s3_fixtures import MotoS3
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def moto_process() -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = Path(sys.executable).parent / "moto_server"
-    proc = subprocess.Popen(
-        [str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                requests.get(endpoint, timeout=10)
-                break
-            except requests.RequestException:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.2)
-        yield endpoint
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-@pytest.fixture
-def delta_s3(moto_process: str, monkeypatch: pytest.MonkeyPatch) -> MotoS3:
-    # A connection id of its own: Airflow caches a connection's filesystem (and endpoint) per process.
-    conn_id = "moto_delta"
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv(
-        f"AIRFLOW_CONN_{conn_id.upper()}",
-        json.dumps(
-            {
-                "conn_type": "aws",
-                "login": "testing",
-                "password": "testing",
-                "extra": {"endpoint_url": moto_process, "region_name": "us-east-1"},
-            }
-        ),
-    )
-    s3 = MotoS3(moto_process, conn_id, f"bucket-{uuid.uuid4().hex[:8]}")
-    s3.client().create_bucket(Bucket=s3.bucket)
-    return s3
 
 
 def land_export(root: ObjectStoragePath, label: str, tt: str, resources: list[dict], deleted: list[str]) -> None:
@@ -95,10 +36,9 @@ def land_export(root: ObjectStoragePath, label: str, tt: str, resources: list[di
     )
 
 
-def test_merge_operator_writes_delta_tables_to_s3(delta_s3: MotoS3, tmp_path: Path) -> None:
+def test_merge_operator_writes_delta_tables_to_s3(moto_s3: MotoS3, tmp_path: Path) -> None:
     from deltalake import DeltaTable
 
-    moto_s3 = delta_s3
     root = ObjectStoragePath(f"s3://{moto_s3.bucket}/fhir", conn_id=moto_s3.conn_id)
     land_export(root, "run1", "2024-01-01T00:00:00Z", [observation(i) for i in range(20)], [])
     land_export(root, "run2", "2024-01-02T00:00:00Z", [observation(3, 2)], ["obs-5", "obs-6"])

@@ -6,6 +6,10 @@ the server. The first run is a full export.
 
 Set the output with the DAG param ``output`` (``airflow dags trigger -c '{"output": "s3://..."}'``)
 or the Variable ``fhir_bulk_output_dir``; the default is ``~/fhir-bulk`` on the worker.
+
+Attachments (clinical notes, scanned documents behind ``DocumentReference`` and friends) are off by
+default; the DAG param ``attachments`` turns them on (``-c '{"attachments": true}'``, or flip the
+param's default below). They land under ``<output>/attachments/<run id>/`` before the watermark moves.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ with DAG(
     default_args={"retries": 2, "retry_delay": timedelta(minutes=5)},
     params={
         "output": Param(None, type=["null", "string"], description="Where the files land (path or URI)."),
+        # The switch for attachments: True fetches every attachment URL of the landed resources.
+        "attachments": Param(False, type="boolean", description="Also fetch the resources' attachments."),
     },
     tags=["fhir", "bulk-data"],
 ) as dag:
@@ -40,6 +46,9 @@ with DAG(
         output="{{ params.output or var.value.get('fhir_bulk_output_dir', '" + DEFAULT_OUTPUT + "') }}",
         # NDJSON is the raw layer; Parquet tables of the same data land beside it under <output>/parquet.
         formats=("ndjson", "parquet"),
+        # Rendered as "True"/"False" from the DAG param; a dict of settings works too, e.g.
+        # attachments={"max_bytes": 20 * 1024 * 1024, "allowed_types": ["text/*", "application/pdf"]}.
+        attachments="{{ params.attachments }}",
         export_timeout=timedelta(hours=12),
         poll_interval=30,
     )

@@ -16,6 +16,7 @@ from airflow_provider_smart.fhir.bulk.manifest import Manifest, manifest_to_dict
 from airflow_provider_smart.fhir.bulk.status import ExportComplete, ExportFailed, PollPolicy
 from airflow_provider_smart.fhir.sanitize import safe_text
 from airflow_provider_smart.fhir.urls import redact_url
+from airflow_provider_smart.storage.attachments import check_attachments_option
 from airflow_provider_smart.storage.export_state import (
     ExportLayout,
     ExportStateError,
@@ -120,9 +121,14 @@ class _ExportBase(BaseOperator):
         fail_on_severity: str | None,
         parquet: dict[str, Any] | None = None,
         delta: dict[str, Any] | None = None,
+        attachments: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Markers, error-file report, Parquet, watermark, DELETE, and the summary; after every file landed.
+        """Markers, error-file report, attachments, Parquet, watermark, DELETE, and the summary; after every
+        file landed.
 
+        ``attachments`` (the settings as :meth:`AttachmentSettings.to_option` gives them) fetches the
+        attachments of the landed resources after the NDJSON markers and before Parquet and the watermark: a
+        failure there leaves the NDJSON complete and the next attempt fetches only what did not land.
         ``parquet`` (``{"output", "output_conn_id", "options"}``) converts the landed output files into
         Parquet tables after the NDJSON markers and before the watermark moves: a failure there leaves the
         NDJSON complete and the next attempt converts again.
@@ -144,6 +150,9 @@ class _ExportBase(BaseOperator):
             if lease is not None:
                 lease.release()
             raise
+        if attachments is not None:
+            with lease.kept_alive() if lease is not None else contextlib.nullcontext():
+                summary["attachments"] = self._land_attachments(client, layout, manifest, attachments)
         if parquet is not None:
             summary["parquet"] = self._land_parquet(layout, manifest, parquet)
         if delta is not None:  # current-state tables, before the watermark moves (a retry merges again)
@@ -171,6 +180,22 @@ class _ExportBase(BaseOperator):
             summary["transaction_time"],
         )
         return summary
+
+    def _land_attachments(
+        self, client: Any, layout: ExportLayout, manifest: Manifest, option: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The attachments of every landed output file, under ``<root>/attachments/<label>/``, fetched with
+        the export's own client (its token decision and wait policy)."""
+        from airflow_provider_smart.storage.attachments import (
+            AttachmentSettings,
+            attachments_destination,
+            land_attachments,
+        )
+
+        settings = AttachmentSettings.from_option(option) or AttachmentSettings()
+        sources = [layout.final_path(p) for p in plan_files(manifest) if p.kind == "output"]
+        destination = attachments_destination(layout.root, layout.label)
+        return land_attachments(client, sources, destination, settings, logger=self.log)
 
     def _lease_for(self, layout: ExportLayout, state: dict[str, Any]) -> ExportLease | None:
         """The lease of the run that started this export (None for exports started before leases)."""
@@ -227,6 +252,12 @@ class FhirBulkExportOperator(_ExportBase):
     :param delta_options: with ``"delta"`` in ``formats``: where and how the landed export is merged into
         current-state Delta tables (``output`` default ``<output>/tables``, ``conn_id``, ``compact``,
         ``vacuum_retention_hours`` ...; see the "Current-state tables" docs page). (templated)
+    :param attachments: fetch the attachments (notes, documents) of the landed resources: ``False``
+        (default), ``True`` (default settings) or a dict of settings (``max_bytes``, ``allowed_types``,
+        ``workers``, ``inline_max_bytes``, ``rewrite_urls``, ``on_error``; see the attachments docs page).
+        They land under ``<output>/attachments/<export label>/`` in the finishing step, after the resources
+        and before the watermark moves; the summary gains their counts. A rendered template may say
+        ``true``/``false`` or hold a JSON object. (templated)
     :param deferrable: poll in the triggerer (default) or in the worker.
     :param poll_interval: seconds between polls when the server sends no Retry-After.
     :param min_poll_interval: lower clamp of Retry-After.
@@ -275,6 +306,7 @@ class FhirBulkExportOperator(_ExportBase):
         "output_format",
         "parquet_output",
         "delta_options",
+        "attachments",
     )
     ui_color = "#d8f0e6"
 
@@ -305,6 +337,7 @@ class FhirBulkExportOperator(_ExportBase):
         parquet_output: Any = None,
         parquet_options: dict[str, Any] | None = None,
         delta_options: dict[str, Any] | None = None,
+        attachments: bool | str | dict[str, Any] | None = False,
         deferrable: bool = True,
         poll_interval: float = 10.0,
         min_poll_interval: float = 1.0,
@@ -358,6 +391,7 @@ class FhirBulkExportOperator(_ExportBase):
         self.parquet_output = parquet_output
         self.parquet_options = dict(parquet_options or {})
         self.delta_options = dict(delta_options or {})
+        self.attachments = check_attachments_option(attachments)
         self.deferrable = deferrable
         self.poll_interval = poll_interval
         self.min_poll_interval = min_poll_interval
@@ -724,7 +758,15 @@ class FhirBulkExportOperator(_ExportBase):
             fail_on_severity=self.fail_on_severity,
             parquet=self._parquet_spec(),
             delta=self._delta_spec(),
+            attachments=self._attachments_spec(),
         )
+
+    def _attachments_spec(self) -> dict[str, Any] | None:
+        """The attachment settings for the finishing step (JSON-safe: they travel in the fan-out reference)."""
+        from airflow_provider_smart.storage.attachments import AttachmentSettings
+
+        settings = AttachmentSettings.from_option(self.attachments)
+        return None if settings is None else settings.to_option()
 
     def _delta_spec(self) -> dict[str, Any] | None:
         """What the finishing step needs to merge into Delta tables (JSON-safe, like the Parquet spec)."""
@@ -786,6 +828,7 @@ class FhirBulkExportOperator(_ExportBase):
             "fail_on_severity": self.fail_on_severity,
             "parquet": self._parquet_spec(),
             "delta": self._delta_spec(),
+            "attachments": self._attachments_spec(),
         }
 
 
@@ -927,6 +970,7 @@ class FhirBulkExportFinalizeOperator(_ExportBase):
             fail_on_severity=severity,
             parquet=self.export.get("parquet"),
             delta=self.export.get("delta"),
+            attachments=self.export.get("attachments"),
         )
 
 

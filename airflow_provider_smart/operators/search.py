@@ -24,6 +24,7 @@ from airflow_provider_smart.fhir.search import (
 )
 from airflow_provider_smart.parquet.sink import ParquetOnlyRunWriter, ParquetRunSink, check_formats, parquet_root
 from airflow_provider_smart.storage.atomic import SUCCESS_MARKER, read_json
+from airflow_provider_smart.storage.attachments import check_attachments_option
 from airflow_provider_smart.storage.ndjson import (
     DEFAULT_MAX_PART_BYTES,
     DEFAULT_MAX_PART_LINES,
@@ -122,6 +123,12 @@ class FhirSearchOperator(BaseOperator):
     :param handling: ``"strict"`` or ``"lenient"``, sent as ``Prefer: handling=...``: whether the server
         should refuse unknown or unsupported parameters (strict) or ignore them and say so in the Bundle
         (lenient; the operator logs those notes as warnings). None sends nothing (the server's default).
+    :param attachments: fetch the attachments (notes, documents) of the landed resources: ``False``
+        (default), ``True`` (default settings) or a dict of settings (``max_bytes``, ``allowed_types``,
+        ``workers``, ``inline_max_bytes``, ``rewrite_urls``, ``on_error``; see the attachments docs page).
+        Needs ``"ndjson"`` in ``formats``. They land under ``<output>/attachments/<run>/`` after the run's
+        files are committed and before the watermark moves; the summary gains their counts. A rendered
+        template may say ``true``/``false`` or hold a JSON object. (templated)
     :param asset_alias: name of the ``AssetAlias`` declared when ``output`` or ``resource_type`` is
         templated (default ``fhir-search/<dag_id>/<task_id>``). With both known at parse time, the
         operator declares ``Asset("<output>/<ResourceType>")`` itself.
@@ -135,6 +142,7 @@ class FhirSearchOperator(BaseOperator):
         "smart_fhir_conn_id",
         "parquet_output",
         "delta_options",
+        "attachments",
     )
     template_fields_renderers: ClassVar[dict[str, str]] = {"search_params": "json"}
     ui_color = "#e8f4fd"
@@ -160,9 +168,11 @@ class FhirSearchOperator(BaseOperator):
         parquet_output: Any = None,
         parquet_options: Mapping[str, Any] | None = None,
         delta_options: Mapping[str, Any] | None = None,
+        attachments: bool | str | dict[str, Any] | None = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.attachments = check_attachments_option(attachments)
         self.delta_options = dict(delta_options or {})
         self.parquet_output = parquet_output
         self.parquet_options = dict(parquet_options or {})
@@ -173,6 +183,8 @@ class FhirSearchOperator(BaseOperator):
         self.output_location = output
         self.output_conn_id = output_conn_id
         self.formats = self._check_formats(formats)
+        if "ndjson" not in self.formats and attachments not in (None, False):
+            raise ValueError("attachments need 'ndjson' in formats: they are read from the landed NDJSON run")
         self.compression = check_compression(compression)
         self.smart_fhir_conn_id = smart_fhir_conn_id
         if incremental not in INCREMENTAL_MODES:
@@ -254,6 +266,28 @@ class FhirSearchOperator(BaseOperator):
 
     # -- run --------------------------------------------------------------------------------------------------
 
+    def _land_attachments(
+        self, client: SupportsFhirRequest, output: ObjectStoragePath, run: str, results: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """Fetch the attachments of the committed run with the search's own client, when asked to."""
+        from airflow_provider_smart.storage.attachments import (
+            AttachmentSettings,
+            attachments_destination,
+            land_attachments,
+        )
+
+        settings = AttachmentSettings.from_option(self.attachments)
+        if settings is None:
+            return None
+        if "ndjson" not in self.formats:
+            raise ValueError("attachments need 'ndjson' in formats: they are read from the landed NDJSON run")
+        sources = [
+            output / safe_segment(name) / run / part.rsplit("/", 1)[-1]
+            for name, result in sorted(results.items())
+            for part in result.parts
+        ]
+        return land_attachments(client, sources, attachments_destination(output, run), settings, logger=self.log)
+
     def get_http(self) -> SupportsFhirRequest:
         """The HTTP client of the ``smart_fhir`` connection (a seam for tests and subclasses)."""
         from airflow_provider_smart.hooks.smart import SmartFhirHook
@@ -304,7 +338,8 @@ class FhirSearchOperator(BaseOperator):
         self._refuse_another_searchs_run(output / safe_segment(resource_type) / run, fingerprint)
         request = SearchRequest.build(resource_type, params + window_params, self.method, handling=self.handling)
         has_includes = any(k in _INCLUDE_PARAMS for k, _ in params)
-        search = FhirSearch(self.get_http(), request, page_retries=self.page_retries)
+        http = self.get_http()
+        search = FhirSearch(http, request, page_retries=self.page_retries)
         self.log.info(
             "Searching %s (%s, %d parameters, incremental=%s %s) into %s, run %s",
             resource_type,
@@ -372,6 +407,9 @@ class FhirSearchOperator(BaseOperator):
             elif sink is not None:
                 parquet_tables = {name: {"rows": r.count, "files": r.parts} for name, r in results.items()}
 
+        # After the run's files are committed, before tables and the watermark: a retry fetches only what
+        # did not land, and a fatal failure leaves the watermark where it was.
+        attachments_summary = self._land_attachments(http, output, run, results)
         delta_summary = None
         if "delta" in self.formats:  # before the watermark moves: a retry searches and merges again
             from airflow_provider_smart.operators.tables import merge_landed_run
@@ -428,6 +466,8 @@ class FhirSearchOperator(BaseOperator):
             }
         if delta_summary is not None:
             summary["delta"] = delta_summary
+        if attachments_summary is not None:
+            summary["attachments"] = attachments_summary
         self.log.info(
             "Committed run %s: %s in %d pages (%d page retries)",
             run,

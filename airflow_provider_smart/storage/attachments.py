@@ -43,8 +43,9 @@ from airflow_provider_smart.fhir.attachments import (
     type_allowed,
     unwrap_binary,
 )
+from airflow_provider_smart.fhir.http import RefusedRequestError
 from airflow_provider_smart.fhir.sanitize import safe_text
-from airflow_provider_smart.fhir.urls import redact_url, resolve, same_origin
+from airflow_provider_smart.fhir.urls import UnsafeUrlError, check_url, redact_url, resolve, same_origin
 from airflow_provider_smart.storage.atomic import (
     TMP_PREFIX,
     atomic_open,
@@ -103,8 +104,14 @@ class AttachmentSettings:
             raise ValueError(f"attachments on_error must be 'fail' or 'record'; got {self.on_error!r}")
 
     @classmethod
-    def from_option(cls, option: bool | dict[str, Any] | AttachmentSettings | None) -> AttachmentSettings | None:
-        """The operators' ``attachments`` argument: False/None (off), True (defaults) or a dict of fields."""
+    def from_option(cls, option: bool | str | dict[str, Any] | AttachmentSettings | None) -> AttachmentSettings | None:
+        """The operators' ``attachments`` argument: False/None (off), True (defaults) or a dict of fields.
+
+        A rendered template arrives as text: ``"true"``/``"false"`` (any case; ``""`` and ``"none"`` are
+        off) or a JSON object of fields.
+        """
+        if isinstance(option, str):
+            option = _option_from_text(option)
         if option is None or option is False:
             return None
         if option is True:
@@ -122,24 +129,74 @@ class AttachmentSettings:
             return cls(**values)
         raise TypeError(f"attachments must be True, False or a dict of settings; got {type(option).__name__}")
 
+    def to_option(self) -> dict[str, Any]:
+        """These settings as a JSON-safe dict that :meth:`from_option` reads back (for XCom references)."""
+        option = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        if self.allowed_types is not None:
+            option["allowed_types"] = list(self.allowed_types)
+        return option
+
+
+def check_attachments_option(option: Any) -> Any:
+    """The operators' ``attachments`` argument checked when the DAG is parsed; a template is kept as it is
+    and checked once rendered. Returns the option unchanged."""
+    if isinstance(option, str) and ("{{" in option or "{%" in option):
+        return option
+    AttachmentSettings.from_option(option)
+    return option
+
+
+def _option_from_text(text: str) -> bool | dict[str, Any] | None:
+    """``attachments`` given as text (a rendered template): a boolean word or a JSON object."""
+    word = text.strip().lower()
+    if word in ("", "none", "null", "false", "off", "no", "0"):
+        return False
+    if word in ("true", "on", "yes", "1"):
+        return True
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"attachments={safe_text(text, limit=80)!r} is neither true/false nor a JSON object of settings; "
+            'pass e.g. True or {"max_bytes": 10485760}'
+        )
+    return value
+
 
 class AttachmentsFailedError(RuntimeError):
     """Some attachments could not be fetched; the index names each with its reason."""
+
+
+#: Why an attachment was not fetched, as counted in the summary (``skipped`` by reason).
+SKIP_REASONS = ("too_large", "type_not_allowed", "unsafe_url")
 
 
 @dataclass
 class _Totals:
     by_status: dict[str, int] = field(default_factory=dict)
     bytes_landed: int = 0
+    #: Landed attachments whose content another attachment of the run had stored already.
+    duplicates: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    contents: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, record: dict[str, Any]) -> None:
         with self.lock:
             status = record["status"]
             self.by_status[status] = self.by_status.get(status, 0) + 1
+            if status == "landed":
+                if record.get("sha256") in self.contents:
+                    self.duplicates += 1
+                self.contents.add(str(record.get("sha256")))
             if status == "landed" and not record.get("reused"):
                 self.bytes_landed += int(record.get("size") or 0)
+            if status == "skipped":
+                code = str(record.get("reason_code") or "other")
+                self.skipped[code] = self.skipped.get(code, 0) + 1
             if status == "failed" and len(self.failures) < 20:
                 where = f"{record['resource_type']}/{record['resource_id']} {record['position']}"
                 self.failures.append(f"{where}: {record.get('reason')}")
@@ -186,6 +243,10 @@ class AttachmentLanding:
             "output": str(self.destination),
             "index": str(self.destination / INDEX_NAME),
             "counts": dict(sorted(self.totals.by_status.items())),
+            "landed": self.totals.by_status.get("landed", 0),
+            "duplicates": self.totals.duplicates,
+            "skipped": dict(sorted(self.totals.skipped.items())),
+            "failed": self.totals.by_status.get("failed", 0),
             "bytes_landed": self.totals.bytes_landed,
         }
         failed = self.totals.by_status.get("failed", 0)
@@ -228,6 +289,9 @@ class AttachmentLanding:
 
     def _settle(self, ref: AttachmentRef) -> dict[str, Any]:
         """The record of one attachment: reused from an earlier attempt, or fetched now."""
+        stored = self._stored_here(ref)
+        if stored is not None:
+            return stored
         record_path = self.records / f"{ref.key}.json"
         earlier = _read_record(record_path)
         settled = earlier is not None and earlier.get("status") in ("landed", "inline", "skipped")
@@ -240,6 +304,18 @@ class AttachmentLanding:
         record = self._fetch(ref)
         atomic_write_json(record_path, record)
         return record
+
+    def _stored_here(self, ref: AttachmentRef) -> dict[str, Any] | None:
+        """An attachment whose URL an earlier attempt rewrote to its blob here (``rewrite_urls``): landed."""
+        prefix = f"{self.blobs}/"
+        if not ref.url or not ref.url.startswith(prefix):
+            return None
+        name = ref.url[len(prefix) :]
+        blob = self.blobs / name
+        if not re.fullmatch(r"[0-9a-f]{64}", name) or not blob.exists():
+            return None
+        record = dict(self._base_record(ref), url=ref.url, status="landed", sha256=name, stored=ref.url)
+        return dict(record, size=blob.stat().st_size, reused=True)
 
     def _base_record(self, ref: AttachmentRef) -> dict[str, Any]:
         return {
@@ -258,14 +334,18 @@ class AttachmentLanding:
             return dict(record, status="inline", reason=None)
         if not type_allowed(ref.content_type, self.settings.allowed_types):
             kind = media_type(ref.content_type) or "unknown"
-            return dict(record, status="skipped", reason=f"content type {kind!r} is not in allowed_types")
+            return _skipped(record, "type_not_allowed", f"content type {kind!r} is not in allowed_types")
         if ref.declared_size is not None and ref.declared_size > limit:
-            return dict(record, status="skipped", reason=f"declared size {ref.declared_size} > max_bytes {limit}")
+            return _skipped(record, "too_large", f"declared size {ref.declared_size} > max_bytes {limit}")
         url = ref.url if "://" in ref.url else resolve(self.client.base_url + "/", ref.url)
         try:
+            # The one URL check every request path uses; a URL parsers could read two ways is never sent.
+            check_url(url)
             stored = self._download(url, ref)
         except _Skip as skip:
-            return dict(record, status="skipped", reason=str(skip))
+            return _skipped(record, "too_large", str(skip))
+        except (UnsafeUrlError, RefusedRequestError) as exc:
+            return _skipped(record, "unsafe_url", safe_text(str(exc), limit=300))
         except Exception as exc:  # one attachment's failure is recorded; the run goes on
             return dict(record, status="failed", reason=safe_text(str(exc) or type(exc).__name__, limit=300))
         return dict(record, status="landed", **stored)
@@ -366,6 +446,11 @@ class AttachmentLanding:
 
 class _Skip(Exception):
     """The attachment is not fetched by the settings (oversize); recorded as skipped with the reason."""
+
+
+def _skipped(record: dict[str, Any], code: str, reason: str) -> dict[str, Any]:
+    """A record of an attachment not fetched: ``reason_code`` (one of :data:`SKIP_REASONS`) and the text."""
+    return dict(record, status="skipped", reason=reason, reason_code=code)
 
 
 def _elements(resource: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -104,4 +104,42 @@ def test_settings_from_the_operator_option() -> None:
     with pytest.raises(ValueError, match="on_error"):
         AttachmentSettings(on_error="ignore")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        AttachmentSettings.from_option("yes")  # type: ignore[arg-type]
+        AttachmentSettings.from_option(5)  # type: ignore[arg-type]
+
+
+def test_settings_from_a_rendered_template() -> None:
+    # "{{ params.attachments }}" renders a boolean param as "True"/"False".
+    assert AttachmentSettings.from_option("True") == AttachmentSettings()
+    assert AttachmentSettings.from_option("false") is None
+    assert AttachmentSettings.from_option("") is None
+    assert AttachmentSettings.from_option("None") is None
+    settings = AttachmentSettings.from_option('{"max_bytes": 10, "allowed_types": ["text/*"], "on_error": "record"}')
+    assert settings == AttachmentSettings(max_bytes=10, allowed_types=("text/*",), on_error="record")
+    assert AttachmentSettings.from_option(settings.to_option()) == settings
+    with pytest.raises(ValueError, match="neither true/false nor a JSON object"):
+        AttachmentSettings.from_option("maybe")
+    with pytest.raises(ValueError, match="neither true/false nor a JSON object"):
+        AttachmentSettings.from_option("[1, 2]")
+    with pytest.raises(ValueError, match="unknown attachments option"):
+        AttachmentSettings.from_option('{"max_size": 1}')
+
+
+def test_operators_check_the_option_when_the_dag_is_parsed() -> None:
+    from airflow_provider_smart.operators.bulk_export import FhirBulkExportOperator
+    from airflow_provider_smart.operators.search import FhirSearchOperator
+
+    with pytest.raises(ValueError, match="unknown attachments option"):
+        FhirBulkExportOperator(task_id="e", output="/tmp/x", attachments={"max_size": 1})
+    with pytest.raises(ValueError, match="max_bytes must be positive"):
+        FhirSearchOperator(task_id="s", resource_type="Media", output="/tmp/x", attachments={"max_bytes": 0})
+    with pytest.raises(ValueError, match="attachments need 'ndjson'"):
+        FhirSearchOperator(
+            task_id="s", resource_type="DocumentReference", output="/tmp/x", formats=("parquet",), attachments=True
+        )
+    # A template is checked once rendered; off is the default.
+    op = FhirBulkExportOperator(task_id="e", output="/tmp/x", attachments="{{ params.attachments }}")
+    assert "attachments" in op.template_fields and op.attachments == "{{ params.attachments }}"
+    assert FhirBulkExportOperator(task_id="e2", output="/tmp/x")._attachments_spec() is None
+    spec = FhirBulkExportOperator(task_id="e3", output="/tmp/x", attachments={"workers": 2})._attachments_spec()
+    assert spec is not None and spec["workers"] == 2
+    assert "attachments" in FhirSearchOperator.template_fields

@@ -1,0 +1,408 @@
+"""The ``attachments`` option of the export and search operators, over loopback against the sandbox."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+from airflow_provider_smart.operators.bulk_export import FhirBulkExportOperator
+from airflow_provider_smart.operators.search import FhirSearchOperator
+from airflow_provider_smart.sandbox.bulk_jobs import BulkSettings
+from airflow_provider_smart.sandbox.bulk_runtime import FHIR_FILE_PATHS
+from airflow_provider_smart.sandbox.server import SandboxServer
+from airflow_provider_smart.sandbox.state import SandboxConfig
+from airflow_provider_smart.storage.attachments import AttachmentsFailedError
+from tests.integration.bulk_helpers import context, kickoffs, run_deferred
+from tests.sandbox_fixtures import SmartClient
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+LABEL = "manual__run1"
+PDF = b"%PDF-1.4\n" + bytes(range(256)) * 64 + b"\n%%EOF\n"
+
+
+# -- the sandbox and its content -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def server(
+    sandbox_factory: Callable[..., SandboxServer], smart_client_factory: Callable[..., SmartClient]
+) -> SandboxServer:
+    """A small sandbox (a registered client as the default connection) whose exports complete at once."""
+    started = sandbox_factory(SandboxConfig(patients=4, seed=11, bulk=BulkSettings(retry_after=1)))
+    smart_client_factory(server=started)
+    return started
+
+
+def _admin(server: SandboxServer, method: str, path: str, **kwargs: Any) -> requests.Response:
+    response = requests.request(method, server.base_url + path, auth=server.admin_auth, timeout=30, **kwargs)
+    assert response.status_code < 300, response.text
+    return response
+
+
+def _put_binary(server: SandboxServer, binary_id: str, data: bytes, content_type: str, wrapped: bool = False) -> None:
+    params = {"wrapped": "true"} if wrapped else None
+    headers = {"Content-Type": content_type}
+    _admin(server, "PUT", f"/_sandbox/binary/{binary_id}", data=data, headers=headers, params=params)
+
+
+def _put_document(server: SandboxServer, doc_id: str, *attachments: dict[str, Any]) -> None:
+    body = {
+        "resourceType": "DocumentReference",
+        "id": doc_id,
+        "status": "current",
+        "subject": {"reference": "Patient/pat-0"},
+        "content": [{"attachment": a} for a in attachments],
+    }
+    _admin(server, "PUT", f"/_sandbox/fhir/DocumentReference/{doc_id}", json=body)
+
+
+def _generated_notes(server: SandboxServer) -> dict[str, str]:
+    """doc id -> the Binary URL of its full note, for the generated documents."""
+    notes = {}
+    for doc in server.state.store.iter_type("DocumentReference"):
+        for content in doc.get("content", []):
+            url = content.get("attachment", {}).get("url")
+            if isinstance(url, str) and url.startswith("Binary/note-"):
+                notes[doc["id"]] = url
+    return notes
+
+
+def _binary_fetches(server: SandboxServer) -> dict[str, int]:
+    return {p: n for p, n in server.state.faults.requests.items() if p.startswith("/fhir/Binary/")}
+
+
+def _index(root: Path, label: str = LABEL) -> list[dict[str, Any]]:
+    text = (root / "attachments" / label / "index.ndjson").read_text()
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def _export_op(out: Path, **kwargs: Any) -> FhirBulkExportOperator:
+    defaults: dict[str, Any] = {
+        "task_id": "export",
+        "output": str(out),
+        "types": ["DocumentReference"],
+        "poll_interval": 0.2,
+        "min_poll_interval": 0.0,
+        "max_poll_interval": 2.0,
+        "max_download_attempts": 3,
+    }
+    return FhirBulkExportOperator(**dict(defaults, **kwargs))
+
+
+def _watermarks(out: Path) -> list[Path]:
+    return list((out / "_watermarks").glob("*.json")) if (out / "_watermarks").exists() else []
+
+
+# -- the export ------------------------------------------------------------------------------------------
+
+
+def test_export_lands_every_attachment_once_and_the_token_stays_home(server: SandboxServer, tmp_path: Path) -> None:
+    _put_binary(server, "scan-1", PDF, "application/pdf")
+    presigned = _admin(server, "POST", "/_sandbox/binary/scan-1/presign").json()["url"]
+    _put_document(server, "doc-scan", {"contentType": "application/pdf", "url": presigned, "title": "scan"})
+    notes = _generated_notes(server)
+    copied_from, copied_url = sorted(notes.items())[0]
+    _put_document(server, "doc-copy", {"contentType": "text/plain", "url": copied_url})  # the same note again
+    _put_binary(server, "wrapped-1", b"wrapped note text\n", "text/plain", wrapped=True)
+    _put_document(server, "doc-wrapped", {"contentType": "text/plain", "url": "Binary/wrapped-1"})
+    sha1 = base64.b64encode(hashlib.sha1(b"inline only").digest()).decode()  # noqa: S324 - FHIR's hash
+    inline = {"contentType": "text/plain", "data": base64.b64encode(b"inline only").decode(), "hash": sha1}
+    _put_document(server, "doc-inline", inline)
+    out = tmp_path / "out"
+
+    summary, triggers = run_deferred(_export_op(out, attachments=True), context())
+
+    assert len(triggers) == 1  # the deferred path: the attachments came in execute_complete
+    records = _index(out)
+    # Every attachment of every landed resource once, and nothing else.
+    landed_docs = [json.loads(line) for p in (out / "DocumentReference" / LABEL).glob("*.ndjson") for line in p.open()]
+    expected_keys = sorted(
+        (d["id"], f"content[{i}].attachment") for d in landed_docs for i, _ in enumerate(d.get("content", []))
+    )
+    assert sorted((r["resource_id"], r["position"]) for r in records) == expected_keys
+    blobs = out / "attachments" / LABEL / "blobs"
+    by_key = {(r["resource_id"], r["position"]): r for r in records}
+    fetched = [r for r in records if r["status"] == "landed"]
+    assert {r["status"] for r in records} == {"landed", "inline"}
+    for record in fetched:
+        data = (blobs / record["sha256"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == record["sha256"] and record["size"] == len(data)
+    for doc_id, url in notes.items():  # same-origin Binary reads: the server's very bytes
+        stored = (blobs / by_key[(doc_id, "content[1].attachment")]["sha256"]).read_bytes()
+        content = server.state.binaries.get(url.removeprefix("Binary/"))
+        assert content is not None and stored == content.data
+    assert (blobs / by_key[("doc-scan", "content[0].attachment")]["sha256"]).read_bytes() == PDF
+    assert (blobs / by_key[("doc-wrapped", "content[0].attachment")]["sha256"]).read_bytes() == b"wrapped note text\n"
+    copy, original = by_key[("doc-copy", "content[0].attachment")], by_key[(copied_from, "content[1].attachment")]
+    assert copy["sha256"] == original["sha256"]
+    assert sorted(p.name for p in blobs.iterdir()) == sorted({r["sha256"] for r in fetched})  # stored once
+    assert "signature" not in json.dumps(records), "presigned signatures stay out of the index"
+
+    # The summary (the XCom) counts them; the state and watermark moved only after them.
+    counts = summary["attachments"]
+    assert counts["landed"] == len(fetched) == len(notes) + 3
+    assert counts["duplicates"] == 1 and counts["skipped"] == {} and counts["failed"] == 0
+    assert counts["counts"]["inline"] == len(notes) + 1
+    state = json.loads((out / "_exports" / LABEL / "state.json").read_text())
+    assert state["phase"] == "complete" and state["summary"]["attachments"] == counts
+    assert len(_watermarks(out)) == 1 and (out / "attachments" / LABEL / "_SUCCESS").exists()
+    # The presigned second origin got its one request, never with the FHIR token.
+    origins = server.state.bulk.origins
+    assert origins.requests.get("files") == 1
+    assert not origins.authorization_seen("files")
+    assert all(n == 1 for p, n in _binary_fetches(server).items() if not p.endswith(copied_url))
+
+
+def test_export_records_oversize_and_disallowed_types_as_skipped(server: SandboxServer, tmp_path: Path) -> None:
+    _put_binary(server, "big-1", b"x" * 5000, "text/plain")
+    _put_document(server, "doc-big", {"contentType": "text/plain", "url": "Binary/big-1"})
+    _put_document(server, "doc-declared-big", {"contentType": "text/plain", "url": "Binary/big-1", "size": 10**9})
+    _put_binary(server, "img-1", b"\x89PNG....", "image/png")
+    _put_document(server, "doc-img", {"contentType": "image/png", "url": "Binary/img-1"})
+    out = tmp_path / "out"
+    options = {"max_bytes": 1000, "allowed_types": ["text/*"]}
+
+    summary, triggers = run_deferred(_export_op(out, attachments=options, deferrable=False), context())
+
+    assert triggers == []  # polled in the worker
+    by_id = {r["resource_id"]: r for r in _index(out) if r["resource_id"] in ("doc-big", "doc-declared-big", "doc-img")}
+    assert {k: (r["status"], r["reason_code"]) for k, r in by_id.items()} == {
+        "doc-big": ("skipped", "too_large"),
+        "doc-declared-big": ("skipped", "too_large"),
+        "doc-img": ("skipped", "type_not_allowed"),
+    }
+    assert "max_bytes 1000" in by_id["doc-big"]["reason"] and "image/png" in by_id["doc-img"]["reason"]
+    assert summary["attachments"]["skipped"] == {"too_large": 2, "type_not_allowed": 1}
+    assert summary["attachments"]["landed"] == len(_generated_notes(server))
+    blobs = out / "attachments" / LABEL / "blobs"
+    assert hashlib.sha256(b"x" * 5000).hexdigest() not in {p.name for p in blobs.iterdir()}
+    assert not [p for p in blobs.iterdir() if p.name.startswith("_")]
+    assert "/fhir/Binary/img-1" not in _binary_fetches(server)  # the type filter spent no request
+
+
+def test_a_fatal_attachment_failure_keeps_the_watermark_and_the_retry_fetches_only_it(
+    server: SandboxServer, tmp_path: Path
+) -> None:
+    _put_document(server, "doc-late", {"contentType": "text/plain", "url": "Binary/late-1"})
+    out = tmp_path / "out"
+
+    with pytest.raises(AttachmentsFailedError, match="1 attachment"):
+        run_deferred(_export_op(out, attachments=True, retries=2), context())
+
+    state = json.loads((out / "_exports" / LABEL / "state.json").read_text())
+    assert state["phase"] == "downloading"  # not reported complete
+    assert _watermarks(out) == []  # the watermark did not move
+    assert not (out / "attachments" / LABEL / "_SUCCESS").exists()
+    assert [r["resource_id"] for r in _index(out) if r["status"] == "failed"] == ["doc-late"]
+    before_binaries, before_files = _binary_fetches(server), server.state.faults.count(FHIR_FILE_PATHS)
+
+    _put_binary(server, "late-1", b"arrived later\n", "text/plain")
+    summary, _ = run_deferred(_export_op(out, attachments=True, retries=2), context())
+
+    after = _binary_fetches(server)
+    assert {p for p, n in after.items() if n > before_binaries.get(p, 0)} == {"/fhir/Binary/late-1"}
+    assert server.state.faults.count(FHIR_FILE_PATHS) == before_files  # the resources were not fetched again
+    assert kickoffs(server) == 1
+    assert summary["attachments"]["failed"] == 0 and len(_watermarks(out)) == 1
+    assert json.loads((out / "_exports" / LABEL / "state.json").read_text())["phase"] == "complete"
+
+
+_WORKER = """
+import sys
+from airflow_provider_smart.operators.bulk_export import FhirBulkExportOperator
+from tests.integration.bulk_helpers import context, run_deferred
+op = FhirBulkExportOperator(task_id="export", output=sys.argv[1], types=["DocumentReference"], deferrable=False,
+                            poll_interval=0.2, min_poll_interval=0, max_poll_interval=1,
+                            attachments={"workers": 1})
+run_deferred(op, context())
+"""
+
+
+def test_a_run_killed_mid_attachments_resumes_without_fetching_again(server: SandboxServer, tmp_path: Path) -> None:
+    for k in range(8):
+        _put_binary(server, f"kill-{k}", f"note {k}\n".encode(), "text/plain")
+        _put_document(server, f"doc-kill-{k}", {"contentType": "text/plain", "url": f"Binary/kill-{k}"})
+    total = len(_generated_notes(server)) + 8
+    out = tmp_path / "out"
+    records = out / "attachments" / LABEL / "_records"
+    server.state.faults.slow("/fhir/Binary/*", delay=0.7)  # slow notes: the kill comes between two of them
+    worker = subprocess.Popen(
+        [sys.executable, "-c", _WORKER, str(out)],
+        cwd=REPO,
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while not (records.exists() and len(list(records.glob("*.json"))) >= 3):
+            assert worker.poll() is None, "the worker ended before it was killed"
+            assert time.time() < deadline, "timed out waiting for the first attachments"
+            time.sleep(0.05)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(30)
+    fetched = [json.loads(p.read_text()) for p in records.glob("*.json")]
+    settled = len([r for r in fetched if r["status"] == "landed"])  # the inline ones needed no request
+    assert 1 <= settled < total
+    assert json.loads((out / "_exports" / LABEL / "state.json").read_text())["phase"] == "downloading"
+    assert _watermarks(out) == [] and not (out / "attachments" / LABEL / "index.ndjson").exists()
+    server.state.faults.reset()  # clears the request log too
+
+    summary, _ = run_deferred(_export_op(out, attachments={"workers": 1}, deferrable=False), context())
+
+    assert sum(_binary_fetches(server).values()) == total - settled
+    assert kickoffs(server) == 0 and server.state.faults.count(FHIR_FILE_PATHS) == 0
+    assert summary["attachments"]["landed"] == total
+    assert len([r for r in _index(out) if r["status"] == "landed"]) == total and len(_watermarks(out)) == 1
+
+
+# -- the search --------------------------------------------------------------------------------------------
+
+
+def _search_op(out: Path, **kwargs: Any) -> FhirSearchOperator:
+    return FhirSearchOperator(
+        task_id="docs", resource_type="DocumentReference", output=str(out), incremental="watermark", **kwargs
+    )
+
+
+def test_search_lands_the_attachments_before_its_watermark(server: SandboxServer, tmp_path: Path) -> None:
+    _put_binary(server, "scan-2", PDF, "application/pdf")
+    presigned = _admin(server, "POST", "/_sandbox/binary/scan-2/presign").json()["url"]
+    _put_document(server, "doc-scan", {"contentType": "application/pdf", "url": presigned})
+    _put_document(server, "doc-late", {"contentType": "text/plain", "url": "Binary/late-2"})
+    out = tmp_path / "out"
+
+    def watermarks() -> list[Path]:
+        return list((out / "DocumentReference").glob("_watermark.*.json"))
+
+    with pytest.raises(AttachmentsFailedError):
+        _search_op(out, attachments=True).execute(context())
+    assert watermarks() == []  # the mark did not move
+
+    _put_binary(server, "late-2", b"late note\n", "text/plain")
+    before = _binary_fetches(server)
+    summary = _search_op(out, attachments={"on_error": "fail"}).execute(context())
+
+    assert {p for p, n in _binary_fetches(server).items() if n > before.get(p, 0)} == {"/fhir/Binary/late-2"}
+    assert len(watermarks()) == 1
+    counts = summary["attachments"]
+    assert counts["landed"] == len(_generated_notes(server)) + 2 and counts["failed"] == 0
+    index = _index(out, summary["run"])
+    blobs = out / "attachments" / summary["run"] / "blobs"
+    scan = next(r for r in index if r["resource_id"] == "doc-scan")
+    assert (blobs / scan["sha256"]).read_bytes() == PDF
+    assert not server.state.bulk.origins.authorization_seen("files")
+
+
+# -- hostile URLs ---------------------------------------------------------------------------------------------
+
+
+class _CountingServer:
+    """A stdlib HTTP server on loopback that counts every connection it accepts."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def handle(self) -> None:
+                owner.hits += 1
+                super().handle()
+
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", "6")
+                self.end_headers()
+                self.wfile.write(b"stolen")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def foreign() -> Iterator[_CountingServer]:
+    started = _CountingServer()
+    yield started
+    started.close()
+
+
+def test_ambiguous_attachment_urls_are_refused_and_recorded(
+    server: SandboxServer, foreign: _CountingServer, tmp_path: Path
+) -> None:
+    fhir_port = urlsplit(server.fhir_base).port
+    evil = foreign.port
+    tricks = {
+        # urllib.parse reads port FHIR; urllib3 and browsers connect to EVIL.
+        "doc-backslash": f"http://127.0.0.1:{evil}\\@127.0.0.1:{fhir_port}/fhir/Binary/note-0-0",
+        "doc-userinfo": f"http://127.0.0.1:{fhir_port}@127.0.0.1:{evil}/fhir/Binary/note-0-0",
+    }
+    for doc_id, url in tricks.items():
+        _put_document(server, doc_id, {"contentType": "text/plain", "url": url})
+    out = tmp_path / "out"
+
+    summary = _search_op(out, attachments=True).execute(context())
+
+    assert foreign.hits == 0
+    records = {r["resource_id"]: r for r in _index(out, summary["run"]) if r["resource_id"] in tricks}
+    assert {k: (r["status"], r["reason_code"]) for k, r in records.items()} == {
+        "doc-backslash": ("skipped", "unsafe_url"),
+        "doc-userinfo": ("skipped", "unsafe_url"),
+    }
+    assert "backslash" in records["doc-backslash"]["reason"]
+    assert "user information" in records["doc-userinfo"]["reason"]
+    assert summary["attachments"]["skipped"] == {"unsafe_url": 2}
+    assert summary["attachments"]["landed"] == len(_generated_notes(server))
+
+
+# -- the example DAG's switch ---------------------------------------------------------------------------------
+
+
+def test_nightly_dag_switch_turns_attachments_on(
+    airflow_db: Path, sandbox: SandboxServer, smart_client: SmartClient, tmp_path: Path
+) -> None:
+    from tests.conftest import run_airflow
+
+    out = tmp_path / "nightly"
+    conf = {"output": str(out), "attachments": True}
+    result = run_airflow("dags", "test", "fhir_bulk_export_nightly", "2026-01-01", "--conf", json.dumps(conf))
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-6000:]
+    (label,) = [p.name for p in (out / "attachments").iterdir()]
+    state = json.loads((out / "_exports" / label / "state.json").read_text())
+    assert state["phase"] == "complete"
+    counts = state["summary"]["attachments"]
+    assert counts["landed"] == len(_generated_notes(sandbox)) > 0 and counts["failed"] == 0
+    assert (out / "attachments" / label / "_SUCCESS").exists()
+    assert len(_index(out, label)) == sum(
+        len(d.get("content", [])) for d in sandbox.state.store.iter_type("DocumentReference")
+    )

@@ -129,6 +129,27 @@ def get_provider_info() -> dict[str, Any]:
                 },
             }
         ],
+        # Options of the Airflow configuration the provider reads (``airflow config list`` shows them).
+        "config": {
+            "smart_fhir": {
+                "description": "Settings of the SMART on FHIR provider.",
+                "options": {
+                    "jwks_merged": {
+                        "description": (
+                            "Whether the API server's ``/.well-known/jwks.json`` serves the public keys of all "
+                            "smart_fhir connections in one set. Off: it answers 404 naming the per-connection "
+                            "URL ``/.well-known/jwks/<conn_id>.json``, which is always served. Turn it on only "
+                            "when every person who may edit connections is trusted to sign for every client "
+                            "registered with that set.\n"
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "boolean",
+                        "example": "True",
+                        "default": "False",
+                    },
+                },
+            },
+        },
         "plugins": [
             {
                 "name": "smart_fhir_jwks",

@@ -9,10 +9,9 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,14 +19,17 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from airflow_provider_smart.operators.bulk_export import FhirBulkExportOperator
+from airflow_provider_smart.operators.bulk_export import (
+    FhirBulkDownloadOperator,
+    FhirBulkExportFinalizeOperator,
+    FhirBulkExportOperator,
+)
 from airflow_provider_smart.operators.search import FhirSearchOperator
-from airflow_provider_smart.sandbox.bulk_jobs import BulkSettings
 from airflow_provider_smart.sandbox.bulk_runtime import FHIR_FILE_PATHS
 from airflow_provider_smart.sandbox.server import SandboxServer
-from airflow_provider_smart.sandbox.state import SandboxConfig
 from airflow_provider_smart.storage.attachments import AttachmentsFailedError
-from tests.integration.bulk_helpers import context, kickoffs, run_deferred
+from tests.integration.bulk_helpers import context, export_operator, kickoffs, run_deferred
+from tests.loopback import AnswerServer, answering
 from tests.sandbox_fixtures import SmartClient
 
 pytestmark = pytest.mark.integration
@@ -40,13 +42,9 @@ PDF = b"%PDF-1.4\n" + bytes(range(256)) * 64 + b"\n%%EOF\n"
 
 
 @pytest.fixture
-def server(
-    sandbox_factory: Callable[..., SandboxServer], smart_client_factory: Callable[..., SmartClient]
-) -> SandboxServer:
+def server(bulk_server: Callable[..., tuple[SandboxServer, SmartClient]]) -> SandboxServer:
     """A small sandbox (a registered client as the default connection) whose exports complete at once."""
-    started = sandbox_factory(SandboxConfig(patients=4, seed=11, bulk=BulkSettings(retry_after=1)))
-    smart_client_factory(server=started)
-    return started
+    return bulk_server(patients=4, seed=11)[0]
 
 
 def _admin(server: SandboxServer, method: str, path: str, **kwargs: Any) -> requests.Response:
@@ -93,16 +91,7 @@ def _index(root: Path, label: str = LABEL) -> list[dict[str, Any]]:
 
 
 def _export_op(out: Path, **kwargs: Any) -> FhirBulkExportOperator:
-    defaults: dict[str, Any] = {
-        "task_id": "export",
-        "output": str(out),
-        "types": ["DocumentReference"],
-        "poll_interval": 0.2,
-        "min_poll_interval": 0.0,
-        "max_poll_interval": 2.0,
-        "max_download_attempts": 3,
-    }
-    return FhirBulkExportOperator(**dict(defaults, **kwargs))
+    return export_operator(out, **{"types": ["DocumentReference"], "max_download_attempts": 3, **kwargs})
 
 
 def _watermarks(out: Path) -> list[Path]:
@@ -223,9 +212,34 @@ def test_a_fatal_attachment_failure_keeps_the_watermark_and_the_retry_fetches_on
     assert json.loads((out / "_exports" / LABEL / "state.json").read_text())["phase"] == "complete"
 
 
+def test_fanned_out_export_fetches_the_attachments_in_its_finalize_task(server: SandboxServer, tmp_path: Path) -> None:
+    _put_binary(server, "fan-1", b"fanned note\n", "text/plain")
+    _put_document(server, "doc-fan", {"contentType": "text/plain", "url": "Binary/fan-1"})
+    out = tmp_path / "out"
+    ctx = context()
+    option = {"allowed_types": ["text/*"], "workers": 2}
+
+    batches, _ = run_deferred(_export_op(out, attachments=option, download_mode="fanout"), ctx)
+    ref = ctx["ti"].xcoms["export"]
+    assert ref["attachments"]["allowed_types"] == ["text/*"] and ref["attachments"]["workers"] == 2
+    for n, batch in enumerate(batches):
+        FhirBulkDownloadOperator(task_id=f"download_{n}", batch=batch).execute(context())
+    assert not (out / "attachments").exists()  # not before every resource landed
+    summary = FhirBulkExportFinalizeOperator(task_id="finalize", export=ref).execute(context())
+
+    assert summary["attachments"]["landed"] == len(_generated_notes(server)) + 1
+    doc = next(r for r in _index(out) if r["resource_id"] == "doc-fan")
+    assert (out / "attachments" / LABEL / "blobs" / doc["sha256"]).read_bytes() == b"fanned note\n"
+    assert len(_watermarks(out)) == 1
+
+
 _WORKER = """
 import sys
-from airflow_provider_smart.operators.bulk_export import FhirBulkExportOperator
+from airflow_provider_smart.operators.bulk_export import (
+    FhirBulkDownloadOperator,
+    FhirBulkExportFinalizeOperator,
+    FhirBulkExportOperator,
+)
 from tests.integration.bulk_helpers import context, run_deferred
 op = FhirBulkExportOperator(task_id="export", output=sys.argv[1], types=["DocumentReference"], deferrable=False,
                             poll_interval=0.2, min_poll_interval=0, max_poll_interval=1,
@@ -318,50 +332,27 @@ def test_search_lands_the_attachments_before_its_watermark(server: SandboxServer
 # -- hostile URLs ---------------------------------------------------------------------------------------------
 
 
-class _CountingServer:
-    """A stdlib HTTP server on loopback that counts every connection it accepts."""
-
-    def __init__(self) -> None:
-        self.hits = 0
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def handle(self) -> None:
-                owner.hits += 1
-                super().handle()
-
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", "6")
-                self.end_headers()
-                self.wfile.write(b"stolen")
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
-def foreign() -> Iterator[_CountingServer]:
-    started = _CountingServer()
-    yield started
-    started.close()
+def foreign() -> Iterator[tuple[AnswerServer, list[str]]]:
+    """A stdlib server on loopback, another origin than the sandbox's, and the paths it was asked for."""
+    hits: list[str] = []
+
+    def answer(request: BaseHTTPRequestHandler) -> None:
+        hits.append(request.path)
+        request.send_response(200)
+        request.send_header("Content-Length", "6")
+        request.end_headers()
+        request.wfile.write(b"stolen")
+
+    with answering(answer) as started:
+        yield started, hits
 
 
 def test_ambiguous_attachment_urls_are_refused_and_recorded(
-    server: SandboxServer, foreign: _CountingServer, tmp_path: Path
+    server: SandboxServer, foreign: tuple[AnswerServer, list[str]], tmp_path: Path
 ) -> None:
     fhir_port = urlsplit(server.fhir_base).port
-    evil = foreign.port
+    evil = urlsplit(foreign[0].url).port
     tricks = {
         # urllib.parse reads port FHIR; urllib3 and browsers connect to EVIL.
         "doc-backslash": f"http://127.0.0.1:{evil}\\@127.0.0.1:{fhir_port}/fhir/Binary/note-0-0",
@@ -373,7 +364,7 @@ def test_ambiguous_attachment_urls_are_refused_and_recorded(
 
     summary = _search_op(out, attachments=True).execute(context())
 
-    assert foreign.hits == 0
+    assert foreign[1] == []
     records = {r["resource_id"]: r for r in _index(out, summary["run"]) if r["resource_id"] in tricks}
     assert {k: (r["status"], r["reason_code"]) for k, r in records.items()} == {
         "doc-backslash": ("skipped", "unsafe_url"),

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +19,7 @@ from airflow_provider_smart.fhir.attachments import (
     type_allowed,
     unwrap_binary,
 )
-from airflow_provider_smart.storage.attachments import AttachmentSettings
+from airflow_provider_smart.storage.attachments import AttachmentSettings, land_attachments
 
 
 def test_positions_of_every_attachment() -> None:
@@ -143,3 +146,78 @@ def test_operators_check_the_option_when_the_dag_is_parsed() -> None:
     spec = FhirBulkExportOperator(task_id="e3", output="/tmp/x", attachments={"workers": 2})._attachments_spec()
     assert spec is not None and spec["workers"] == 2
     assert "attachments" in FhirSearchOperator.template_fields
+
+
+class _Answer:
+    def __init__(self, body: bytes, content_type: str = "text/plain") -> None:
+        self.status_code = 200
+        self.headers = {"Content-Type": content_type, "Content-Length": str(len(body))}
+        self.body = body
+
+    def iter_content(self, size: int) -> Iterator[bytes]:
+        yield self.body
+
+    def close(self) -> None:
+        pass
+
+
+class _Client:
+    """Answers every URL with its own path as the bytes, and remembers what was asked."""
+
+    base_url = "https://fhir.example.org/r4"
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def request(self, method: str, url: str, **_: Any) -> _Answer:
+        self.asked.append(url)
+        return _Answer(url.rsplit("/", 1)[-1].encode())
+
+
+def _landed_run(tmp_path: Path, *urls: str) -> Path:
+    run = tmp_path / "DocumentReference" / "run1"
+    run.mkdir(parents=True)
+    docs = [
+        {"resourceType": "DocumentReference", "id": f"d{i}", "content": [{"attachment": {"url": u}}]}
+        for i, u in enumerate(urls)
+    ]
+    (run / "part-00000.ndjson").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    return run / "part-00000.ndjson"
+
+
+def test_summary_counts_duplicates_and_skips_by_reason_and_never_requests_an_unsafe_url(tmp_path: Path) -> None:
+    from airflow.sdk import ObjectStoragePath
+
+    source = _landed_run(
+        tmp_path,
+        "Binary/same",
+        "https://files.example.org/x/same",  # another URL, the same bytes: stored once, counted a duplicate
+        "Binary/other",
+        "http://127.0.0.1:1\\@127.0.0.1:2/Binary/x",
+        "https://user@fhir.example.org/r4/Binary/y",
+    )
+    client = _Client()
+    destination = ObjectStoragePath(f"file://{tmp_path}/attachments/run1")
+    summary = land_attachments(client, [ObjectStoragePath(f"file://{source}")], destination, AttachmentSettings())
+    assert summary["landed"] == 3 and summary["duplicates"] == 1
+    assert summary["skipped"] == {"unsafe_url": 2} and summary["failed"] == 0
+    assert len(list((tmp_path / "attachments/run1/blobs").iterdir())) == 2
+    assert all("@" not in url and "\\" not in url for url in client.asked)
+    assert len(client.asked) == 3
+
+
+def test_a_rerun_after_rewrite_urls_does_not_fetch_the_stored_blobs(tmp_path: Path) -> None:
+    from airflow.sdk import ObjectStoragePath
+
+    source = _landed_run(tmp_path, "Binary/a", "Binary/b")
+    destination = ObjectStoragePath(f"file://{tmp_path}/attachments/run1")
+    settings = AttachmentSettings(rewrite_urls=True)
+    first = _Client()
+    land_attachments(first, [ObjectStoragePath(f"file://{source}")], destination, settings)
+    assert len(first.asked) == 2
+    rewritten = [json.loads(line)["content"][0]["attachment"]["url"] for line in source.read_text().splitlines()]
+    assert all(url.startswith(f"file://{tmp_path}/attachments/run1/blobs/") for url in rewritten)
+
+    again = _Client()
+    summary = land_attachments(again, [ObjectStoragePath(f"file://{source}")], destination, settings)
+    assert again.asked == [] and summary["landed"] == 2 and summary["failed"] == 0

@@ -43,7 +43,6 @@ from airflow_provider_smart.fhir.attachments import (
     type_allowed,
     unwrap_binary,
 )
-from airflow_provider_smart.fhir.http import RefusedRequestError
 from airflow_provider_smart.fhir.sanitize import safe_text
 from airflow_provider_smart.fhir.urls import UnsafeUrlError, check_url, redact_url, resolve, same_origin
 from airflow_provider_smart.storage.atomic import (
@@ -337,6 +336,9 @@ class AttachmentLanding:
             return _skipped(record, "type_not_allowed", f"content type {kind!r} is not in allowed_types")
         if ref.declared_size is not None and ref.declared_size > limit:
             return _skipped(record, "too_large", f"declared size {ref.declared_size} > max_bytes {limit}")
+        # Here, not at the top: the operators import this module when a DAG is parsed.
+        from airflow_provider_smart.fhir.http import RefusedRequestError
+
         url = ref.url if "://" in ref.url else resolve(self.client.base_url + "/", ref.url)
         try:
             # The one URL check every request path uses; a URL parsers could read two ways is never sent.

@@ -14,6 +14,7 @@ from typing import Any
 from airflow_provider_smart.auth.client import DEFAULT_SCOPE
 from airflow_provider_smart.auth.errors import KeyLoadError
 from airflow_provider_smart.auth.keys import KeySet, load_key_file, load_keys
+from airflow_provider_smart.fhir.retry import DEFAULT_MAX_RETRY_AFTER
 from airflow_provider_smart.fhir.urls import fhir_base
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -38,6 +39,10 @@ class SmartConnectionSettings:
     verify: bool | str = True
     timeout: float = 60.0
     headers: dict[str, str] = field(default_factory=dict)
+    #: Accept https -> http downgrades (redirects, file URLs, an http token endpoint); logged each time.
+    allow_insecure_http: bool = False
+    #: Cap in seconds of one wait a server asks for with Retry-After (throttling, 503s).
+    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER
 
     @classmethod
     def from_fields(
@@ -83,6 +88,8 @@ class SmartConnectionSettings:
             verify=_verify(conn_id, extras.get("verify", True)),
             timeout=_timeout(conn_id, extras.get("timeout", 60.0)),
             headers=_headers(conn_id, extras.get("headers")),
+            allow_insecure_http=_flag(conn_id, "allow_insecure_http", extras.get("allow_insecure_http")),
+            max_retry_after=_max_retry_after(conn_id, extras.get("max_retry_after")),
         )
 
     def load_keys(self) -> KeySet:
@@ -166,6 +173,36 @@ def _verify(conn_id: str, value: Any) -> bool | str:
             f"connection {conn_id!r}: verify {text!r} is neither true/false nor an existing CA bundle path"
         )
     return str(Path(text).expanduser())
+
+
+def _flag(conn_id: str, name: str, value: Any) -> bool:
+    """A true/false extra; unset (None or empty) means false."""
+    if isinstance(value, bool):
+        return value
+    if value is None:
+        return False
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE or not text:
+        return False
+    raise ConnectionSettingsError(f"connection {conn_id!r}: {name} must be true or false, got {value!r}")
+
+
+def _max_retry_after(conn_id: str, value: Any) -> float:
+    """Seconds, > 0 and at most a day; unset means the default (5 minutes)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return DEFAULT_MAX_RETRY_AFTER
+    try:
+        seconds = float(value) if not isinstance(value, bool) else float("nan")
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not 0 < seconds <= 86400:
+        raise ConnectionSettingsError(
+            f"connection {conn_id!r}: max_retry_after {value!r} is not a number of seconds between 0 and 86400 "
+            f"(the longest single wait a server may ask for; default {DEFAULT_MAX_RETRY_AFTER:.0f})"
+        )
+    return seconds
 
 
 def _timeout(conn_id: str, value: Any) -> float:

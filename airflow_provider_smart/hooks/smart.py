@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.bases.hook import BaseHook
 
+from airflow_provider_smart.auth.cache import shared_state
 from airflow_provider_smart.auth.client import SmartAuthClient
 from airflow_provider_smart.auth.discovery import SmartConfiguration
 from airflow_provider_smart.auth.settings import SmartConnectionSettings
@@ -40,7 +41,12 @@ class SmartFhirHook(BaseHook):
 
     The connection's host is the FHIR base URL, its login the client_id and its password the private key
     (PEM, JWK or JWKS; several keys for rotation). Extras: ``private_key_file``, ``kid``, ``algorithm``,
-    ``scope``, ``token_url``, ``verify``, ``timeout``, ``headers``.
+    ``scope``, ``token_url``, ``verify``, ``timeout``, ``headers``, ``allow_insecure_http``,
+    ``max_retry_after``; the last two reach every client the hook builds (worker and trigger).
+
+    Discovery and the access token are kept process-wide per connection and base URL
+    (:mod:`~airflow_provider_smart.auth.cache`), so a trigger and a resumed operator in one process reuse
+    a still-valid token instead of fetching a new one; it is still renewed before it expires.
 
     :param smart_fhir_conn_id: the ``smart_fhir`` connection to use.
     :param scope: overrides the connection's ``scope`` extra.
@@ -94,6 +100,14 @@ class SmartFhirHook(BaseHook):
                 extra=conn.extra,
             )
             mask(settings.read_key_file())
+            if settings.verify is False:
+                # Once per hook, in the task log: urllib3's own warning goes to Python's warnings only.
+                self.log.warning(
+                    "Connection %r has verify=false: the FHIR server's TLS certificate is NOT checked, so anyone "
+                    "on the network path can read the access token and the data. Use it only for test servers; "
+                    "point verify at a CA bundle file instead.",
+                    self.smart_fhir_conn_id,
+                )
             self._settings = settings
         return self._settings
 
@@ -106,17 +120,34 @@ class SmartFhirHook(BaseHook):
         with self._build_lock:
             if self._auth is None:
                 s = self.settings
+                keys = s.load_keys()
+                scope = self.scope_override or s.scope
                 self._auth = SmartAuthClient(
                     s.base_url,
                     s.client_id,
-                    s.load_keys(),
-                    scope=self.scope_override or s.scope,
+                    keys,
+                    scope=scope,
                     token_url=s.token_url,
                     verify=s.verify,
                     timeout=s.timeout,
                     headers=s.headers,
                     on_secret=mask,
+                    max_retry_after=s.max_retry_after,
+                    allow_insecure_http=s.allow_insecure_http,
+                    state=shared_state(
+                        self.smart_fhir_conn_id,
+                        s.base_url,
+                        client_id=s.client_id,
+                        kid=keys.signing_key.kid,
+                        scope=scope,
+                        token_url=s.token_url,
+                    ),
                 )
+                # A token already cached for this connection in this process was masked when it was
+                # fetched, but this hook's task log may be a new one: mask it again here.
+                cached = self._auth.cached_token
+                if cached is not None:
+                    mask(cached.value)
             return self._auth
 
     def get_client(self) -> FhirHttpClient:
@@ -132,6 +163,8 @@ class SmartFhirHook(BaseHook):
                     timeout=s.timeout,
                     headers=s.headers,
                     max_retries=self.max_retries,
+                    max_retry_after=s.max_retry_after,
+                    allow_insecure_http=s.allow_insecure_http,
                 )
             return self._client
 

@@ -165,3 +165,51 @@ def test_settings_parsing():
         "k1",
     )
     assert "PRIVATE-KEY-TEXT" not in repr(s) and "key_text" not in repr(s)
+
+
+def test_policy_extras_reach_every_client(monkeypatch):
+    set_conn(monkeypatch, extra={"token_url": TOKEN_URL, "allow_insecure_http": "true", "max_retry_after": "42"})
+    hook = SmartFhirHook()
+    assert hook.settings.allow_insecure_http is True and hook.settings.max_retry_after == 42.0
+    client = hook.get_client()
+    assert client.allow_insecure_http is True and client.wait_policy.max_retry_after == 42.0
+    auth = hook.get_auth_client()
+    assert auth.allow_insecure_http is True and auth.wait_policy.max_retry_after == 42.0
+
+
+def test_policy_extras_default_to_safe_values(monkeypatch):
+    set_conn(monkeypatch, extra={"token_url": TOKEN_URL, "allow_insecure_http": None})
+    client = SmartFhirHook().get_client()
+    assert client.allow_insecure_http is False and client.wait_policy.max_retry_after == 300.0
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"allow_insecure_http": "maybe"}, "allow_insecure_http must be true or false"),
+        ({"max_retry_after": "soon"}, "max_retry_after 'soon' is not a number of seconds"),
+        ({"max_retry_after": 0}, "max_retry_after 0 is not a number of seconds"),
+        ({"max_retry_after": 10**6}, "between 0 and 86400"),
+        ({"max_retry_after": "nan"}, "max_retry_after 'nan'"),
+    ],
+)
+def test_bad_policy_extras_name_the_connection(monkeypatch, extra, named):
+    set_conn(monkeypatch, conn_id="ehr_prod", extra=extra)
+    with pytest.raises(ConnectionSettingsError) as info:
+        SmartFhirHook("ehr_prod").settings  # noqa: B018
+    assert "connection 'ehr_prod'" in str(info.value) and named in str(info.value)
+
+
+def test_verify_false_warns_once_in_the_hooks_log(monkeypatch, capsys):
+    # The hook logs through Airflow's task logger (structlog, printed), the one that lands in the task log.
+    set_conn(monkeypatch, conn_id="ehr_test", extra={"token_url": TOKEN_URL, "verify": "false"})
+    hook = SmartFhirHook("ehr_test")
+    hook.get_client()
+    hook.get_auth_client()
+    hook.settings  # noqa: B018
+    out = capsys.readouterr().out
+    assert out.count("verify=false") == 1 and "Connection 'ehr_test' has verify=false" in out
+    assert "SmartFhirHook" in out  # the hook's own logger
+    set_conn(monkeypatch, conn_id="ehr_ok", extra={"token_url": TOKEN_URL})
+    SmartFhirHook("ehr_ok").get_client()
+    assert "verify=false" not in capsys.readouterr().out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -15,8 +14,9 @@ from airflow_provider_smart.auth.assertion import (
     DEFAULT_ASSERTION_LIFETIME,
     build_client_assertion,
 )
+from airflow_provider_smart.auth.cache import AuthState
 from airflow_provider_smart.auth.discovery import SmartConfiguration, discover, warn_if_algorithm_unsupported
-from airflow_provider_smart.auth.errors import TokenRequestError
+from airflow_provider_smart.auth.errors import DiscoveryError, TokenRequestError
 from airflow_provider_smart.auth.keys import KeySet, SigningKey
 from airflow_provider_smart.auth.tokens import (
     AccessToken,
@@ -25,9 +25,10 @@ from airflow_provider_smart.auth.tokens import (
     split_scopes,
     unreachable_message,
 )
-from airflow_provider_smart.fhir.http import no_netrc_auth
-from airflow_provider_smart.fhir.retry import backoff_delays, is_retryable_status, parse_retry_after
-from airflow_provider_smart.fhir.urls import fhir_base
+from airflow_provider_smart.fhir.http import no_netrc_auth, read_limited
+from airflow_provider_smart.fhir.retry import DEFAULT_MAX_RETRY_AFTER, WaitPolicy, is_retryable_status
+from airflow_provider_smart.fhir.sanitize import remember_secret, safe_text
+from airflow_provider_smart.fhir.urls import UnsafeUrlError, check_transport, check_url, fhir_base, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ MIN_REFRESH_MARGIN = 30.0
 REFRESH_FRACTION = 0.1
 #: Token requests are cheap to repeat (each has a fresh jti); retry transient failures a few times.
 TOKEN_RETRIES = 2
-MAX_TOKEN_RETRY_AFTER = 60.0
+#: Total seconds one token request may spend waiting between its tries.
+TOKEN_MAX_TOTAL_WAIT = 600.0
 
 
 def refresh_margin(lifetime: float) -> float:
@@ -55,7 +57,13 @@ class SmartAuthClient:
     :param scope: space-separated scopes to request.
     :param token_url: the token endpoint; skips discovery when given.
     :param on_secret: called with every assertion and token the moment it exists (the hook passes
-        Airflow's secret masker here).
+        Airflow's secret masker here); both are also remembered for :func:`~.sanitize.safe_text`.
+    :param token_retries: retries of one token request after 429, 502-504 or a failed connection.
+    :param max_retry_after: cap in seconds of one ``Retry-After`` wait of the token endpoint.
+    :param allow_insecure_http: accept an ``http://`` token endpoint for an https FHIR server (logged);
+        refused otherwise, since the signed assertion would travel in clear.
+    :param state: where discovery and the token are kept; pass a shared one
+        (:func:`~.cache.shared_state`) so clients of one connection in a process reuse them.
     """
 
     def __init__(
@@ -75,6 +83,9 @@ class SmartAuthClient:
         token_retries: int = TOKEN_RETRIES,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
+        allow_insecure_http: bool = False,
+        state: AuthState | None = None,
     ):
         if not client_id:
             raise ValueError("client_id is empty: set the connection's login to the registered client_id")
@@ -95,13 +106,19 @@ class SmartAuthClient:
         self.session.auth = no_netrc_auth  # ~/.netrc credentials never join the token request
         self._on_secret = on_secret
         self._assertion_lifetime = assertion_lifetime
-        self._token_retries = token_retries
+        # One request's tries and waits, under the one wait policy every FHIR request uses.
+        self.wait_policy = WaitPolicy(
+            max_retry_after=max_retry_after,
+            max_attempts=max(1, token_retries + 1),
+            max_total_wait=TOKEN_MAX_TOTAL_WAIT,
+            backoff_base=0.5,
+            backoff_max=10.0,
+        )
+        self.allow_insecure_http = allow_insecure_http
         self._clock = clock
         self._sleep = sleep
-        self._lock = threading.Lock()
-        self._discovery_lock = threading.Lock()
-        self._configuration: SmartConfiguration | None = None
-        self._token: AccessToken | None = None
+        self._state = state if state is not None else AuthState()
+        self._checked_token_url: str | None = None
         self.token_requests = 0  # how many token requests this client made (for reports and tests)
 
     def __repr__(self) -> str:
@@ -118,22 +135,47 @@ class SmartAuthClient:
 
     def discover(self, *, force: bool = False) -> SmartConfiguration:
         """The server's SMART configuration, fetched once per client and cached."""
-        with self._discovery_lock:
-            if self._configuration is None or force:
-                self._configuration = discover(
+        state = self._state
+        with state.discovery_lock:
+            if state.configuration is None or force:
+                config = discover(
                     self.session, self.fhir_base_url, verify=self.verify, timeout=self.timeout, headers=self.headers
                 )
-                warn_if_algorithm_unsupported(self._configuration, self.signing_key.algorithm)
-            return self._configuration
+                self._check_token_endpoint(config.token_endpoint, f"the SMART configuration at {config.source}")
+                warn_if_algorithm_unsupported(config, self.signing_key.algorithm)
+                state.configuration = config
+            return state.configuration
 
     @property
     def token_url(self) -> str:
         """The token endpoint: the explicit one, else the discovered one."""
         if self._token_url:
+            if self._checked_token_url != self._token_url:
+                self._check_token_endpoint(self._token_url, "the token_url extra")
+                self._checked_token_url = self._token_url
             return self._token_url
         return self.discover().token_endpoint
 
+    def _check_token_endpoint(self, url: str, source: str) -> None:
+        """The signed assertion goes only to an unambiguous URL, and never in clear for an https server."""
+        try:
+            check_url(url)
+            check_transport(url, self.fhir_base_url, allow_insecure_http=self.allow_insecure_http)
+        except UnsafeUrlError as exc:
+            raise DiscoveryError(
+                f"refusing the token endpoint {redact_url(url)} named by {source} for the FHIR server "
+                f"{redact_url(self.fhir_base_url)}: {exc}"
+            ) from None
+
     # --- tokens ----------------------------------------------------------------------------------------
+
+    @property
+    def cached_token(self) -> AccessToken | None:
+        """The cached token, fresh or not (shared with the other clients of this connection when the
+        state is shared); None when there is none."""
+        return self._state.token
+
+    _token = cached_token
 
     def _is_fresh(self, token: AccessToken | None) -> bool:
         if token is None:
@@ -141,43 +183,49 @@ class SmartAuthClient:
         return token.expires_at - self._clock() > refresh_margin(token.lifetime)
 
     def get_token(self, force_refresh: bool = False) -> AccessToken:
-        """A valid access token, from the cache or a new token request."""
-        token = self._token
+        """A valid access token, from the cache or a new token request (renewed before it expires)."""
+        state = self._state
+        token = state.token
         if not force_refresh and self._is_fresh(token):
             assert token is not None
             return token
-        with self._lock:
-            # Another thread may have refreshed while this one waited for the lock.
-            current = self._token
+        with state.token_lock:
+            # Another thread (or client of this connection) may have refreshed while this one waited.
+            current = state.token
             if self._is_fresh(current) and (not force_refresh or current is not token):
                 assert current is not None
                 return current
-            self._token = self._request_token()
-            return self._token
+            state.token = self._request_token()
+            return state.token
 
     def invalidate(self, token: AccessToken | str | None = None) -> None:
         """Forget the cached token (after a 401). With ``token``, only when it is still the cached one."""
-        with self._lock:
-            if token is None or self._token is None:
-                self._token = None
+        state = self._state
+        with state.token_lock:
+            if token is None or state.token is None:
+                state.token = None
                 return
             value = token.value if isinstance(token, AccessToken) else token
-            if self._token.value == value:
-                self._token = None
+            if state.token.value == value:
+                state.token = None
+
+    def _secret(self, value: str) -> None:
+        """A new assertion or token: redacted by safe_text from now on, and masked by the caller's hook."""
+        remember_secret(value)
+        if self._on_secret:
+            self._on_secret(value)
 
     def _request_token(self) -> AccessToken:
         token_url = self.token_url
         key = self.signing_key
         context = TokenContext(self.client_id, token_url, key.kid, key.algorithm, self.scope)
-        delays = backoff_delays(self._token_retries, base=0.5, maximum=10.0)
-        attempt = 0
+        where = f"token endpoint {redact_url(token_url)}"
+        budget = self.wait_policy.budget(where, sleep=self._sleep, clock=self._clock, logger=log)
         while True:
-            attempt += 1
             assertion = build_client_assertion(
                 self.client_id, token_url, key, lifetime=self._assertion_lifetime, now=self._clock()
             )
-            if self._on_secret:
-                self._on_secret(assertion)
+            self._secret(assertion)
             form = {
                 "grant_type": "client_credentials",
                 "scope": self.scope,
@@ -196,28 +244,20 @@ class SmartAuthClient:
                     allow_redirects=False,  # the assertion goes to the URL it names as aud, nowhere else
                 )
             except requests.RequestException as exc:
-                delay = next(delays, None)
-                if delay is None:
-                    raise TokenRequestError(unreachable_message(token_url, exc)) from None
-                log.warning(
-                    "Token endpoint %s unreachable (%s); retrying in %.1fs", token_url, type(exc).__name__, delay
-                )
-                self._sleep(delay)
-                continue
+                if budget.wait(f"cannot reach it ({type(exc).__name__})"):
+                    continue
+                raise TokenRequestError(unreachable_message(token_url, exc)) from None
             with response:
                 status = response.status_code
                 if is_retryable_status(status):
-                    waited = parse_retry_after(response.headers.get("Retry-After"), maximum=MAX_TOKEN_RETRY_AFTER)
-                    delay = next(delays, None)
-                    if delay is not None:
-                        delay = waited if waited is not None else delay
-                        log.warning("Token endpoint %s answered HTTP %d; retrying in %.1fs", token_url, status, delay)
-                        self._sleep(delay)
+                    excerpt = safe_text(read_limited(response, 2048), limit=200, secrets=(assertion,))
+                    if budget.wait(f"HTTP {status}: {excerpt}", retry_after=response.headers.get("Retry-After")):
                         continue
                 if 300 <= status < 400:
                     raise TokenRequestError(
                         f"the token endpoint {token_url} redirected (HTTP {status}) to "
-                        f"{response.headers.get('Location', 'nowhere')!r}: set the token_url extra to the final URL",
+                        f"{redact_url(response.headers.get('Location', 'nowhere'))!r}: set the token_url extra to "
+                        "the final URL",
                         status=status,
                     )
                 token = parse_token_response(
@@ -228,8 +268,7 @@ class SmartAuthClient:
                     now=self._clock(),
                     scrub=(assertion,),
                 )
-            if self._on_secret:
-                self._on_secret(token.value)
+            self._secret(token.value)
             log.info(
                 "Got an access token for client_id %s, valid %.0fs (kid=%s, alg=%s)",
                 self.client_id,

@@ -149,7 +149,7 @@ def test_retry_after_on_the_token_endpoint():
     responses.post(TOKEN_URL, json=token_body())
     client = make_client(sleep=slept.append)
     assert client.get_token().value == "tok"
-    assert slept == [7.0]
+    assert len(slept) == 1 and 7.0 <= slept[0] <= 7.0 + 0.6  # the server's wait plus a little jitter
     jtis = {
         jwt.decode(parse_qs(c.request.body)["client_assertion"][0], options={"verify_signature": False})["jti"]
         for c in responses.calls
@@ -159,7 +159,13 @@ def test_retry_after_on_the_token_endpoint():
 
 def test_unreachable_token_endpoint():
     client = SmartAuthClient(
-        BASE, "c", load_keys(pem(ec_key())), token_url="http://127.0.0.1:9/auth/token", timeout=2, sleep=lambda _s: None
+        BASE,
+        "c",
+        load_keys(pem(ec_key())),
+        token_url="http://127.0.0.1:9/auth/token",
+        timeout=2,
+        sleep=lambda _s: None,
+        allow_insecure_http=True,  # an https FHIR server with an http token endpoint needs the opt-in
     )
     with pytest.raises(TokenRequestError) as info:
         client.get_token()
@@ -201,3 +207,78 @@ def test_secrets_reported_as_soon_as_they_exist_and_never_logged(caplog):
     assert seen == [assertion, "the-access-token-value"]
     assert assertion not in caplog.text and "the-access-token-value" not in caplog.text
     assert "the-access-token-value" not in repr(client)
+
+
+@responses.activate
+def test_token_endpoint_retry_after_is_capped_by_max_retry_after_and_budgeted(caplog):
+    slept: list[float] = []
+    for _ in range(5):
+        responses.post(TOKEN_URL, status=429, headers={"Retry-After": "3600"}, json={"error": "slow_down"})
+    client = make_client(sleep=slept.append, max_retry_after=20, token_retries=2)
+    with caplog.at_level("WARNING"), pytest.raises(TokenRequestError):
+        client.get_token()
+    assert client.token_requests == 3  # the first try plus token_retries, never more
+    assert len(slept) == 2 and all(20 <= s <= 21.5 for s in slept)  # capped, not an hour
+    waits = [r for r in caplog.records if "waiting" in r.getMessage()]
+    assert len(waits) == 2 and "capped at max_retry_after=20s" in waits[0].getMessage()
+
+
+@responses.activate
+def test_token_endpoint_non_retryable_500_fails_at_once():
+    responses.post(TOKEN_URL, status=500, json={"error": "server_error"})
+    client = make_client()
+    with pytest.raises(TokenRequestError):
+        client.get_token()
+    assert client.token_requests == 1
+
+
+@responses.activate
+def test_token_and_assertion_are_remembered_for_safe_text():
+    from airflow_provider_smart.fhir.sanitize import forget_secrets, safe_text
+
+    forget_secrets()
+    responses.post(TOKEN_URL, json=token_body("opaque-token-value-0123456789"))
+    client = make_client()
+    token = client.get_token()
+    assertion = parse_qs(responses.calls[0].request.body)["client_assertion"][0]
+    echoed = f"server says: you sent {token.value} after {assertion[:40]}"
+    assert token.value not in safe_text(echoed)
+    # An opaque token (no JWT shape, no Bearer prefix) is redacted only because it was remembered.
+    forget_secrets()
+    assert token.value in safe_text(echoed)
+
+
+@responses.activate
+def test_http_token_endpoint_of_an_https_server_is_refused():
+    responses.get(BASE + "/.well-known/smart-configuration", json={"token_endpoint": "http://ehr.example.org/token"})
+    responses.post("http://ehr.example.org/token", json=token_body())
+    client = make_client(token_url=None)
+    with pytest.raises(DiscoveryError) as info:
+        client.get_token()
+    text = str(info.value)
+    assert "http://ehr.example.org/token" in text and "allow_insecure_http" in text
+    assert all(c.request.method == "GET" for c in responses.calls)  # no assertion was posted
+    # The explicit token_url extra is held to the same rule.
+    with pytest.raises(DiscoveryError, match="token_url extra"):
+        make_client(token_url="http://ehr.example.org/token").get_token()
+    # Allowed explicitly: the token is fetched (and the downgrade logged by check_transport).
+    allowed = make_client(token_url=None, allow_insecure_http=True)
+    assert allowed.get_token().value == "tok"
+
+
+@responses.activate
+def test_shared_state_reuses_discovery_and_token_across_clients():
+    from airflow_provider_smart.auth.cache import AuthState
+
+    responses.get(BASE + "/.well-known/smart-configuration", json={"token_endpoint": TOKEN_URL})
+    responses.post(TOKEN_URL, json=token_body("shared"))
+    state = AuthState()
+    keys = load_keys(pem(rsa_key()))
+    first = make_client(keys, token_url=None, state=state)
+    assert first.get_token().value == "shared"
+    second = make_client(keys, token_url=None, state=state)
+    assert second.get_token().value == "shared"
+    assert second.token_requests == 0
+    assert [c.request.method for c in responses.calls] == ["GET", "POST"]
+    second.invalidate("shared")
+    assert first._token is None  # a 401 seen by one client renews for all

@@ -2,7 +2,9 @@
 
 Each file streams through the line checks into a sink the caller opens (an atomic writer), so memory
 stays flat however big the file is, and a file that fails midway never becomes visible. Each file is
-retried on its own; a 410 Gone makes the downloader ask once for a fresh manifest.
+retried on its own, within ONE :class:`~.retry.RetryBudget` per file that the HTTP client's own retries
+draw from too (so a 503 storm costs at most ``max_attempts`` requests per file, not the client's
+retries times the downloader's); a 410 Gone makes the downloader ask once for a fresh manifest.
 """
 
 from __future__ import annotations
@@ -31,7 +33,13 @@ from airflow_provider_smart.fhir.bulk.manifest import PlannedFile
 from airflow_provider_smart.fhir.bulk.outcomes import OutcomeSummary
 from airflow_provider_smart.fhir.errors import FhirError, describe_error_body
 from airflow_provider_smart.fhir.http import read_limited
-from airflow_provider_smart.fhir.retry import backoff_delays, is_retryable_status, parse_retry_after
+from airflow_provider_smart.fhir.retry import (
+    DEFAULT_MAX_RETRY_AFTER,
+    DEFAULT_MAX_TOTAL_WAIT,
+    RetryBudget,
+    WaitPolicy,
+    is_retryable_status,
+)
 from airflow_provider_smart.fhir.urls import redact_url, same_origin
 
 log = logging.getLogger(__name__)
@@ -53,6 +61,7 @@ class HttpClient(Protocol):
         authorize: bool | None = ...,
         raise_for_status: bool = ...,
         timeout: float | None = ...,
+        budget: RetryBudget | None = ...,
     ) -> requests.Response: ...
 
 
@@ -65,7 +74,8 @@ class FileExpiredError(DownloadError):
 
 
 class _RetryableError(Exception):
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    # retry_after: seconds, or the raw Retry-After header (the wait policy reads every form).
+    def __init__(self, message: str, retry_after: float | str | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
@@ -190,19 +200,34 @@ class BulkDownloader:
         self._cancel.set()
 
     # -- one file -------------------------------------------------------------------------------
+    def budget(self, planned: PlannedFile) -> RetryBudget:
+        """The one retry budget of a file: the downloader's attempts and the HTTP client's retries of
+        each request draw from it, under the client's wait policy (``max_retry_after``, total wait)."""
+        policy = getattr(self.client, "wait_policy", None)
+        budget_policy = WaitPolicy(
+            max_retry_after=getattr(policy, "max_retry_after", DEFAULT_MAX_RETRY_AFTER),
+            max_attempts=self.max_attempts,
+            max_total_wait=getattr(policy, "max_total_wait", DEFAULT_MAX_TOTAL_WAIT),
+            backoff_base=self.backoff_base,
+            backoff_max=self.backoff_max,
+        )
+
+        def sleep(seconds: float) -> None:
+            self._cancel.wait(seconds)  # a cancelled download stops waiting at once
+
+        return budget_policy.budget(f"file {planned.key}", sleep=sleep, logger=log)
+
     def download(self, planned: PlannedFile, sink: Sink) -> FileResult:
-        """Download one file into ``sink(planned)``, retrying transport failures with backoff."""
+        """Download one file into ``sink(planned)``, retrying transport failures within its budget."""
         url = planned.url
-        delays = backoff_delays(self.max_attempts, base=self.backoff_base, maximum=self.backoff_max)
-        attempt = 0
+        budget = self.budget(planned)
         refreshed = False
         while True:
-            attempt += 1
             if self._cancel.is_set():
                 raise DownloadError(f"download of {planned.key} cancelled")
             try:
-                result = self._attempt(planned, url, sink)
-                result.attempts = attempt
+                result = self._attempt(planned, url, sink, budget)
+                result.attempts = budget.attempts
                 return result
             except FileExpiredError:
                 if refreshed:
@@ -211,19 +236,14 @@ class BulkDownloader:
                 if fresh is None:
                     raise
                 refreshed = True
-                url = fresh
-                attempt -= 1  # a fresh URL is a fresh start, not a failed attempt
+                url = fresh  # a fresh URL is a fresh start, but it draws from the same budget
                 log.info("file %s expired (410); retrying with the URL from a re-fetched manifest", planned.key)
             except _RetryableError as exc:
-                if attempt >= self.max_attempts:
+                if not budget.wait(f"attempt failed ({exc})", retry_after=exc.retry_after):
                     raise DownloadError(
-                        f"{planned.key} from {redact_url(url)} failed after {attempt} attempts: {exc}"
+                        f"{planned.key} from {redact_url(url)} failed after {budget.attempts} attempts "
+                        f"({budget.give_up_text()}): {exc}"
                     ) from None
-                wait_for = exc.retry_after if exc.retry_after is not None else next(delays, self.backoff_max)
-                log.warning(
-                    "file %s attempt %d failed (%s); restarting it in %.1fs", planned.key, attempt, exc, wait_for
-                )
-                self._cancel.wait(wait_for)
 
     def _fresh_url(self, planned: PlannedFile) -> str | None:
         if self.refresh_urls is None:
@@ -234,7 +254,7 @@ class BulkDownloader:
         fresh = self._fresh.get(planned.key)
         return fresh
 
-    def _attempt(self, planned: PlannedFile, url: str, sink: Sink) -> FileResult:
+    def _attempt(self, planned: PlannedFile, url: str, sink: Sink, budget: RetryBudget) -> FileResult:
         source = f"{planned.key} ({redact_url(url)})"
         try:
             response = self.client.request(
@@ -246,6 +266,7 @@ class BulkDownloader:
                 authorize=self.should_authorize(url),
                 raise_for_status=False,
                 timeout=self.limits.stall_timeout,
+                budget=budget,
             )
         except FhirError as exc:
             if getattr(exc, "status", None) == 410:
@@ -265,8 +286,7 @@ class BulkDownloader:
             if status != 200:
                 text = describe_error_body(read_limited(response, 4096), response.headers.get("Content-Type"))
                 if is_retryable_status(status):
-                    retry_after = parse_retry_after(response.headers.get("Retry-After"), maximum=self.backoff_max)
-                    raise _RetryableError(f"HTTP {status}: {text}", retry_after)
+                    raise _RetryableError(f"HTTP {status}: {text}", response.headers.get("Retry-After"))
                 raise DownloadError(f"{source} answered HTTP {status}: {text}", status=status)
             return self._receive(planned, source, response, sink)
 

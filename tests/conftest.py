@@ -70,6 +70,10 @@ def _restore_secret_masker() -> Iterator[None]:
     yield
     for masker, (patterns, replacer) in zip(maskers, saved, strict=True):
         masker.patterns, masker.replacer = patterns, replacer
+    # Tokens and discovery cached process-wide must not leak from one test into the next.
+    from airflow_provider_smart.auth import cache
+
+    cache.clear()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

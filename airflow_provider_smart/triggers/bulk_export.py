@@ -51,12 +51,16 @@ class BulkExportStatusTrigger(BaseTrigger):
     """Poll an export's status URL without blocking the triggerer, until it completes, fails or times out.
 
     The token comes from :class:`~airflow_provider_smart.hooks.smart.SmartFhirHook` in a worker thread
-    (the signing and token request are blocking); the trigger's hook keeps discovery and the token for
-    the trigger's life, so a still-valid token is reused and renewed before it expires, not after a 401. The token goes
-    only where :func:`~airflow_provider_smart.fhir.urls.may_carry_token` allows; redirects are followed
-    by hand and re-decided at every hop, as the worker does. A 401 fetches a fresh token once.
+    (the signing and token request are blocking). Discovery and the token live in a process-wide cache
+    per connection and base URL (:mod:`~airflow_provider_smart.auth.cache`): the triggers of one
+    connection share one token, and a task that defers and resumes in the same process reuses it instead
+    of fetching discovery and a token again. A token is renewed before it expires, not after a 401. The
+    token goes only where :func:`~airflow_provider_smart.fhir.urls.may_carry_token` allows; redirects are
+    followed by hand and re-decided at every hop, as the worker does. A 401 fetches a fresh token once.
     ``Retry-After`` (any form the wait policy reads) is honoured, clamped to ``[min_poll_interval,
-    max_poll_interval]``; each wait and each new ``X-Progress`` is logged once, made safe.
+    max_poll_interval]``; a throttled or failed poll waits at most the connection's ``max_retry_after``.
+    The connection's ``allow_insecure_http`` extra applies here as in the worker. Each wait and each new
+    ``X-Progress`` is logged once, made safe.
 
     Yields one event: ``{"status": "complete", "expires": ...}`` (a reference: the worker reads the
     manifest from the status URL), ``{"status": "error", "message": ..., "http_status": ...}`` or
@@ -71,7 +75,8 @@ class BulkExportStatusTrigger(BaseTrigger):
     :param deadline: epoch seconds after which the trigger yields ``timeout``; None for no deadline.
     :param request_timeout: HTTP timeout of one poll, in seconds.
     :param verify: TLS verification (bool or CA bundle path).
-    :param allow_insecure_http: accept an https -> http redirect of the status URL (logged).
+    :param allow_insecure_http: accept an https -> http redirect of the status URL (logged); the
+        connection's ``allow_insecure_http`` extra also allows it.
     """
 
     def __init__(
@@ -100,6 +105,7 @@ class BulkExportStatusTrigger(BaseTrigger):
         self.verify = verify
         self.allow_insecure_http = bool(allow_insecure_http)
         self._hook: Any = None
+        self._allow_insecure = self.allow_insecure_http
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -138,6 +144,11 @@ class BulkExportStatusTrigger(BaseTrigger):
     def _base_url(self) -> str:
         return str(self._get_hook().base_url)
 
+    def _connection_policy(self) -> tuple[bool, float]:
+        """The connection's ``allow_insecure_http`` and ``max_retry_after`` extras."""
+        settings = self._get_hook().settings
+        return bool(settings.allow_insecure_http), float(settings.max_retry_after)
+
     def _token(self, force_refresh: bool) -> str:
         return str(self._get_hook().get_token(force_refresh=force_refresh).value)
 
@@ -146,6 +157,8 @@ class BulkExportStatusTrigger(BaseTrigger):
         where = redact_url(self.status_url)
         policy = self.policy
         base_url = await asyncio.to_thread(self._base_url)
+        allow_insecure, max_retry_after = await asyncio.to_thread(self._connection_policy)
+        self._allow_insecure = self.allow_insecure_http or allow_insecure
         errors = 0
         last_progress: str | None = None
         self.log.info("polling Bulk Data export status at %s", where)
@@ -181,6 +194,10 @@ class BulkExportStatusTrigger(BaseTrigger):
                         )
                         return
                 delay = policy.delay(result, errors)
+                if not isinstance(result, ExportPending):
+                    # Throttling and failures wait at most max_retry_after (a 202's Retry-After is the
+                    # server's polling pace and keeps max_poll_interval as its cap).
+                    delay = min(delay, max(max_retry_after, policy.min_interval))
                 if self.deadline is not None:
                     delay = max(0.0, min(delay, self.deadline - time.time()))
                 if not isinstance(result, ExportPending) or result.retry_after is not None:
@@ -205,7 +222,7 @@ class BulkExportStatusTrigger(BaseTrigger):
         while True:
             try:
                 check_url(url)
-                check_transport(url, base_url, previous=previous, allow_insecure_http=self.allow_insecure_http)
+                check_transport(url, base_url, previous=previous, allow_insecure_http=self._allow_insecure)
             except UnsafeUrlError as exc:
                 return ExportFailed(str(exc), 0)
             headers = {"Accept": "application/json"}

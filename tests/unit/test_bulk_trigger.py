@@ -48,6 +48,9 @@ def make_trigger(script: Script, monkeypatch: pytest.MonkeyPatch, **kwargs: Any)
         return current[0]
 
     monkeypatch.setattr(trigger, "_base_url", lambda: BASE)
+    # The connection's (allow_insecure_http, max_retry_after) extras; tests set trigger.extras.
+    trigger.extras = (False, 300.0)  # type: ignore[attr-defined]
+    monkeypatch.setattr(trigger, "_connection_policy", lambda: trigger.extras)  # type: ignore[attr-defined]
     monkeypatch.setattr(trigger, "_token", token)
     monkeypatch.setattr(
         trigger,
@@ -125,3 +128,43 @@ def test_no_token_to_a_status_url_on_another_origin(monkeypatch: pytest.MonkeyPa
     assert event["status"] == "complete"
     assert "Authorization" not in script.requests[0].headers
     assert trigger.forced == []  # type: ignore[attr-defined]
+
+
+def recorded_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    slept: list[float] = []
+
+    async def fake_sleep(delay: float) -> None:
+        slept.append(delay)
+
+    monkeypatch.setattr("airflow_provider_smart.triggers.bulk_export.asyncio.sleep", fake_sleep)
+    return slept
+
+
+def test_throttle_waits_at_most_the_connections_max_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept = recorded_sleeps(monkeypatch)
+    script = Script(
+        [
+            (429, {"Retry-After": "3600"}, b""),
+            (503, {"Retry-After": "3600"}, b""),
+            (202, {"Retry-After": "900"}, b""),  # the server's polling pace: max_poll_interval caps it
+            (200, {}, MANIFEST),
+        ]
+    )
+    trigger = make_trigger(script, monkeypatch, max_poll_interval=1200)
+    trigger.extras = (False, 45.0)  # type: ignore[attr-defined]
+    assert asyncio.run(first_event(trigger))["status"] == "complete"
+    assert slept == [45.0, 45.0, 900.0]
+
+
+def test_connection_extra_allow_insecure_http_reaches_the_trigger(monkeypatch: pytest.MonkeyPatch) -> None:
+    secure_status = "https://fhir.test/fhir/status/9"
+    answers = [(302, {"Location": "http://fhir.test/fhir/status/9b"}, b""), (200, {}, MANIFEST)]
+    refused = make_trigger(Script(list(answers)), monkeypatch, status_url=secure_status)
+    monkeypatch.setattr(refused, "_base_url", lambda: "https://fhir.test/fhir")
+    event = asyncio.run(first_event(refused))
+    assert event["status"] == "error" and "allow_insecure_http" in event["message"]
+
+    allowed = make_trigger(Script(list(answers)), monkeypatch, status_url=secure_status)
+    monkeypatch.setattr(allowed, "_base_url", lambda: "https://fhir.test/fhir")
+    allowed.extras = (True, 300.0)  # type: ignore[attr-defined]
+    assert asyncio.run(first_event(allowed))["status"] == "complete"

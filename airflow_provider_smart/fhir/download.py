@@ -241,8 +241,8 @@ class BulkDownloader:
             except _RetryableError as exc:
                 if not budget.wait(f"attempt failed ({exc})", retry_after=exc.retry_after):
                     raise DownloadError(
-                        f"{planned.key} from {redact_url(url)} failed after {budget.attempts} attempts "
-                        f"({budget.give_up_text()}): {exc}"
+                        f"{planned.key} from {redact_url(url)} failed after {budget.attempts} attempts: {exc} "
+                        f"(gave up: {budget.give_up_text()})"
                     ) from None
 
     def _fresh_url(self, planned: PlannedFile) -> str | None:

@@ -54,6 +54,7 @@ from airflow_provider_smart.storage.atomic import (
     read_json,
     replace,
 )
+from airflow_provider_smart.storage.preflight import storage_uri
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -239,8 +240,8 @@ class AttachmentLanding:
                 if records and (self.settings.inline_max_bytes or self.settings.rewrite_urls):
                     self._rewrite(source, records)
         summary = {
-            "output": str(self.destination),
-            "index": str(self.destination / INDEX_NAME),
+            "output": storage_uri(self.destination),
+            "index": storage_uri(self.destination / INDEX_NAME),
             "counts": dict(sorted(self.totals.by_status.items())),
             "landed": self.totals.by_status.get("landed", 0),
             "duplicates": self.totals.duplicates,
@@ -306,7 +307,7 @@ class AttachmentLanding:
 
     def _stored_here(self, ref: AttachmentRef) -> dict[str, Any] | None:
         """An attachment whose URL an earlier attempt rewrote to its blob here (``rewrite_urls``): landed."""
-        prefix = f"{self.blobs}/"
+        prefix = f"{storage_uri(self.blobs)}/"
         if not ref.url or not ref.url.startswith(prefix):
             return None
         name = ref.url[len(prefix) :]
@@ -410,7 +411,7 @@ class AttachmentLanding:
                 if tmp.exists():
                     tmp.unlink()
             raise
-        return {"sha256": name, "sha1": sha1_base64(sha1.digest()), "size": size, "stored": str(final)}
+        return {"sha256": name, "sha1": sha1_base64(sha1.digest()), "size": size, "stored": storage_uri(final)}
 
     # --- optional rewrite of the landed resources -------------------------------------------------
 

@@ -30,6 +30,7 @@ from airflow_provider_smart.sandbox.server import SandboxServer
 from airflow_provider_smart.storage.attachments import AttachmentsFailedError
 from tests.integration.bulk_helpers import context, export_operator, kickoffs, run_deferred
 from tests.loopback import AnswerServer, answering
+from tests.s3_fixtures import MotoS3
 from tests.sandbox_fixtures import SmartClient
 
 pytestmark = pytest.mark.integration
@@ -332,6 +333,49 @@ def test_search_lands_the_attachments_before_its_watermark(server: SandboxServer
     scan = next(r for r in index if r["resource_id"] == "doc-scan")
     assert (blobs / scan["sha256"]).read_bytes() == PDF
     assert not server.state.bulk.origins.authorization_seen("files")
+
+
+def test_search_attachments_on_s3_with_rewritten_urls_and_a_rerun_that_fetches_nothing(
+    server: SandboxServer, moto_s3: MotoS3
+) -> None:
+    _put_binary(server, "s3-note", b"note kept on S3\n", "text/plain")
+    _put_document(server, "doc-s3", {"contentType": "text/plain", "url": "Binary/s3-note"})
+    output = f"s3://{moto_s3.bucket}/fhir"
+    option = {"rewrite_urls": True}
+
+    def search() -> dict[str, Any]:
+        return FhirSearchOperator(
+            task_id="docs",
+            resource_type="DocumentReference",
+            output=output,
+            output_conn_id=moto_s3.conn_id,
+            incremental=None,
+            attachments=option,
+        ).execute(context())
+
+    summary = search()
+
+    run = summary["run"]
+    counts = summary["attachments"]
+    assert counts["landed"] == len(_generated_notes(server)) + 1 and counts["failed"] == 0
+    assert counts["output"] == f"{output}/attachments/{run}"  # the location, without the connection id
+    keys = moto_s3.keys(f"fhir/attachments/{run}/")
+    assert f"fhir/attachments/{run}/index.ndjson" in keys and f"fhir/attachments/{run}/_SUCCESS" in keys
+    assert not [k for k in keys if "/_tmp." in k]
+    index = [json.loads(line) for line in moto_s3.read(f"fhir/attachments/{run}/index.ndjson").splitlines()]
+    record = next(r for r in index if r["resource_id"] == "doc-s3")
+    blob_key = f"fhir/attachments/{run}/blobs/{record['sha256']}"
+    assert moto_s3.read(blob_key) == b"note kept on S3\n"
+    assert record["stored"] == f"s3://{moto_s3.bucket}/{blob_key}"
+    (part,) = [k for k in moto_s3.keys(f"fhir/DocumentReference/{run}/") if k.endswith(".ndjson")]
+    landed = {d["id"]: d for d in map(json.loads, moto_s3.read(part).splitlines())}
+    assert landed["doc-s3"]["content"][0]["attachment"]["url"] == record["stored"]
+
+    # The same run again: the search lands the resources anew, the attachments are all reused.
+    before = _binary_fetches(server)
+    again = search()
+    assert _binary_fetches(server) == before
+    assert again["attachments"]["landed"] == counts["landed"] and again["attachments"]["bytes_landed"] == 0
 
 
 # -- hostile URLs ---------------------------------------------------------------------------------------------

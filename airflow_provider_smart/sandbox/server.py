@@ -74,6 +74,9 @@ class SandboxServer:
         try:
             fhir_app = OriginLogMiddleware(create_app(self.state), self.state, "fhir")
             self.port = self._serve(fhir_app, self._requested_port, "smart-sandbox", timeout)
+            if self.config.base_url is None:
+                # The audience and links come from here, never from a request's Host header.
+                self.state.base_url = self.base_url
             # A second origin (another port) for presigned export files, as an object store would be.
             self.files_port = self._serve(create_file_origin_app(self.state), 0, "smart-sandbox-files", timeout)
         except BaseException:

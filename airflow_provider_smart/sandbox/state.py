@@ -64,6 +64,9 @@ class SandboxConfig:
     :param clock_skew: seconds of clock difference tolerated on ``exp``.
     :param jwks_cache_seconds: how long a fetched ``jwks_uri`` document is reused.
     :param resource_types: types a wildcard scope expands to (the store's own types are added).
+    :param base_url: the server's public root URL (``http://host:port``, no trailing slash) when clients
+        reach it through another address (a proxy, a port forward); by default the address it listens
+        on. Issuer, token URL, FHIR base and the expected audiences come from it, never from ``Host``.
     :param bulk: how Bulk Data exports behave (:class:`~airflow_provider_smart.sandbox.bulk_jobs.BulkSettings`:
         polls before completion, file sizes, presigned files, ...).
     """
@@ -81,6 +84,7 @@ class SandboxConfig:
     clock_skew: int = 60
     jwks_cache_seconds: float = 300.0
     resource_types: tuple[str, ...] = DEFAULT_RESOURCE_TYPES
+    base_url: str | None = None
     bulk: BulkSettings = field(default_factory=BulkSettings)
 
 
@@ -96,6 +100,8 @@ class SandboxState:
         from cryptography.hazmat.primitives.asymmetric import rsa
 
         self.config = config or SandboxConfig()
+        #: The server's public root URL; set from the config, or by the server once it listens.
+        self.base_url: str | None = self.config.base_url.rstrip("/") if self.config.base_url else None
         self.store = store or ResourceStore()
         #: "Now" for tokens, revocation and exports: tests freeze or advance it instead of sleeping.
         self.clock = SandboxClock()

@@ -335,6 +335,28 @@ def test_search_lands_the_attachments_before_its_watermark(server: SandboxServer
     assert not server.state.bulk.origins.authorization_seen("files")
 
 
+def test_throttled_and_dropped_attachments_are_retried_under_the_wait_policy(
+    server: SandboxServer, tmp_path: Path
+) -> None:
+    _put_binary(server, "busy-1", b"busy note\n", "text/plain")
+    _put_document(server, "doc-busy", {"contentType": "text/plain", "url": "Binary/busy-1"})
+    _put_binary(server, "flaky-1", PDF, "application/pdf")
+    _put_document(server, "doc-flaky", {"contentType": "application/pdf", "url": "Binary/flaky-1"})
+    server.state.faults.throttle("/fhir/Binary/busy-1", times=1, retry_after=1)
+    server.state.faults.fail("/fhir/Binary/flaky-1", status=503, times=1)
+    out = tmp_path / "out"
+
+    summary = _search_op(out, attachments=True).execute(context())
+
+    fetches = _binary_fetches(server)
+    assert fetches["/fhir/Binary/busy-1"] == 2 and fetches["/fhir/Binary/flaky-1"] == 2
+    assert summary["attachments"]["failed"] == 0
+    by_id = {r["resource_id"]: r for r in _index(out, summary["run"])}
+    blobs = out / "attachments" / summary["run"] / "blobs"
+    assert (blobs / by_id["doc-busy"]["sha256"]).read_bytes() == b"busy note\n"
+    assert (blobs / by_id["doc-flaky"]["sha256"]).read_bytes() == PDF
+
+
 def test_search_attachments_on_s3_with_rewritten_urls_and_a_rerun_that_fetches_nothing(
     server: SandboxServer, moto_s3: MotoS3
 ) -> None:

@@ -141,7 +141,12 @@ def wait_for_export(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.time,
 ) -> ExportComplete:
-    """Poll in-process until the export completes, fails, or ``deadline`` (epoch seconds) passes."""
+    """Poll in-process until the export completes, fails, or ``deadline`` (epoch seconds) passes.
+
+    A 202's ``Retry-After`` is the server's polling pace (capped by ``policy.max_interval``); a throttled
+    or failed poll waits at most the client's ``max_retry_after`` (the connection extra), like the trigger.
+    """
+    cap = float(getattr(client, "max_retry_after", DEFAULT_MAX_RETRY_AFTER))
     errors = 0
     last_progress: str | None = None
     while True:
@@ -160,6 +165,8 @@ def wait_for_export(
             if errors > policy.max_transient_errors:
                 raise ExportFailedError(f"giving up after {errors} failed status polls in a row: {result.message}")
         delay = policy.delay(result, errors)
+        if not isinstance(result, ExportPending):
+            delay = min(delay, max(cap, policy.min_interval))
         if deadline is not None and clock() + delay > deadline:
             raise ExportTimeoutError(f"export at {redact_url(status_url)} did not complete before its deadline")
         if not isinstance(result, ExportPending) or result.retry_after is not None:

@@ -168,3 +168,30 @@ def test_connection_extra_allow_insecure_http_reaches_the_trigger(monkeypatch: p
     monkeypatch.setattr(allowed, "_base_url", lambda: "https://fhir.test/fhir")
     allowed.extras = (True, 300.0)  # type: ignore[attr-defined]
     assert asyncio.run(first_event(allowed))["status"] == "complete"
+
+
+def test_a_server_echoing_the_token_never_gets_it_into_the_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    import responses
+
+    from airflow_provider_smart.auth.client import SmartAuthClient
+    from airflow_provider_smart.auth.keys import load_keys
+    from airflow_provider_smart.fhir.sanitize import forget_secrets
+    from tests.smart_keys import ec_key, pem
+
+    forget_secrets()
+    opaque = "opaque0token0without0any0shape0123"  # no JWT shape, no Bearer prefix in the echo
+    with responses.RequestsMock() as mocked:
+        mocked.post(
+            "http://fhir.test/token", json={"access_token": opaque, "token_type": "bearer", "expires_in": 300}
+        )
+        auth = SmartAuthClient(BASE, "c", load_keys(pem(ec_key())), token_url="http://fhir.test/token")
+        auth.get_token()
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "exception", "diagnostics": f"bad credentials: {opaque}"}],
+    }
+    trigger = make_trigger(Script([(500, {}, outcome)]), monkeypatch)
+    monkeypatch.setattr(trigger, "_token", lambda force: auth.get_token(force_refresh=force).value)
+    event = asyncio.run(first_event(trigger))
+    assert event["status"] == "error" and "bad credentials" in event["message"]
+    assert opaque not in json.dumps(event)

@@ -126,6 +126,22 @@ def get_provider_info() -> dict[str, Any]:
                         ),
                         "schema": {"type": ["object", "null"], "default": {}},
                     },
+                    "allow_insecure_http": {
+                        "label": "Allow insecure HTTP",
+                        "description": (
+                            "Accept plain http:// where the FHIR server uses https (a redirect, a file URL, an "
+                            "http token endpoint), logged each time. Off: such requests are refused."
+                        ),
+                        "schema": {"type": ["boolean", "null"], "default": False},
+                    },
+                    "max_retry_after": {
+                        "label": "Longest Retry-After wait (seconds)",
+                        "description": (
+                            "Cap of one wait a throttling server asks for with Retry-After (429/503), on every "
+                            "request and in the trigger. Default 300."
+                        ),
+                        "schema": {"type": ["number", "null"], "default": 300, "exclusiveMinimum": 0, "maximum": 86400},
+                    },
                 },
             }
         ],

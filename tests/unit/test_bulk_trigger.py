@@ -181,9 +181,7 @@ def test_a_server_echoing_the_token_never_gets_it_into_the_event(monkeypatch: py
     forget_secrets()
     opaque = "opaque0token0without0any0shape0123"  # no JWT shape, no Bearer prefix in the echo
     with responses.RequestsMock() as mocked:
-        mocked.post(
-            "http://fhir.test/token", json={"access_token": opaque, "token_type": "bearer", "expires_in": 300}
-        )
+        mocked.post("http://fhir.test/token", json={"access_token": opaque, "token_type": "bearer", "expires_in": 300})
         auth = SmartAuthClient(BASE, "c", load_keys(pem(ec_key())), token_url="http://fhir.test/token")
         auth.get_token()
     outcome = {

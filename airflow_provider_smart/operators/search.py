@@ -24,7 +24,7 @@ from airflow_provider_smart.fhir.search import (
 )
 from airflow_provider_smart.parquet.sink import ParquetOnlyRunWriter, ParquetRunSink, check_formats, parquet_root
 from airflow_provider_smart.storage.atomic import SUCCESS_MARKER, read_json
-from airflow_provider_smart.storage.attachments import check_attachments_option
+from airflow_provider_smart.storage.attachments import AttachmentSettings, check_attachments_option
 from airflow_provider_smart.storage.ndjson import (
     DEFAULT_MAX_PART_BYTES,
     DEFAULT_MAX_PART_LINES,
@@ -183,7 +183,8 @@ class FhirSearchOperator(BaseOperator):
         self.output_location = output
         self.output_conn_id = output_conn_id
         self.formats = self._check_formats(formats)
-        if "ndjson" not in self.formats and attachments not in (None, False):
+        templated = isinstance(attachments, str) and ("{{" in attachments or "{%" in attachments)
+        if "ndjson" not in self.formats and not templated and AttachmentSettings.from_option(attachments):
             raise ValueError("attachments need 'ndjson' in formats: they are read from the landed NDJSON run")
         self.compression = check_compression(compression)
         self.smart_fhir_conn_id = smart_fhir_conn_id
@@ -266,21 +267,26 @@ class FhirSearchOperator(BaseOperator):
 
     # -- run --------------------------------------------------------------------------------------------------
 
+    def _attachment_settings(self) -> AttachmentSettings | None:
+        """The rendered ``attachments`` option, checked before anything is searched."""
+        settings = AttachmentSettings.from_option(self.attachments)
+        if settings is not None and "ndjson" not in self.formats:
+            raise ValueError("attachments need 'ndjson' in formats: they are read from the landed NDJSON run")
+        return settings
+
     def _land_attachments(
-        self, client: SupportsFhirRequest, output: ObjectStoragePath, run: str, results: Mapping[str, Any]
+        self,
+        client: SupportsFhirRequest,
+        output: ObjectStoragePath,
+        run: str,
+        results: Mapping[str, Any],
+        settings: AttachmentSettings | None,
     ) -> dict[str, Any] | None:
         """Fetch the attachments of the committed run with the search's own client, when asked to."""
-        from airflow_provider_smart.storage.attachments import (
-            AttachmentSettings,
-            attachments_destination,
-            land_attachments,
-        )
+        from airflow_provider_smart.storage.attachments import attachments_destination, land_attachments
 
-        settings = AttachmentSettings.from_option(self.attachments)
         if settings is None:
             return None
-        if "ndjson" not in self.formats:
-            raise ValueError("attachments need 'ndjson' in formats: they are read from the landed NDJSON run")
         sources = [
             output / safe_segment(name) / run / part.rsplit("/", 1)[-1]
             for name, result in sorted(results.items())
@@ -297,6 +303,7 @@ class FhirSearchOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         resource_type = validate_resource_type(self.resource_type)
+        attachment_settings = self._attachment_settings()
         output = resolve_output(self.output_location, self.output_conn_id)
         check_writable(output)
         params = normalize_params(self.search_params)
@@ -409,7 +416,7 @@ class FhirSearchOperator(BaseOperator):
 
         # After the run's files are committed, before tables and the watermark: a retry fetches only what
         # did not land, and a fatal failure leaves the watermark where it was.
-        attachments_summary = self._land_attachments(http, output, run, results)
+        attachments_summary = self._land_attachments(http, output, run, results, attachment_settings)
         delta_summary = None
         if "delta" in self.formats:  # before the watermark moves: a retry searches and merges again
             from airflow_provider_smart.operators.tables import merge_landed_run

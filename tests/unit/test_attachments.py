@@ -139,6 +139,16 @@ def test_operators_check_the_option_when_the_dag_is_parsed() -> None:
         FhirSearchOperator(
             task_id="s", resource_type="DocumentReference", output="/tmp/x", formats=("parquet",), attachments=True
         )
+    # Off, or a template (judged once rendered), is fine with Parquet only.
+    for off in (False, None, "false", "{{ params.attachments }}"):
+        FhirSearchOperator(task_id="s", resource_type="Media", output="/tmp/x", formats=("parquet",), attachments=off)
+    # Rendered on: refused before anything is searched.
+    parquet_only = FhirSearchOperator(
+        task_id="p", resource_type="Media", output="/tmp/x", formats=("parquet",), attachments="{{ x }}"
+    )
+    parquet_only.attachments = "True"
+    with pytest.raises(ValueError, match="attachments need 'ndjson'"):
+        parquet_only.execute({})  # type: ignore[arg-type]
     # A template is checked once rendered; off is the default.
     op = FhirBulkExportOperator(task_id="e", output="/tmp/x", attachments="{{ params.attachments }}")
     assert "attachments" in op.template_fields and op.attachments == "{{ params.attachments }}"

@@ -28,7 +28,7 @@ from airflow_provider_smart.fhir.bulk.body import (
     StreamLimits,
     iter_body,
 )
-from airflow_provider_smart.fhir.bulk.lines import LineChecker, NdjsonCheckError, NdjsonStream
+from airflow_provider_smart.fhir.bulk.lines import LineChecker, NdjsonCheckError, NdjsonStream, prepare_checks
 from airflow_provider_smart.fhir.bulk.manifest import PlannedFile
 from airflow_provider_smart.fhir.bulk.outcomes import OutcomeSummary
 from airflow_provider_smart.fhir.errors import FhirError, describe_error_body
@@ -359,6 +359,7 @@ class BulkDownloader:
 
         if not files:
             return results
+        prepare_checks(f.expected_type for f in files if f.kind != "error")
         with ThreadPoolExecutor(max_workers=min(self.max_workers, len(files)), thread_name_prefix="bulk-dl") as pool:
             futures = [pool.submit(one, f) for f in files]
             try:

@@ -143,3 +143,30 @@ def test_a_wrong_type_from_the_server_is_cleaned_and_capped_in_the_message() -> 
     message = str(caught.value)
     assert "line 2: resourceType" in message
     assert "eyJ" not in message and "\x1b" not in message and len(message) < 300
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # Two values on one line, every newline between `}` and `{`.
+        b'{"resourceType":"Patient"} {"resourceType":"Patient"}\n',
+        # One resource spread over two lines: as many values as `}\n{` boundaries plus one.
+        b'{"resourceType":"Patient","id":"0",\n"active":true}\n',
+        # A line holding two values beside a resource spread over two lines: the counts match.
+        b'{"resourceType":"Patient","id":"0","a":\n{"x":1}}\n{"resourceType":"Patient"}{"resourceType":"Patient"}\n',
+    ],
+)
+def test_only_one_whole_value_per_line_passes(body: bytes) -> None:
+    with pytest.raises(NdjsonCheckError, match="line 1: not valid JSON"):
+        run([body])
+
+
+def test_clean_runs_take_the_one_call_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The line-by-line path is the slow one; clean data, split anywhere, must never need it.
+    def not_expected(self: NdjsonStream, run: bytes) -> bytes:
+        raise AssertionError("a clean run fell back to the line-by-line check")
+
+    monkeypatch.setattr(NdjsonStream, "_check_by_line", not_expected)
+    body = b"".join(line(i=i) for i in range(200))
+    for size in (97, 4096, len(body)):
+        assert run(split_every(body, size), count=200) == (body, 200)

@@ -11,7 +11,7 @@ as a list of pieces (no quadratic concatenation) and fails once it outgrows ``ma
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -181,7 +181,10 @@ class NdjsonStream:
         commas = memoryview(buf.replace(b"\n", b","))[start : end - 1]
         try:
             values = self._decoder.decode(b"".join((b"[", commas, b"]")))
-            str(view, "utf-8")  # msgspec skips unknown fields without validating their UTF-8
+            # msgspec skips unknown fields without validating their UTF-8. An ASCII chunk needs no
+            # decoding (isascii does not allocate; decoding costs as much as the JSON check here).
+            if not buf.isascii():
+                str(view, "utf-8")
         except ValueError:  # msgspec's DecodeError and ValidationError are ValueErrors
             return False
         if not values:
@@ -198,6 +201,16 @@ class NdjsonStream:
             if self.on_object is not None:
                 self.on_object(obj)
         return b"".join(line + b"\n" for line in kept)
+
+
+def prepare_checks(expected_types: Iterable[str | None]) -> None:
+    """Build the block decoders for these types now, before download threads start.
+
+    The first build imports msgspec and makes a type; done inside one download thread, it holds the
+    interpreter lock while the other threads wait with data in their sockets.
+    """
+    for expected_type in set(expected_types):
+        _block_decoder(expected_type)
 
 
 @lru_cache(maxsize=256)

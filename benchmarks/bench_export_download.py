@@ -15,12 +15,18 @@ With ``--old-src DIR`` (a directory holding an earlier ``airflow_provider_smart`
 ``git archive <commit> airflow_provider_smart | tar -x -C DIR``) it also runs ``bare_old``: that
 version's downloader on the same files, so old and new are compared in one run.
 
-Prints the median MB/s of each, its ratio to curl, and the peak RSS of each process (VmRSS sampled
-while downloading, and the baseline before it). Run on demand, never in the tests::
+Each run is checked: every byte and every line of every file arrived. Prints, for each: the median
+seconds, MB/s and ratio to curl (curl's time over its time), the CPU seconds per GB it used (user plus
+system, all threads: on a shared machine this is steadier than the wall clock) and the peak RSS of its
+process (VmRSS sampled while downloading, and the baseline before it). ``--rss-sizes`` then runs
+``bare`` and ``land_files`` once at each size given and prints their peak RSS, to show memory flat
+with the size of the export. Imports the checks need are made before the clock starts (a fixed cost
+per task, printed apart). Run on demand, never in the tests::
 
-    .venv/bin/python benchmarks/bench_export_download.py              # 1 GB, 32 files
-    .venv/bin/python benchmarks/bench_export_download.py --gb 0.1 --repeat 1
-    .venv/bin/python benchmarks/bench_export_download.py --gb 2 --repeat 1
+    .venv/bin/python benchmarks/bench_export_download.py                      # 1 GB, 32 files, 3 rounds
+    .venv/bin/python benchmarks/bench_export_download.py --gb 0.2 --repeat 1  # a quick look
+    .venv/bin/python benchmarks/bench_export_download.py --repeat 5 --rss-sizes 0.1,2
+    .venv/bin/python benchmarks/bench_export_download.py --repeat 0 --rss-sizes 0.1,2  # memory only
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -45,6 +52,24 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 TYPES = ["Observation", "Encounter", "Condition", "Procedure", "MedicationRequest", "DiagnosticReport"]
+
+
+def cpu_seconds() -> float:
+    """User plus system CPU time of this process so far (all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def warm_imports() -> float:
+    """Import what the line checks use before the clock starts; returns the seconds it took.
+
+    A fixed cost per task process, not a download rate: tens of milliseconds where bytecode is cached,
+    more here when ``PYTHONDONTWRITEBYTECODE`` is set (every module compiled again).
+    """
+    start = time.perf_counter()
+    import msgspec.json  # noqa: F401
+
+    return time.perf_counter() - start
 
 
 def rss_mb() -> float:
@@ -185,11 +210,14 @@ def child_bare(spec: dict[str, Any]) -> dict[str, Any]:
         with open(os.devnull, "wb") as fh:
             yield fh
 
+    warm = warm_imports()
     baseline = rss_mb()
+    cpu = cpu_seconds()
     start = time.perf_counter()
     with RssSampler() as sampler:
         results = downloader.download_all(planned, devnull)
     elapsed = time.perf_counter() - start
+    cpu = cpu_seconds() - cpu
     import airflow_provider_smart
 
     return {
@@ -197,8 +225,10 @@ def child_bare(spec: dict[str, Any]) -> dict[str, Any]:
         "bytes": sum(r.bytes for r in results),
         "lines": sum(r.lines for r in results),
         "seconds": elapsed,
+        "cpu_seconds": cpu,
         "baseline_mb": baseline,
         "peak_mb": sampler.peak,
+        "warm_seconds": warm,
     }
 
 
@@ -214,22 +244,25 @@ def child_land(spec: dict[str, Any]) -> dict[str, Any]:
     # (seconds here, where bytecode is not cached), not a download rate.
     warm = time.perf_counter()
     _load_lineage_machinery()
-    warm = time.perf_counter() - warm
+    warm = time.perf_counter() - warm + warm_imports()
     client = FhirHttpClient(None, spec["base"])
     with tempfile.TemporaryDirectory(prefix="bench-land-", dir=spec.get("out_dir")) as out:
         layout = ExportLayout(resolve_output(out), "bench")
         baseline = rss_mb()
+        cpu = cpu_seconds()
         start = time.perf_counter()
         with RssSampler() as sampler:
             counts = land_files(client, layout, manifest, settings=DownloadSettings(max_workers=spec["workers"]))
         elapsed = time.perf_counter() - start
+        cpu = cpu_seconds() - cpu
     return {
         "bytes": counts["bytes"],
         "lines": counts["lines"],
         "seconds": elapsed,
+        "cpu_seconds": cpu,
         "baseline_mb": baseline,
         "peak_mb": sampler.peak,
-        "lineage_load_seconds": warm,
+        "warm_seconds": warm,
     }
 
 
@@ -255,10 +288,88 @@ def run_curl(spec: dict[str, Any]) -> dict[str, Any]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"curl failed with {proc.returncode}")
-    return {"bytes": spec["bytes"], "seconds": elapsed, "baseline_mb": 0.0, "peak_mb": usage.ru_maxrss / 1024}
+    return {
+        "bytes": spec["bytes"],
+        "seconds": elapsed,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "baseline_mb": 0.0,
+        "peak_mb": usage.ru_maxrss / 1024,
+    }
 
 
 # -- parent --------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def served_files(gb: float, files: int, workers: int, out_dir: str | None) -> Iterator[tuple[dict[str, Any], Path]]:
+    """Write ``gb`` of NDJSON in ``files`` files, serve them with nginx; yields the spec and its path."""
+    with tempfile.TemporaryDirectory(prefix="bench-dl-") as tmp:
+        root = Path(tmp) / "files"
+        work = Path(tmp) / "nginx"
+        root.mkdir()
+        work.mkdir()
+        for readable in (Path(tmp), root):
+            readable.chmod(0o755)  # nginx's workers run as an unprivileged user
+        t0 = time.perf_counter()
+        entries = write_files(root, int(gb * 1e9), files)
+        total = sum((root / e["file"]).stat().st_size for e in entries)
+        print(f"wrote {total / 1e9:.2f} GB in {len(entries)} files in {time.perf_counter() - t0:.0f}s", flush=True)
+        with nginx(root, work) as base:
+            spec = {
+                "base": base,
+                "entries": entries,
+                "workers": workers,
+                "bytes": total,
+                "lines": sum(e["count"] for e in entries),
+                "out_dir": out_dir or tmp,
+            }
+            spec_path = Path(tmp) / "spec.json"
+            spec_path.write_text(json.dumps(spec))
+            yield spec, spec_path
+
+
+def run_one(kind: str, spec: dict[str, Any], spec_path: Path, old_src: str | None) -> dict[str, Any]:
+    if kind == "curl":
+        result = run_curl(spec)
+    else:
+        result = run_python_child(kind if kind == "bare_old" else kind.split("_")[0], spec_path, old_src)
+        if (result["bytes"], result["lines"]) != (spec["bytes"], spec["lines"]):
+            raise SystemExit(
+                f"{kind} got {result['bytes']} bytes and {result['lines']} lines, "
+                f"expected {spec['bytes']} and {spec['lines']}"
+            )
+    rate = result["bytes"] / 1e6 / result["seconds"]
+    extra = ""
+    if kind == "bare_old":
+        extra = f" (from {result['source']})"
+    if result.get("warm_seconds"):
+        extra += f" (imports warmed in {result['warm_seconds']:.1f}s before the clock)"
+    print(
+        f"  {kind:>10}: {result['seconds']:6.2f} s, {rate:7.1f} MB/s, CPU {result['cpu_seconds']:5.2f} s, "
+        f"peak RSS {result['peak_mb']:.0f} MB{extra}",
+        flush=True,
+    )
+    return result
+
+
+def report(runs: dict[str, list[dict[str, Any]]], spec: dict[str, Any], repeat: int) -> None:
+    total = spec["bytes"]
+    print(
+        f"{total / 1e9:.2f} GB ({total} bytes, {spec['lines']} lines), {len(spec['entries'])} files, "
+        f"{spec['workers']} workers; medians of {repeat} interleaved runs:"
+    )
+    curl_seconds = statistics.median(r["seconds"] for r in runs["curl"]) if "curl" in runs else None
+    for kind, results in runs.items():
+        seconds = statistics.median(r["seconds"] for r in results)
+        cpu_per_gb = statistics.median(r["cpu_seconds"] for r in results) / (total / 1e9)
+        peak = max(r["peak_mb"] for r in results)
+        base_mb = statistics.median(r["baseline_mb"] for r in results)
+        ratio = f"{curl_seconds / seconds:.2f}x curl" if curl_seconds else ""
+        baseline = f" (baseline {base_mb:.0f} MB, +{peak - base_mb:.0f})" if kind != "curl" else ""
+        print(
+            f"{kind:>12}: {seconds:6.2f} s {total / 1e6 / seconds:7.1f} MB/s {ratio:>11}; "
+            f"CPU {cpu_per_gb:4.2f} s/GB; peak RSS {peak:.0f} MB{baseline}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gb", type=float, default=1.0, help="total size of the files (GB)")
@@ -266,6 +377,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=5, help="parallel downloads (curl: --parallel-max 5)")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of each (medians printed)")
     parser.add_argument("--only", default="curl,bare,land_files", help="which to run (comma separated)")
+    parser.add_argument(
+        "--rss-sizes",
+        default="",
+        help="also run bare and land_files once at each of these sizes (GB, comma separated, e.g. 0.1,2) "
+        "and print their peak RSS: memory must not grow with the size",
+    )
     parser.add_argument("--out-dir", help="where land_files writes (default: a temporary directory on disk)")
     parser.add_argument("--old-src", help="a directory with an earlier airflow_provider_smart to compare")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
@@ -278,60 +395,31 @@ def main() -> None:
         print(json.dumps(child_bare(spec) if kind == "bare" else child_land(spec)))
         return
 
-    wanted = args.only.split(",")
+    wanted = [k for k in args.only.split(",") if k]
     if args.old_src:
         wanted.append("bare_old")
-    with tempfile.TemporaryDirectory(prefix="bench-dl-") as tmp:
-        root = Path(tmp) / "files"
-        work = Path(tmp) / "nginx"
-        root.mkdir()
-        work.mkdir()
-        for readable in (Path(tmp), root):
-            readable.chmod(0o755)  # nginx's workers run as an unprivileged user
-        t0 = time.perf_counter()
-        entries = write_files(root, int(args.gb * 1e9), args.files)
-        total = sum((root / e["file"]).stat().st_size for e in entries)
-        print(f"wrote {total / 1e9:.2f} GB in {len(entries)} files in {time.perf_counter() - t0:.0f}s")
-        with nginx(root, work) as base:
-            spec = {
-                "base": base,
-                "entries": entries,
-                "workers": args.workers,
-                "bytes": total,
-                "out_dir": args.out_dir or tmp,
-            }
-            spec_path = Path(tmp) / "spec.json"
-            spec_path.write_text(json.dumps(spec))
+    if wanted and args.repeat > 0:
+        with served_files(args.gb, args.files, args.workers, args.out_dir) as (spec, spec_path):
             runs: dict[str, list[dict[str, Any]]] = {k: [] for k in wanted}
             for _ in range(args.repeat):
                 for kind in wanted:
-                    if kind == "curl":
-                        result = run_curl(spec)
-                    else:
-                        result = run_python_child(
-                            kind if kind == "bare_old" else kind.split("_")[0], spec_path, args.old_src
-                        )
-                    if kind != "curl" and result["bytes"] != total:
-                        raise SystemExit(f"{kind} got {result['bytes']} bytes, expected {total}")
-                    runs[kind].append(result)
-                    rate = result["bytes"] / 1e6 / result["seconds"]
-                    extra = ""
-                    if kind == "bare_old":
-                        extra = f" (from {result['source']})"
-                    if "lineage_load_seconds" in result:
-                        extra = f" (lineage collector loaded in {result['lineage_load_seconds']:.1f}s before)"
-                    print(f"  {kind:>10}: {rate:7.1f} MB/s, peak RSS {result['peak_mb']:.0f} MB{extra}", flush=True)
-    print(f"{total / 1e9:.2f} GB, {len(entries)} files, {args.workers} workers, medians of {args.repeat}:")
-    curl_rate = None
-    for kind, results in runs.items():
-        rate = statistics.median(r["bytes"] / 1e6 / r["seconds"] for r in results)
-        peak = max(r["peak_mb"] for r in results)
-        base_mb = statistics.median(r["baseline_mb"] for r in results)
-        if kind == "curl":
-            curl_rate = rate
-        ratio = f"{rate / curl_rate:.2f}x curl" if curl_rate else ""
-        baseline = f" (baseline {base_mb:.0f} MB)" if kind != "curl" else ""
-        print(f"{kind:>12}: {rate:7.1f} MB/s {ratio:>12}; peak RSS {peak:.0f} MB{baseline}")
+                    runs[kind].append(run_one(kind, spec, spec_path, args.old_src))
+        report(runs, spec, args.repeat)
+    peaks = []
+    for gb in [float(x) for x in args.rss_sizes.split(",") if x]:
+        with served_files(gb, args.files, args.workers, args.out_dir) as (spec, spec_path):
+            for kind in ("bare", "land_files"):
+                result = run_one(kind, spec, spec_path, None)
+                peaks.append((spec["bytes"], kind, result))
+    if peaks:
+        print("peak RSS by size (flat memory: the same at every size):")
+        for size, kind, result in peaks:
+            grown = result["peak_mb"] - result["baseline_mb"]
+            print(
+                f"{size / 1e9:8.2f} GB {kind:>10}: peak RSS {result['peak_mb']:.0f} MB "
+                f"(baseline {result['baseline_mb']:.0f} MB, +{grown:.0f}); "
+                f"{size / 1e6 / result['seconds']:.0f} MB/s"
+            )
 
 
 if __name__ == "__main__":

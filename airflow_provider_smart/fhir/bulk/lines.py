@@ -224,7 +224,8 @@ def _block_decoder(expected_type: str | None) -> Any:
     import msgspec
 
     field_type: Any = Annotated[str, msgspec.Meta(min_length=1)] if expected_type is None else Literal[expected_type]
-    line_type = msgspec.defstruct("NdjsonLine", [("resourceType", field_type)])
+    # gc=False: the values only hold a str, and Airflow's heap makes each collection costly.
+    line_type = msgspec.defstruct("NdjsonLine", [("resourceType", field_type)], gc=False)
     return msgspec.json.Decoder(list[line_type])  # type: ignore[valid-type]
 
 

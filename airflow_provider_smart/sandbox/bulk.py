@@ -267,7 +267,11 @@ def export_status(job_id: str, request: Request, grant: Grant) -> Response:
         if job.failed is not None:
             return JSONResponse(job.failed, status_code=500, media_type=FHIR_JSON)
         if job.completed_at is None:
-            headers = {"X-Progress": runtime.jobs.progress(job), "Retry-After": _retry_after(runtime)}
+            progress = runtime.faults.progress_text
+            headers = {
+                "X-Progress": runtime.jobs.progress(job) if progress is None else progress,
+                "Retry-After": _retry_after(runtime),
+            }
             if _partial_manifest_ready(runtime, job):
                 # STU3: with allowPartialManifests a 202 may carry the files ready so far. The first page
                 # is final once written; the completed manifest only adds its ``link``.
@@ -344,7 +348,9 @@ def serve_file(
     if runtime.faults.take_expire_file():
         runtime.jobs.expire_generation(job, gen)
         return _outcome_response(410, [gone])
-    response = file_response(entry.path, accept_encoding=request.headers.get("accept-encoding"))
+    response = file_response(
+        entry.path, accept_encoding=request.headers.get("accept-encoding"), gzip_fault=runtime.faults.file_gzip
+    )
     if runtime.faults.count_download():
         state.faults.invalidate_tokens()
     return response

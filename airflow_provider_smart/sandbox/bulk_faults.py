@@ -11,6 +11,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+#: How ``file_gzip`` serves a file (see :class:`BulkFaults`).
+FILE_GZIP_MODES = ("body", "members", "truncated")
+
 
 @dataclass
 class BulkFaults:
@@ -37,6 +40,12 @@ class BulkFaults:
         ``9999-12-31T00:00:00Z``).
     :param output_organized_by: every manifest's ``outputOrganizedBy`` is this text (a hostile value such
         as ``x/../../../../tmp/ESCAPED``).
+    :param progress_text: every in-progress status answer's ``X-Progress`` is this text (a hostile value:
+        C1 control characters such as ``\x9b``, thousands of characters).
+    :param file_gzip: every file is served gzip-compressed *without* ``Content-Encoding`` (as some servers
+        store and serve ``.ndjson.gz``): ``body`` (one gzip member), ``members`` (two concatenated
+        members) or ``truncated`` (one member whose last 20 bytes are missing; the HTTP answer itself is
+        complete).
     """
 
     fail_exports: bool = False
@@ -49,6 +58,8 @@ class BulkFaults:
     error_counts_from_data: bool = False
     transaction_time: str | None = None
     output_organized_by: str | None = None
+    progress_text: str | None = None
+    file_gzip: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def take_expire_file(self) -> bool:
@@ -87,6 +98,8 @@ class BulkFaults:
             self.error_counts_from_data = False
             self.transaction_time = None
             self.output_organized_by = None
+            self.progress_text = None
+            self.file_gzip = None
             self.fail_exports = False
             self.error_file = False
             self.expire_files = 0
@@ -99,7 +112,7 @@ class BulkFaults:
             raise ValueError("bulk faults must be a JSON object")
         names = {"fail_exports", "error_file", "expire_files", "invalidate_tokens_after_downloads"}
         names |= {"one_export_per_client", "enforce_retry_after", "error_counts_from_data"}
-        names |= {"error_file_severity", "transaction_time", "output_organized_by"}
+        names |= {"error_file_severity", "transaction_time", "output_organized_by", "progress_text", "file_gzip"}
         unknown = set(body) - names
         if unknown:
             raise ValueError(f"unknown bulk fault(s) {sorted(unknown)}: use {sorted(names)}")
@@ -112,7 +125,10 @@ class BulkFaults:
                 elif name == "error_file_severity":
                     if value not in ("fatal", "error", "warning", "information"):
                         raise ValueError(f"error_file_severity must be fatal, error, warning or information: {value!r}")
-                elif name in ("transaction_time", "output_organized_by"):
+                elif name == "file_gzip":
+                    if value not in (None, *FILE_GZIP_MODES):
+                        raise ValueError(f"file_gzip must be null or one of {', '.join(FILE_GZIP_MODES)}: {value!r}")
+                elif name in ("transaction_time", "output_organized_by", "progress_text"):
                     value = None if value is None else str(value)
                 else:
                     value = bool(value)
@@ -131,4 +147,6 @@ class BulkFaults:
                 "error_counts_from_data": self.error_counts_from_data,
                 "transaction_time": self.transaction_time,
                 "output_organized_by": self.output_organized_by,
+                "progress_text": self.progress_text,
+                "file_gzip": self.file_gzip,
             }

@@ -49,8 +49,26 @@ def _gzip_chunks(path: Path) -> Iterator[bytes]:
     yield compressor.flush()
 
 
-def file_response(path: Path, *, accept_encoding: str | None) -> Response:
+def gzip_fault_response(path: Path, mode: str) -> Response:
+    """The file as gzip bytes *without* ``Content-Encoding`` (the ``file_gzip`` fault): one member, two
+    concatenated members, or one member missing its last 20 bytes. Read whole: a fault for small files."""
+    import gzip
+
+    data = path.read_bytes()
+    if mode == "members":
+        cut = data.find(b"\n", len(data) // 2) + 1 or len(data)
+        body = gzip.compress(data[:cut]) + gzip.compress(data[cut:])
+    else:
+        body = gzip.compress(data)
+        if mode == "truncated":
+            body = body[:-20]
+    return Response(body, media_type=NDJSON, headers={"Content-Length": str(len(body))})
+
+
+def file_response(path: Path, *, accept_encoding: str | None, gzip_fault: str | None = None) -> Response:
     """The file, gzip-compressed on the fly when ``Accept-Encoding`` allows it (then without a length)."""
+    if gzip_fault is not None:
+        return gzip_fault_response(path, gzip_fault)
     if accepts_gzip(accept_encoding):
         return StreamingResponse(
             _gzip_chunks(path), media_type=NDJSON, headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}

@@ -136,6 +136,21 @@ def test_search_page_redirected_to_another_origin_is_refused(
     assert not list((tmp_path / "out").rglob("*.ndjson"))
 
 
+def test_search_page_redirected_on_its_own_origin_is_followed(bulk_server: Callable[..., Any], tmp_path: Path) -> None:
+    server, _ = bulk_server()
+    rule = server.state.faults.redirect("/fhir/Patient", times=1)
+    op = FhirSearchOperator(task_id="search", resource_type="Patient", output=str(tmp_path / "out"), incremental=None)
+    op.execute(context())
+    assert server.state.faults.fired[rule.id] == 1
+    assert _authorized(server, f"{HOP_PREFIX}/fhir/Patient") == [True]
+    ids = [
+        json.loads(line)["id"]
+        for p in (tmp_path / "out/Patient").rglob("*.ndjson")
+        for line in p.read_text().splitlines()
+    ]
+    assert sorted(ids) == sorted(store_view(server, ["Patient"])["Patient"])
+
+
 # -- Authorization echo ---------------------------------------------------------------------------------
 
 

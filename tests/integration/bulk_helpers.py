@@ -28,7 +28,7 @@ class FakeTI:
         self.xcoms[key] = value
 
 
-def export_operator(output: Path, **kwargs: Any) -> FhirBulkExportOperator:
+def export_operator(output: Path | str, **kwargs: Any) -> FhirBulkExportOperator:
     """A FhirBulkExportOperator writing to ``output`` that polls fast; ``kwargs`` override anything."""
     return FhirBulkExportOperator(**{"task_id": "export", "output": str(output), **FAST_POLLING, **kwargs})
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -24,11 +25,9 @@ import pytest
 from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_provider_smart.operators.search import FhirSearchOperator
-from airflow_provider_smart.sandbox.bulk_jobs import BulkSettings
 from airflow_provider_smart.sandbox.bulk_runtime import FHIR_FILE_PATHS, KICKOFF_PATHS, STATUS_PATHS
 from airflow_provider_smart.sandbox.faults import HOP_PREFIX
 from airflow_provider_smart.sandbox.server import SandboxServer
-from airflow_provider_smart.sandbox.state import SandboxConfig
 from tests.integration.bulk_helpers import context, first_event, kickoffs, landed, run_deferred, store_view
 from tests.integration.test_bulk_export_operator import export_op
 from tests.loopback import AnswerServer
@@ -64,14 +63,10 @@ class Bouncer:
 
 @pytest.fixture
 def bulk_server(
-    sandbox_factory: Callable[..., SandboxServer], smart_client_factory: Callable[..., SmartClient]
+    bulk_server: Callable[..., tuple[SandboxServer, SmartClient]],
 ) -> Callable[..., tuple[SandboxServer, SmartClient]]:
-    def start(**settings: Any) -> tuple[SandboxServer, SmartClient]:
-        settings.setdefault("retry_after", 1)
-        server = sandbox_factory(SandboxConfig(patients=4, seed=11, bulk=BulkSettings(**settings)))
-        return server, smart_client_factory(server=server)
-
-    return start
+    """The shared fixture (tests/sandbox_fixtures.py) on a small data set."""
+    return functools.partial(bulk_server, patients=4, seed=11)
 
 
 @pytest.fixture

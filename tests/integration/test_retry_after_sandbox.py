@@ -9,6 +9,7 @@ shows when the client came back; the client's log shows the wait it planned.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import itertools
 import logging
 import re
@@ -23,11 +24,9 @@ import pytest
 from airflow_provider_smart.fhir.bulk import parse_manifest
 from airflow_provider_smart.fhir.http import FhirHttpClient
 from airflow_provider_smart.hooks.smart import SmartFhirHook
-from airflow_provider_smart.sandbox.bulk_jobs import BulkSettings
 from airflow_provider_smart.sandbox.bulk_runtime import FHIR_FILE_PATHS, STATUS_PATHS
 from airflow_provider_smart.sandbox.faults import FaultRule
 from airflow_provider_smart.sandbox.server import SandboxServer
-from airflow_provider_smart.sandbox.state import SandboxConfig
 from airflow_provider_smart.storage.export_landing import DownloadSettings, land_files
 from airflow_provider_smart.storage.export_state import ExportLayout
 from airflow_provider_smart.storage.paths import resolve_output
@@ -42,14 +41,10 @@ _WAKE = re.compile(r"waiting (\d+\.\d)s until (\d\d):(\d\d):(\d\d) UTC")
 
 @pytest.fixture
 def bulk_server(
-    sandbox_factory: Callable[..., SandboxServer], smart_client_factory: Callable[..., SmartClient]
+    bulk_server: Callable[..., tuple[SandboxServer, SmartClient]],
 ) -> Callable[..., tuple[SandboxServer, SmartClient]]:
-    def start(**settings: Any) -> tuple[SandboxServer, SmartClient]:
-        settings.setdefault("retry_after", 1)
-        server = sandbox_factory(SandboxConfig(patients=4, seed=7, bulk=BulkSettings(**settings)))
-        return server, smart_client_factory(server=server)
-
-    return start
+    """The shared fixture (tests/sandbox_fixtures.py) on a small data set."""
+    return functools.partial(bulk_server, patients=4, seed=7)
 
 
 def _gaps_after_faults(server: SandboxServer, pattern: str, status: int = 429) -> list[float]:

@@ -5,6 +5,7 @@ bodies that are gzip without ``Content-Encoding`` (one member, concatenated memb
 from __future__ import annotations
 
 import fnmatch
+import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -14,10 +15,8 @@ import jwt
 import pytest
 
 from airflow_provider_smart.fhir.download import DownloadError
-from airflow_provider_smart.sandbox.bulk_jobs import BulkSettings
 from airflow_provider_smart.sandbox.bulk_runtime import STATUS_PATHS
 from airflow_provider_smart.sandbox.server import SandboxServer
-from airflow_provider_smart.sandbox.state import SandboxConfig
 from airflow_provider_smart.storage.atomic import TMP_PREFIX
 from tests.integration.bulk_helpers import context, landed, run_deferred, store_view
 from tests.integration.test_bulk_export_operator import export_op
@@ -29,14 +28,10 @@ TYPES = ["Patient", "Observation"]
 
 @pytest.fixture
 def bulk_server(
-    sandbox_factory: Callable[..., SandboxServer], smart_client_factory: Callable[..., SmartClient]
+    bulk_server: Callable[..., tuple[SandboxServer, SmartClient]],
 ) -> Callable[..., tuple[SandboxServer, SmartClient]]:
-    def start(**settings: Any) -> tuple[SandboxServer, SmartClient]:
-        settings.setdefault("retry_after", 1)
-        server = sandbox_factory(SandboxConfig(patients=4, seed=5, bulk=BulkSettings(**settings)))
-        return server, smart_client_factory(server=server)
-
-    return start
+    """The shared fixture (tests/sandbox_fixtures.py) on a small data set."""
+    return functools.partial(bulk_server, patients=4, seed=5)
 
 
 def _issued_ms(server: SandboxServer, pattern: str) -> list[int]:

@@ -22,6 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="A local SMART Backend Services / FHIR R4 server for development and tests (127.0.0.1 only).",
     )
     parser.add_argument("--port", type=int, default=8080, help="TCP port on 127.0.0.1 (0 picks a free one)")
+    parser.add_argument(
+        "--base-url",
+        default=None,
+        help="the public root URL clients use (e.g. http://localhost:18080 behind a port forward); issuer, "
+        "token URL, FHIR base, links and expected audiences come from it (default: the listening address)",
+    )
     parser.add_argument("--patients", type=int, default=10, help="synthetic patients to generate (default 10)")
     parser.add_argument("--seed", type=int, default=42, help="random seed of the generated data (default 42)")
     parser.add_argument(
@@ -68,6 +74,7 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         admin_user=args.admin_user,
         admin_secret=args.admin_secret or os.environ.get(ADMIN_SECRET_ENV) or None,
         next_links=args.next_links,
+        base_url=args.base_url,
         bulk=BulkSettings(
             presigned_files=args.bulk_presigned,
             max_file_resources=args.bulk_max_file_resources,
@@ -141,10 +148,12 @@ def main(argv: Sequence[str] | None = None, *, stop: threading.Event | None = No
             print(f"error: {problem}", flush=True)
             return 2
         secret_source = "given" if config.admin_secret else "generated for this run"
-        print(f"SMART/FHIR sandbox on {server.base_url}", flush=True)
-        print(f"  FHIR base:           {server.fhir_base}", flush=True)
-        print(f"  SMART configuration: {server.fhir_base}/.well-known/smart-configuration", flush=True)
-        print(f"  token endpoint:      {server.token_url}", flush=True)
+        public = server.state.base_url or server.base_url
+        listening = "" if public == server.base_url else f" (listening on {server.base_url})"
+        print(f"SMART/FHIR sandbox on {public}{listening}", flush=True)
+        print(f"  FHIR base:           {public}/fhir", flush=True)
+        print(f"  SMART configuration: {public}/fhir/.well-known/smart-configuration", flush=True)
+        print(f"  token endpoint:      {public}/auth/token", flush=True)
         files = f"{server.files_base_url} (presigned URLs)" if config.bulk.presigned_files else "the FHIR origin"
         print(f"  Bulk Data files:     {files}", flush=True)
         counts = ", ".join(f"{name} {server.state.store.count(name)}" for name in server.state.store.types())

@@ -64,3 +64,32 @@ def test_configured_base_url_is_the_audience(sandbox_factory: Callable[..., Sand
     config = requests.get(f"{server.fhir_base}/.well-known/smart-configuration", timeout=10).json()
     assert config["token_endpoint"] == "http://fhir.example.test:9999/auth/token"
     assert config["issuer"] == "http://fhir.example.test:9999"
+
+
+def test_cli_base_url_is_printed_and_served(capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+    import threading
+
+    from airflow_provider_smart.sandbox.cli import main
+
+    stop = threading.Event()
+    result: list[int] = []
+    argv = ["--port", "0", "--patients", "1", "--base-url", "http://sandbox.example:18080"]
+    thread = threading.Thread(target=lambda: result.append(main(argv, stop=stop)))
+    thread.start()
+    out = ""
+    try:
+        for _ in range(400):
+            out += capsys.readouterr().out
+            if "Press Ctrl+C" in out:
+                break
+            threading.Event().wait(0.05)
+        listening = re.search(r"listening on (http://127\.0\.0\.1:\d+)", out)
+        assert listening, out
+        assert re.search(r"FHIR base:\s+http://sandbox\.example:18080/fhir\n", out), out
+        config = requests.get(f"{listening[1]}/fhir/.well-known/smart-configuration", timeout=10).json()
+        assert config["token_endpoint"] == "http://sandbox.example:18080/auth/token"
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert result == [0]

@@ -17,7 +17,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-import requests
 
 from airflow_provider_smart.operators.bulk_export import (
     FhirBulkDownloadOperator,
@@ -29,6 +28,7 @@ from airflow_provider_smart.sandbox.bulk_runtime import FHIR_FILE_PATHS
 from airflow_provider_smart.sandbox.server import SandboxServer
 from airflow_provider_smart.storage.attachments import AttachmentsFailedError
 from tests.integration.bulk_helpers import context, export_operator, kickoffs, run_deferred
+from tests.integration.sandbox_content import admin, put_binary, put_document
 from tests.loopback import AnswerServer, answering
 from tests.s3_fixtures import MotoS3
 from tests.sandbox_fixtures import SmartClient
@@ -46,29 +46,6 @@ PDF = b"%PDF-1.4\n" + bytes(range(256)) * 64 + b"\n%%EOF\n"
 def server(bulk_server: Callable[..., tuple[SandboxServer, SmartClient]]) -> SandboxServer:
     """A small sandbox (a registered client as the default connection) whose exports complete at once."""
     return bulk_server(patients=4, seed=11)[0]
-
-
-def _admin(server: SandboxServer, method: str, path: str, **kwargs: Any) -> requests.Response:
-    response = requests.request(method, server.base_url + path, auth=server.admin_auth, timeout=30, **kwargs)
-    assert response.status_code < 300, response.text
-    return response
-
-
-def _put_binary(server: SandboxServer, binary_id: str, data: bytes, content_type: str, wrapped: bool = False) -> None:
-    params = {"wrapped": "true"} if wrapped else None
-    headers = {"Content-Type": content_type}
-    _admin(server, "PUT", f"/_sandbox/binary/{binary_id}", data=data, headers=headers, params=params)
-
-
-def _put_document(server: SandboxServer, doc_id: str, *attachments: dict[str, Any]) -> None:
-    body = {
-        "resourceType": "DocumentReference",
-        "id": doc_id,
-        "status": "current",
-        "subject": {"reference": "Patient/pat-0"},
-        "content": [{"attachment": a} for a in attachments],
-    }
-    _admin(server, "PUT", f"/_sandbox/fhir/DocumentReference/{doc_id}", json=body)
 
 
 def _generated_notes(server: SandboxServer) -> dict[str, str]:
@@ -103,17 +80,17 @@ def _watermarks(out: Path) -> list[Path]:
 
 
 def test_export_lands_every_attachment_once_and_the_token_stays_home(server: SandboxServer, tmp_path: Path) -> None:
-    _put_binary(server, "scan-1", PDF, "application/pdf")
-    presigned = _admin(server, "POST", "/_sandbox/binary/scan-1/presign").json()["url"]
-    _put_document(server, "doc-scan", {"contentType": "application/pdf", "url": presigned, "title": "scan"})
+    put_binary(server, "scan-1", PDF, "application/pdf")
+    presigned = admin(server, "POST", "/_sandbox/binary/scan-1/presign").json()["url"]
+    put_document(server, "doc-scan", {"contentType": "application/pdf", "url": presigned, "title": "scan"})
     notes = _generated_notes(server)
     copied_from, copied_url = sorted(notes.items())[0]
-    _put_document(server, "doc-copy", {"contentType": "text/plain", "url": copied_url})  # the same note again
-    _put_binary(server, "wrapped-1", b"wrapped note text\n", "text/plain", wrapped=True)
-    _put_document(server, "doc-wrapped", {"contentType": "text/plain", "url": "Binary/wrapped-1"})
+    put_document(server, "doc-copy", {"contentType": "text/plain", "url": copied_url})  # the same note again
+    put_binary(server, "wrapped-1", b"wrapped note text\n", "text/plain", wrapped=True)
+    put_document(server, "doc-wrapped", {"contentType": "text/plain", "url": "Binary/wrapped-1"})
     sha1 = base64.b64encode(hashlib.sha1(b"inline only").digest()).decode()  # noqa: S324 - FHIR's hash
     inline = {"contentType": "text/plain", "data": base64.b64encode(b"inline only").decode(), "hash": sha1}
-    _put_document(server, "doc-inline", inline)
+    put_document(server, "doc-inline", inline)
     out = tmp_path / "out"
 
     summary, triggers = run_deferred(_export_op(out, attachments=True), context())
@@ -160,11 +137,11 @@ def test_export_lands_every_attachment_once_and_the_token_stays_home(server: San
 
 
 def test_export_records_oversize_and_disallowed_types_as_skipped(server: SandboxServer, tmp_path: Path) -> None:
-    _put_binary(server, "big-1", b"x" * 5000, "text/plain")
-    _put_document(server, "doc-big", {"contentType": "text/plain", "url": "Binary/big-1"})
-    _put_document(server, "doc-declared-big", {"contentType": "text/plain", "url": "Binary/big-1", "size": 10**9})
-    _put_binary(server, "img-1", b"\x89PNG....", "image/png")
-    _put_document(server, "doc-img", {"contentType": "image/png", "url": "Binary/img-1"})
+    put_binary(server, "big-1", b"x" * 5000, "text/plain")
+    put_document(server, "doc-big", {"contentType": "text/plain", "url": "Binary/big-1"})
+    put_document(server, "doc-declared-big", {"contentType": "text/plain", "url": "Binary/big-1", "size": 10**9})
+    put_binary(server, "img-1", b"\x89PNG....", "image/png")
+    put_document(server, "doc-img", {"contentType": "image/png", "url": "Binary/img-1"})
     out = tmp_path / "out"
     options = {"max_bytes": 1000, "allowed_types": ["text/*"]}
 
@@ -189,7 +166,7 @@ def test_export_records_oversize_and_disallowed_types_as_skipped(server: Sandbox
 def test_a_fatal_attachment_failure_keeps_the_watermark_and_the_retry_fetches_only_it(
     server: SandboxServer, tmp_path: Path
 ) -> None:
-    _put_document(server, "doc-late", {"contentType": "text/plain", "url": "Binary/late-1"})
+    put_document(server, "doc-late", {"contentType": "text/plain", "url": "Binary/late-1"})
     out = tmp_path / "out"
 
     with pytest.raises(AttachmentsFailedError, match="1 attachment"):
@@ -202,7 +179,7 @@ def test_a_fatal_attachment_failure_keeps_the_watermark_and_the_retry_fetches_on
     assert [r["resource_id"] for r in _index(out) if r["status"] == "failed"] == ["doc-late"]
     before_binaries, before_files = _binary_fetches(server), server.state.faults.count(FHIR_FILE_PATHS)
 
-    _put_binary(server, "late-1", b"arrived later\n", "text/plain")
+    put_binary(server, "late-1", b"arrived later\n", "text/plain")
     summary, _ = run_deferred(_export_op(out, attachments=True, retries=2), context())
 
     after = _binary_fetches(server)
@@ -214,8 +191,8 @@ def test_a_fatal_attachment_failure_keeps_the_watermark_and_the_retry_fetches_on
 
 
 def test_fanned_out_export_fetches_the_attachments_in_its_finalize_task(server: SandboxServer, tmp_path: Path) -> None:
-    _put_binary(server, "fan-1", b"fanned note\n", "text/plain")
-    _put_document(server, "doc-fan", {"contentType": "text/plain", "url": "Binary/fan-1"})
+    put_binary(server, "fan-1", b"fanned note\n", "text/plain")
+    put_document(server, "doc-fan", {"contentType": "text/plain", "url": "Binary/fan-1"})
     out = tmp_path / "out"
     ctx = context()
     option = {"allowed_types": ["text/*"], "workers": 2}
@@ -256,8 +233,8 @@ def _settled(records: Path) -> list[Path]:
 
 def test_a_run_killed_mid_attachments_resumes_without_fetching_again(server: SandboxServer, tmp_path: Path) -> None:
     for k in range(8):
-        _put_binary(server, f"kill-{k}", f"note {k}\n".encode(), "text/plain")
-        _put_document(server, f"doc-kill-{k}", {"contentType": "text/plain", "url": f"Binary/kill-{k}"})
+        put_binary(server, f"kill-{k}", f"note {k}\n".encode(), "text/plain")
+        put_document(server, f"doc-kill-{k}", {"contentType": "text/plain", "url": f"Binary/kill-{k}"})
     total = len(_generated_notes(server)) + 8
     out = tmp_path / "out"
     records = out / "attachments" / LABEL / "_records"
@@ -307,10 +284,10 @@ def _search_op(out: Path, **kwargs: Any) -> FhirSearchOperator:
 
 
 def test_search_lands_the_attachments_before_its_watermark(server: SandboxServer, tmp_path: Path) -> None:
-    _put_binary(server, "scan-2", PDF, "application/pdf")
-    presigned = _admin(server, "POST", "/_sandbox/binary/scan-2/presign").json()["url"]
-    _put_document(server, "doc-scan", {"contentType": "application/pdf", "url": presigned})
-    _put_document(server, "doc-late", {"contentType": "text/plain", "url": "Binary/late-2"})
+    put_binary(server, "scan-2", PDF, "application/pdf")
+    presigned = admin(server, "POST", "/_sandbox/binary/scan-2/presign").json()["url"]
+    put_document(server, "doc-scan", {"contentType": "application/pdf", "url": presigned})
+    put_document(server, "doc-late", {"contentType": "text/plain", "url": "Binary/late-2"})
     out = tmp_path / "out"
 
     def watermarks() -> list[Path]:
@@ -320,7 +297,7 @@ def test_search_lands_the_attachments_before_its_watermark(server: SandboxServer
         _search_op(out, attachments=True).execute(context())
     assert watermarks() == []  # the mark did not move
 
-    _put_binary(server, "late-2", b"late note\n", "text/plain")
+    put_binary(server, "late-2", b"late note\n", "text/plain")
     before = _binary_fetches(server)
     summary = _search_op(out, attachments={"on_error": "fail"}).execute(context())
 
@@ -338,10 +315,10 @@ def test_search_lands_the_attachments_before_its_watermark(server: SandboxServer
 def test_throttled_and_dropped_attachments_are_retried_under_the_wait_policy(
     server: SandboxServer, tmp_path: Path
 ) -> None:
-    _put_binary(server, "busy-1", b"busy note\n", "text/plain")
-    _put_document(server, "doc-busy", {"contentType": "text/plain", "url": "Binary/busy-1"})
-    _put_binary(server, "flaky-1", PDF, "application/pdf")
-    _put_document(server, "doc-flaky", {"contentType": "application/pdf", "url": "Binary/flaky-1"})
+    put_binary(server, "busy-1", b"busy note\n", "text/plain")
+    put_document(server, "doc-busy", {"contentType": "text/plain", "url": "Binary/busy-1"})
+    put_binary(server, "flaky-1", PDF, "application/pdf")
+    put_document(server, "doc-flaky", {"contentType": "application/pdf", "url": "Binary/flaky-1"})
     server.state.faults.throttle("/fhir/Binary/busy-1", times=1, retry_after=1)
     server.state.faults.fail("/fhir/Binary/flaky-1", status=503, times=1)
     out = tmp_path / "out"
@@ -360,8 +337,8 @@ def test_throttled_and_dropped_attachments_are_retried_under_the_wait_policy(
 def test_search_attachments_on_s3_with_rewritten_urls_and_a_rerun_that_fetches_nothing(
     server: SandboxServer, moto_s3: MotoS3
 ) -> None:
-    _put_binary(server, "s3-note", b"note kept on S3\n", "text/plain")
-    _put_document(server, "doc-s3", {"contentType": "text/plain", "url": "Binary/s3-note"})
+    put_binary(server, "s3-note", b"note kept on S3\n", "text/plain")
+    put_document(server, "doc-s3", {"contentType": "text/plain", "url": "Binary/s3-note"})
     output = f"s3://{moto_s3.bucket}/fhir"
     option = {"rewrite_urls": True}
 
@@ -430,7 +407,7 @@ def test_ambiguous_attachment_urls_are_refused_and_recorded(
         "doc-userinfo": f"http://127.0.0.1:{fhir_port}@127.0.0.1:{evil}/fhir/Binary/note-0-0",
     }
     for doc_id, url in tricks.items():
-        _put_document(server, doc_id, {"contentType": "text/plain", "url": url})
+        put_document(server, doc_id, {"contentType": "text/plain", "url": url})
     out = tmp_path / "out"
 
     summary = _search_op(out, attachments=True).execute(context())

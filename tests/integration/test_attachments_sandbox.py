@@ -9,39 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from airflow_provider_smart.operators.attachments import FhirAttachmentsDownloadOperator
 from airflow_provider_smart.sandbox.server import SandboxServer
 from airflow_provider_smart.storage.attachments import AttachmentsFailedError
 from tests.integration.bulk_helpers import context
+from tests.integration.sandbox_content import admin, put_binary, put_document
 from tests.sandbox_fixtures import SmartClient
 
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 40 + b"\n%%EOF\n"
-
-
-def _admin(server: SandboxServer, method: str, path: str, **kwargs: Any) -> requests.Response:
-    response = requests.request(method, server.base_url + path, auth=server.admin_auth, timeout=30, **kwargs)
-    assert response.status_code < 300, response.text
-    return response
-
-
-def _put_binary(server: SandboxServer, binary_id: str, data: bytes, content_type: str, wrapped: bool = False) -> None:
-    params = {"wrapped": "true"} if wrapped else None
-    _admin(
-        server, "PUT", f"/_sandbox/binary/{binary_id}", data=data, headers={"Content-Type": content_type}, params=params
-    )
-
-
-def _put_document(server: SandboxServer, doc_id: str, *attachments: dict[str, Any]) -> None:
-    body = {
-        "resourceType": "DocumentReference",
-        "id": doc_id,
-        "status": "current",
-        "subject": {"reference": "Patient/pat-0"},
-        "content": [{"attachment": a} for a in attachments],
-    }
-    _admin(server, "PUT", f"/_sandbox/fhir/DocumentReference/{doc_id}", json=body)
 
 
 def _land_documents(client: SmartClient, root: Path) -> Path:
@@ -81,15 +57,15 @@ def _operator(root: Path, run: Path, **options: Any) -> FhirAttachmentsDownloadO
 def test_every_attachment_lands_once_with_its_bytes_and_the_token_stays_home(
     server: SandboxServer, client: SmartClient, tmp_path: Path
 ) -> None:
-    _put_binary(server, "scan-1", PDF, "application/pdf")
-    presigned = _admin(server, "POST", "/_sandbox/binary/scan-1/presign").json()["url"]
-    _put_document(server, "doc-scan", {"contentType": "application/pdf", "url": presigned, "title": "scan"})
+    put_binary(server, "scan-1", PDF, "application/pdf")
+    presigned = admin(server, "POST", "/_sandbox/binary/scan-1/presign").json()["url"]
+    put_document(server, "doc-scan", {"contentType": "application/pdf", "url": presigned, "title": "scan"})
     # The same note twice: stored once.
     first = client.session().get(server.fhir_base + "/DocumentReference", params={"_count": 1}, timeout=30).json()
     note_url = first["entry"][0]["resource"]["content"][1]["attachment"]["url"]
-    _put_document(server, "doc-copy", {"contentType": "text/plain", "url": note_url})
-    _put_binary(server, "wrapped-1", b"wrapped note text\n", "text/plain", wrapped=True)
-    _put_document(server, "doc-wrapped", {"contentType": "text/plain", "url": "Binary/wrapped-1"})
+    put_document(server, "doc-copy", {"contentType": "text/plain", "url": note_url})
+    put_binary(server, "wrapped-1", b"wrapped note text\n", "text/plain", wrapped=True)
+    put_document(server, "doc-wrapped", {"contentType": "text/plain", "url": "Binary/wrapped-1"})
     run = _land_documents(client, tmp_path)
 
     result = _operator(tmp_path, run).execute(context())
@@ -132,11 +108,11 @@ def test_every_attachment_lands_once_with_its_bytes_and_the_token_stays_home(
 def test_oversize_and_disallowed_types_are_recorded_as_skipped(
     server: SandboxServer, client: SmartClient, tmp_path: Path
 ) -> None:
-    _put_binary(server, "big-1", b"x" * 5000, "text/plain")
-    _put_document(server, "doc-big", {"contentType": "text/plain", "url": "Binary/big-1"})
-    _put_document(server, "doc-declared-big", {"contentType": "text/plain", "url": "Binary/big-1", "size": 10**9})
-    _put_binary(server, "img-1", b"\x89PNG....", "image/png")
-    _put_document(server, "doc-img", {"contentType": "image/png", "url": "Binary/img-1"})
+    put_binary(server, "big-1", b"x" * 5000, "text/plain")
+    put_document(server, "doc-big", {"contentType": "text/plain", "url": "Binary/big-1"})
+    put_document(server, "doc-declared-big", {"contentType": "text/plain", "url": "Binary/big-1", "size": 10**9})
+    put_binary(server, "img-1", b"\x89PNG....", "image/png")
+    put_document(server, "doc-img", {"contentType": "image/png", "url": "Binary/img-1"})
     run = _land_documents(client, tmp_path)
 
     _operator(tmp_path, run, max_bytes=1000, allowed_types=["text/*"]).execute(context())
@@ -156,7 +132,7 @@ def test_oversize_and_disallowed_types_are_recorded_as_skipped(
 def test_a_failed_attachment_fails_the_run_and_a_rerun_fetches_only_it(
     server: SandboxServer, client: SmartClient, tmp_path: Path
 ) -> None:
-    _put_document(server, "doc-late", {"contentType": "text/plain", "url": "Binary/late-1"})
+    put_document(server, "doc-late", {"contentType": "text/plain", "url": "Binary/late-1"})
     run = _land_documents(client, tmp_path)
 
     with pytest.raises(AttachmentsFailedError, match="1 attachment"):
@@ -166,7 +142,7 @@ def test_a_failed_attachment_fails_the_run_and_a_rerun_fetches_only_it(
     assert not (tmp_path / "attachments" / "run1" / "_SUCCESS").exists()
     requests_before = dict(server.state.faults.requests)
 
-    _put_binary(server, "late-1", b"arrived later\n", "text/plain")
+    put_binary(server, "late-1", b"arrived later\n", "text/plain")
     _operator(tmp_path, run).execute(context())
 
     after = server.state.faults.requests
@@ -177,9 +153,9 @@ def test_a_failed_attachment_fails_the_run_and_a_rerun_fetches_only_it(
 
 
 def test_on_error_record_keeps_going(server: SandboxServer, client: SmartClient, tmp_path: Path) -> None:
-    _put_document(server, "doc-missing", {"contentType": "text/plain", "url": "Binary/missing-1"})
-    _put_binary(server, "gone-1", b"withdrawn\n", "text/plain")
-    _put_document(server, "doc-gone", {"contentType": "text/plain", "url": "Binary/gone-1"})
+    put_document(server, "doc-missing", {"contentType": "text/plain", "url": "Binary/missing-1"})
+    put_binary(server, "gone-1", b"withdrawn\n", "text/plain")
+    put_document(server, "doc-gone", {"contentType": "text/plain", "url": "Binary/gone-1"})
     server.state.faults.fail("/fhir/Binary/gone-1", status=410, times=None)
     run = _land_documents(client, tmp_path)
     result = _operator(tmp_path, run, on_error="record").execute(context())

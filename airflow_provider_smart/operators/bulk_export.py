@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_smart.fhir.bulk.kickoff import ExportRequest
-from airflow_provider_smart.fhir.bulk.manifest import Manifest, manifest_to_dict, parse_manifest, plan_files
+from airflow_provider_smart.fhir.bulk.manifest import Manifest, parse_manifest, plan_files
 from airflow_provider_smart.fhir.bulk.status import ExportComplete, ExportFailed, PollPolicy
 from airflow_provider_smart.fhir.sanitize import safe_text
 from airflow_provider_smart.fhir.urls import redact_url
@@ -21,6 +21,7 @@ from airflow_provider_smart.storage.export_state import (
     ExportLayout,
     ExportStateError,
     export_id_for,
+    manifest_without_queries,
     read_watermark,
     utcnow_iso,
     watermark_path,
@@ -93,6 +94,38 @@ class _ExportBase(BaseOperator):
             raise ExportFailedError(f"could not fetch the manifest again for fresh file URLs: {message}")
         self.log.info("fetched the manifest again from %s for fresh file URLs", redact_url(status_url))
         return fetch_manifest(client, result.manifest, status_url)
+
+    def _stored_manifest(
+        self, client: Any, layout: ExportLayout, state: dict[str, Any], keys: Sequence[str] | None = None
+    ) -> Manifest:
+        """The manifest of ``state.json``, with fresh file URLs from the status URL when the stored ones
+        lost their query strings (presigned signatures are never kept on the output storage) and a file
+        (of ``keys``, when given) is still to be downloaded."""
+        from airflow_provider_smart.fhir.bulk.sync import ExportFailedError
+
+        stored = parse_manifest(state["manifest"])
+        if not state.get("file_urls_redacted") or state.get("phase") == "complete":
+            return stored
+        wanted = None if keys is None else set(keys)
+        if all(layout.is_committed(p) for p in plan_files(stored) if wanted is None or p.key in wanted):
+            return stored  # nothing left to download: no URL is needed
+        status_url = state.get("status_url") or ""
+        try:
+            fresh = self._refetch_manifest(client, status_url)
+        except ExportFailedError as exc:
+            raise ExportStateError(
+                f"{safe_text(exc, limit=500)}. state.json keeps file URLs without their query strings (presigned "
+                "signatures are not stored), so a resume needs the manifest from the server, which no longer "
+                "serves it: run the export again with a new export_label, or clear this one"
+            ) from None
+        if fresh.transaction_time != stored.transaction_time or [p.key for p in plan_files(fresh)] != [
+            p.key for p in plan_files(stored)
+        ]:
+            raise ExportStateError(
+                f"the manifest at {redact_url(status_url)} no longer matches the export recorded in state.json "
+                "(another transactionTime or other files): run the export again with a new export_label"
+            )
+        return fresh
 
     def _land_parquet(self, layout: ExportLayout, manifest: Manifest, spec: dict[str, Any]) -> dict[str, Any]:
         """Parquet tables from every landed output file: ``<parquet root>/<ResourceType>/<label>/``."""
@@ -716,10 +749,12 @@ class FhirBulkExportOperator(_ExportBase):
         if first_page is not None:
             manifest = fetch_manifest(client, first_page, status_url, policy=self.policy)
             self._check_transaction_time(manifest)
+            stored, redacted = manifest_without_queries(manifest)
             state = dict(
                 state,
                 phase="downloading",
-                manifest=manifest_to_dict(manifest),
+                manifest=stored,
+                file_urls_redacted=redacted,
                 transaction_time=manifest.transaction_time,
             )
             layout.write_state(state)
@@ -731,7 +766,7 @@ class FhirBulkExportOperator(_ExportBase):
                 len(manifest.deleted),
             )
         else:
-            manifest = parse_manifest(state["manifest"])
+            manifest = self._stored_manifest(client, layout, state)
         if self.download_mode == "fanout":
             return self._fan_out(context, layout, manifest, state)
         settings = DownloadSettings(
@@ -900,8 +935,8 @@ class FhirBulkDownloadOperator(_ExportBase):
         if not state or not state.get("manifest"):
             raise RuntimeError(f"no completed export manifest in {layout.state_path}; run the export task first")
         _bind_ref(layout, state, self.batch)
-        manifest = parse_manifest(state["manifest"])
         client = self._hook().get_client()
+        manifest = self._stored_manifest(client, layout, state, list(self.batch.get("keys") or []))
         status_url = state.get("status_url") or ""
         counts = land_files(
             client,

@@ -243,13 +243,6 @@ def finalize(
 
 def _manifest_json(manifest: Manifest) -> dict[str, Any]:
     """The manifest as stored for readers: file URLs without their query strings (presigned signatures)."""
-    from airflow_provider_smart.fhir.bulk.manifest import manifest_to_dict
-    from airflow_provider_smart.fhir.urls import redact_url
+    from airflow_provider_smart.storage.export_state import manifest_without_queries
 
-    data = manifest_to_dict(manifest)
-    for kind in ("output", "error", "deleted"):
-        for entry in data.get(kind, []):
-            entry["url"] = redact_url(entry["url"])
-            if "continuesInFile" in entry:
-                entry["continuesInFile"] = redact_url(entry["continuesInFile"])
-    return data
+    return manifest_without_queries(manifest)[0]

@@ -9,7 +9,8 @@ Layout under the output root (``<label>`` is the export label, by default the Ai
     <root>/by-<Type>/<label>/block.00000.ndjson                  output organised by a type (organizeOutputBy)
     <root>/errors/<label>/OperationOutcome.00000.ndjson          the manifest's error files
     <root>/deleted/<label>/Bundle.00000.ndjson                   deleted-resource Bundles (with _since)
-    <root>/_exports/<label>/state.json                           status URL, request, manifest, phase
+    <root>/_exports/<label>/state.json                           status URL, request, manifest (file URLs without
+                                                                 query strings), phase
     <root>/_exports/<label>/manifest.json                        the (merged) manifest, once complete
     <root>/_exports/<label>/files/<key>.json                     one record per committed file
     <root>/_exports/<label>/lease.json                           which run holds the label (see ``lease.py``)
@@ -32,7 +33,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_smart.fhir.bulk.manifest import PlannedFile
+from airflow_provider_smart.fhir.bulk.manifest import Manifest, PlannedFile, manifest_to_dict
 from airflow_provider_smart.fhir.instants import check_watermark_instant
 from airflow_provider_smart.storage.atomic import (
     atomic_write_json,
@@ -196,6 +197,24 @@ class ExportLayout:
         if self.export_dir.exists():
             # The lease stays: it is this run's claim on the label.
             clear_directory(self.export_dir, keep=frozenset({LEASE_FILE}))
+
+
+def manifest_without_queries(manifest: Manifest) -> tuple[dict[str, Any], bool]:
+    """The manifest as the output storage keeps it (``state.json``, ``manifest.json``): file URLs without
+    their query strings, so presigned signatures never rest on disk. The flag says whether any URL lost
+    its query: a resume then reads fresh URLs from the status URL before downloading."""
+    from airflow_provider_smart.fhir.urls import redact_url
+
+    data = manifest_to_dict(manifest)
+    redacted = False
+    for kind in ("output", "error", "deleted"):
+        for entry in data.get(kind, []):
+            for name in ("url", "continuesInFile"):
+                if name in entry:
+                    cleaned = redact_url(entry[name])
+                    redacted = redacted or cleaned != entry[name]
+                    entry[name] = cleaned
+    return data, redacted
 
 
 def _url_key(planned: PlannedFile) -> str:

@@ -204,3 +204,32 @@ def test_https_server_advertising_an_http_token_endpoint_is_refused(
             cache.clear()
             assert hook(allow_insecure_http=True).get_token().value == "cleartext-token-0123456789"
             assert len(posts) == 1
+
+
+def test_state_json_keeps_no_presigned_query_and_a_resume_still_lands_everything(
+    bulk_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    from airflow_provider_smart.sandbox.bulk_runtime import PRESIGNED_FILE_PATHS, STATUS_PATHS
+
+    server, _ = bulk_server(max_file_resources=10, presigned_files=True, presign_ttl=60, seconds_to_complete=0)
+    out = tmp_path / "out"
+    # One file fails for good on the first run (404); the others land. Retries follow, so the export stays.
+    server.state.faults.fail(PRESIGNED_FILE_PATHS, status=404, times=1)
+    with pytest.raises(DownloadError):
+        run_deferred(export_operator(out, deferrable=False, retries=1), context())
+    state_text = (out / "_exports/manual__run1/state.json").read_text()
+    state = json.loads(state_text)
+    assert state["phase"] == "downloading" and state["file_urls_redacted"] is True
+    assert "signature=" not in state_text and "expires=" not in state_text
+    urls = [f["url"] for f in state["manifest"]["output"]]
+    assert urls and all(url.endswith("?<redacted>") for url in urls)
+    files_before = server.state.faults.count(PRESIGNED_FILE_PATHS)
+    polls_before = server.state.faults.count(STATUS_PATHS)
+
+    run_deferred(export_operator(out, deferrable=False, retries=1, delete_on_success=False), context())
+    assert landed(out, "manual__run1") == store_view(server)
+    # The resume read fresh URLs from the status URL once and fetched only the missing file with them.
+    assert server.state.faults.count(STATUS_PATHS) == polls_before + 1
+    assert server.state.faults.count(PRESIGNED_FILE_PATHS) == files_before + 1
+    for path in out.rglob("*.json"):
+        assert "signature=" not in path.read_text(), path

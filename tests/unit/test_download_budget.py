@@ -83,3 +83,26 @@ def test_a_file_that_recovers_reports_its_attempts() -> None:
     d = downloader(WaitPolicy(max_attempts=6), slept, attempts=5)
     result = d.download(one_file(), memory_sink)
     assert result.attempts == 3 and len(responses.calls) == 3 and result.lines == 1
+
+
+@responses.activate
+def test_a_presigned_url_answering_403_is_refreshed_once_within_the_same_budget() -> None:
+    presigned = "http://bucket.test/p0?signature=old"
+    fresh = "http://bucket.test/p0?signature=new"
+    manifest = parse_manifest(
+        {
+            "transactionTime": "2024-01-01T00:00:00Z",
+            "requiresAccessToken": False,
+            "output": [{"type": "Patient", "url": presigned, "count": 1}],
+            "error": [],
+        }
+    )
+    planned = plan_files(manifest)[0]
+    responses.get(presigned, status=403, body="Request has expired")
+    responses.get(fresh, body=b'{"resourceType": "Patient", "id": "1"}\n')
+    slept: list[float] = []
+    d = downloader(WaitPolicy(), slept, attempts=3)
+    d.refresh_urls = lambda: {planned.key: fresh}
+    result = d.download(planned, memory_sink)
+    assert result.lines == 1 and [c.request.url for c in responses.calls] == [presigned, fresh]
+    assert slept == []  # an expired URL is replaced, not waited for

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,8 @@ from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_provider_smart.operators.bulk_export import FhirBulkExportOperator
 from airflow_provider_smart.sandbox.server import SandboxServer
+
+REPO = Path(__file__).resolve().parents[2]
 
 # Poll the sandbox's status endpoint often and without a floor, so deferred exports finish in seconds.
 FAST_POLLING: dict[str, Any] = {"poll_interval": 0.2, "min_poll_interval": 0.0, "max_poll_interval": 2.0}
@@ -31,6 +36,19 @@ class FakeTI:
 def export_operator(output: Path | str, **kwargs: Any) -> FhirBulkExportOperator:
     """A FhirBulkExportOperator writing to ``output`` that polls fast; ``kwargs`` override anything."""
     return FhirBulkExportOperator(**{"task_id": "export", "output": str(output), **FAST_POLLING, **kwargs})
+
+
+def start_worker(code: str, *args: str) -> subprocess.Popen[bytes]:
+    """``python -c code args`` from the repository root, in a session of its own: a worker a test may kill
+    with SIGKILL at a moment it chooses, as a lost Airflow worker dies."""
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        cwd=REPO,
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def context(run_id: str = "manual__run1", **extra: Any) -> dict[str, Any]:

@@ -5,10 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
@@ -27,14 +24,13 @@ from airflow_provider_smart.operators.search import FhirSearchOperator
 from airflow_provider_smart.sandbox.bulk_runtime import FHIR_FILE_PATHS
 from airflow_provider_smart.sandbox.server import SandboxServer
 from airflow_provider_smart.storage.attachments import AttachmentsFailedError
-from tests.integration.bulk_helpers import context, export_operator, kickoffs, run_deferred
+from tests.integration.bulk_helpers import context, export_operator, kickoffs, run_deferred, start_worker
 from tests.integration.sandbox_content import admin, put_binary, put_document
 from tests.loopback import AnswerServer, answering
 from tests.s3_fixtures import MotoS3
 from tests.sandbox_fixtures import SmartClient
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
 LABEL = "manual__run1"
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 64 + b"\n%%EOF\n"
 
@@ -239,14 +235,7 @@ def test_a_run_killed_mid_attachments_resumes_without_fetching_again(server: San
     out = tmp_path / "out"
     records = out / "attachments" / LABEL / "_records"
     server.state.faults.slow("/fhir/Binary/*", delay=0.7)  # slow notes: the kill comes between two of them
-    worker = subprocess.Popen(
-        [sys.executable, "-c", _WORKER, str(out)],
-        cwd=REPO,
-        env=dict(os.environ),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    worker = start_worker(_WORKER, str(out))
     try:
         deadline = time.time() + 120
         while not (records.exists() and len(_settled(records)) >= 3):

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -31,11 +28,18 @@ from airflow_provider_smart.sandbox.bulk_runtime import (
 )
 from airflow_provider_smart.sandbox.faults import FaultRule
 from airflow_provider_smart.sandbox.server import SandboxServer
-from tests.integration.bulk_helpers import context, export_operator, kickoffs, landed, run_deferred, store_view
+from tests.integration.bulk_helpers import (
+    context,
+    export_operator,
+    kickoffs,
+    landed,
+    run_deferred,
+    start_worker,
+    store_view,
+)
 from tests.sandbox_fixtures import SmartClient
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
 
 
 def export_op(tmp_path: Path, **kwargs: Any) -> FhirBulkExportOperator:
@@ -263,17 +267,6 @@ run_deferred(op, context())
 """
 
 
-def _worker(out: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-c", _WORKER, str(out)],
-        cwd=REPO,
-        env=dict(os.environ),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-
 def _wait_for(predicate: Callable[[], bool], timeout: float = 60) -> None:
     deadline = time.time() + timeout
     while not predicate():
@@ -285,7 +278,7 @@ def test_worker_killed_while_pending_reattaches_on_retry(bulk_server: Callable[.
     server, _ = bulk_server(seconds_to_complete=4, polls_to_complete=1)
     out = tmp_path / "out"
     state_file = out / "_exports/manual__run1/state.json"
-    worker = _worker(out)
+    worker = start_worker(_WORKER, str(out))
     try:
         _wait_for(state_file.exists)
         time.sleep(0.5)
@@ -307,7 +300,7 @@ def test_run_killed_mid_download_resumes_with_only_the_missing_files(
     out = tmp_path / "out"
     # Files are slow to serve: the worker is killed after a few have been committed.
     server.state.faults.slow(FHIR_FILE_PATHS, delay=1.5)
-    worker = _worker(out)
+    worker = start_worker(_WORKER, str(out))
     records = out / "_exports/manual__run1/files"
     try:
         _wait_for(lambda: records.exists() and len(list(records.glob("*.json"))) >= 3)

@@ -28,7 +28,7 @@ from airflow_provider_smart.fhir.errors import (
     operation_outcome_issues,
     operation_outcome_text,
 )
-from airflow_provider_smart.fhir.retry import WaitPolicy, is_retryable, parse_retry_after
+from airflow_provider_smart.fhir.retry import DEFAULT_MAX_RETRY_AFTER, WaitPolicy, is_retryable, parse_retry_after
 from airflow_provider_smart.fhir.urls import redact_url, resolve, same_origin
 
 log = logging.getLogger(__name__)
@@ -247,6 +247,8 @@ class FhirSearch:
     :param request: the search (:meth:`SearchRequest.build`).
     :param page_retries: how many times one page may be fetched again after a transient failure.
     :param max_pages: stop with an error after this many pages (a guard against a server looping).
+    :param max_retry_after: cap of one Retry-After wait; default: the client's (the connection's
+        ``max_retry_after`` extra), else 300 s.
     :param sleep: the wait function (tests pass a fake).
     """
 
@@ -259,9 +261,12 @@ class FhirSearch:
         max_pages: int | None = None,
         backoff_base: float = 0.5,
         backoff_max: float = 60.0,
-        max_retry_after: float = 300.0,
+        max_retry_after: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
+        if max_retry_after is None:
+            # The client's cap: the connection's max_retry_after extra when the hook built it.
+            max_retry_after = float(getattr(http, "max_retry_after", DEFAULT_MAX_RETRY_AFTER))
         self.http = http
         self.request = request
         self.page_retries = page_retries

@@ -319,3 +319,12 @@ def test_a_plain_500_fails_at_once_with_the_servers_text() -> None:
         run(search)
     assert len(search.http.calls) == 1  # type: ignore[attr-defined]
     assert search.sleeps == []  # type: ignore[attr-defined]
+
+
+def test_search_takes_the_clients_max_retry_after_by_default() -> None:
+    from airflow_provider_smart.fhir.http import FhirHttpClient
+
+    client = FhirHttpClient(None, BASE, max_retry_after=42)
+    assert FhirSearch(client, SearchRequest.build("Patient")).wait_policy.max_retry_after == 42
+    assert FhirSearch(PlainHttp(), SearchRequest.build("Patient")).wait_policy.max_retry_after == 300
+    assert FhirSearch(client, SearchRequest.build("Patient"), max_retry_after=7).wait_policy.max_retry_after == 7

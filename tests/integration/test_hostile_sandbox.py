@@ -126,7 +126,7 @@ def test_search_page_redirected_to_another_origin_is_refused(
     op = FhirSearchOperator(task_id="search", resource_type="Patient", output=str(tmp_path / "out"), incremental=None)
     with pytest.raises(Exception, match="another origin") as info:
         op.execute(context())
-    assert foreign.url.split("//")[1] in str(info.value) or "127.0.0.1" in str(info.value)
+    assert foreign.url in str(info.value)  # names where it was sent
     assert foreign.seen == []  # refused before anything was sent there
     assert not list((tmp_path / "out").rglob("*.ndjson"))
 

@@ -139,7 +139,13 @@ class SmartAuthClient:
         with state.discovery_lock:
             if state.configuration is None or force:
                 config = discover(
-                    self.session, self.fhir_base_url, verify=self.verify, timeout=self.timeout, headers=self.headers
+                    self.session,
+                    self.fhir_base_url,
+                    verify=self.verify,
+                    timeout=self.timeout,
+                    headers=self.headers,
+                    wait_policy=self.wait_policy,
+                    sleep=self._sleep,
                 )
                 self._check_token_endpoint(config.token_endpoint, f"the SMART configuration at {config.source}")
                 warn_if_algorithm_unsupported(config, self.signing_key.algorithm)

@@ -7,19 +7,24 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import requests
 
 from airflow_provider_smart.auth.errors import DiscoveryError
+from airflow_provider_smart.fhir.http import read_limited
+from airflow_provider_smart.fhir.retry import RetryBudget, WaitPolicy, is_retryable_status
+from airflow_provider_smart.fhir.sanitize import safe_text
 from airflow_provider_smart.fhir.urls import fhir_base, resolve
 
 log = logging.getLogger(__name__)
 
 OAUTH_URIS_EXTENSION = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 SMART_CONFIGURATION_PATH = "/.well-known/smart-configuration"
+#: A SMART configuration or CapabilityStatement larger than this is refused (real ones are kilobytes).
+MAX_DISCOVERY_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -86,26 +91,51 @@ def token_url_from_capability_statement(document: Mapping[str, Any], source: str
 
 
 def _get_json(
-    session: requests.Session, url: str, *, verify: bool | str, timeout: float, headers: Mapping[str, str]
+    session: requests.Session,
+    url: str,
+    *,
+    verify: bool | str,
+    timeout: float,
+    headers: Mapping[str, str],
+    budget: RetryBudget | None,
 ) -> tuple[Any, str]:
-    """GET a JSON document; returns (data or None, why-not). Never raises for HTTP or parse problems."""
-    try:
-        response = session.get(
-            url,
-            headers={**headers, "Accept": "application/json, application/fhir+json"},
-            verify=verify,
-            timeout=timeout,
-        )
-    except requests.RequestException as exc:
-        return None, f"{url}: unreachable ({type(exc).__name__})"
-    with response:
-        if response.status_code != 200:
-            return None, f"{url}: HTTP {response.status_code}"
+    """GET a JSON document; returns (data or None, why-not). Never raises for HTTP or parse problems.
+
+    A throttled or briefly unavailable answer (429, 502, 503, 504, or no connection) is tried again as
+    ``budget`` allows: a server that blocks the whole client for a while must not make discovery fail."""
+    while True:
         try:
-            return json.loads(response.content), ""
-        except ValueError:
-            kind = response.headers.get("Content-Type", "unknown type")
-            return None, f"{url}: not JSON ({kind})"
+            response = session.get(
+                url,
+                headers={**headers, "Accept": "application/json, application/fhir+json"},
+                verify=verify,
+                timeout=timeout,
+                stream=True,  # read up to MAX_DISCOVERY_BYTES, never a whole endless body
+            )
+        except requests.RequestException as exc:
+            why = f"{url}: unreachable ({type(exc).__name__})"
+            if budget is not None and budget.wait(why):
+                continue
+            return None, why
+        with response:
+            status = response.status_code
+            retry_after = response.headers.get("Retry-After")
+            if (
+                is_retryable_status(status)
+                and budget is not None
+                and budget.wait(f"{url}: HTTP {status}", retry_after=retry_after)
+            ):
+                continue
+            if status != 200:
+                return None, f"{url}: HTTP {status}"
+            body = read_limited(response, MAX_DISCOVERY_BYTES + 1)
+            if len(body) > MAX_DISCOVERY_BYTES:
+                return None, f"{url}: larger than {MAX_DISCOVERY_BYTES:,} bytes, not a SMART configuration"
+            try:
+                return json.loads(body), ""
+            except ValueError:
+                kind = safe_text(response.headers.get("Content-Type", "unknown type"), limit=80)
+                return None, f"{url}: not JSON ({kind})"
 
 
 def discover(
@@ -115,13 +145,23 @@ def discover(
     verify: bool | str = True,
     timeout: float = 60.0,
     headers: Mapping[str, str] | None = None,
+    wait_policy: WaitPolicy | None = None,
+    sleep: Callable[[float], None] | None = None,
 ) -> SmartConfiguration:
-    """Find the token endpoint of the FHIR server at ``base_url`` or raise :class:`DiscoveryError`."""
+    """Find the token endpoint of the FHIR server at ``base_url`` or raise :class:`DiscoveryError`.
+
+    :param wait_policy: retries of each discovery GET (429/5xx/no connection); None tries each once.
+    """
     base = fhir_base(base_url)
     extra = dict(headers or {})
     problems: list[str] = []
+
+    def fetch(url: str) -> tuple[Any, str]:
+        budget = wait_policy.budget(f"SMART discovery {url}", sleep=sleep, logger=log) if wait_policy else None
+        return _get_json(session, url, verify=verify, timeout=timeout, headers=extra, budget=budget)
+
     well_known = base + SMART_CONFIGURATION_PATH
-    data, why = _get_json(session, well_known, verify=verify, timeout=timeout, headers=extra)
+    data, why = fetch(well_known)
     if isinstance(data, dict):
         config = parse_smart_configuration(data, well_known)
         if config is not None:
@@ -130,7 +170,7 @@ def discover(
         why = f"{well_known}: no token_endpoint"
     problems.append(why or f"{well_known}: not a JSON object")
     metadata = base + "/metadata"
-    data, why = _get_json(session, metadata, verify=verify, timeout=timeout, headers=extra)
+    data, why = fetch(metadata)
     if isinstance(data, dict):
         token_url = token_url_from_capability_statement(data, metadata)
         if token_url:

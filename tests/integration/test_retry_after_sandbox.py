@@ -228,3 +228,16 @@ def test_file_download_retry_after_forms_are_honoured_and_capped(
     waits = [(s, m) for s, m in _waits(lines, "$bulk-file") if "HTTP 429" in m]
     assert len(waits) == 1, lines  # one wait, logged once
     _check_gap(kind, spec, _gaps_after_faults(server, FHIR_FILE_PATHS), waits[0][0])
+
+
+def test_a_block_that_covers_discovery_is_waited_out(bulk_server: Callable[..., Any], tmp_path: Path) -> None:
+    """A server blocking the whole client also throttles SMART discovery: the hook waits the block out
+    under the same policy instead of failing with "could not find the token endpoint"."""
+    server, _ = bulk_server(polls_to_complete=1)
+    rule = server.state.faults.block("*/.well-known/smart-configuration", seconds=1.5)
+    summary, _ = run_deferred(export_op(tmp_path, types=TYPES), context())
+    assert summary["counts"] == {t: len(v) for t, v in store_view(server, TYPES).items()}
+    discovery = [e for e in server.state.faults.history if e[2].endswith("/.well-known/smart-configuration")]
+    assert rule.until is not None and [e[3] for e in discovery][:1] == [429], discovery
+    served = [e for e in discovery if e[3] is None]
+    assert served and served[0][0] >= rule.until  # came back after the block, and was served

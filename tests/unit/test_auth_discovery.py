@@ -100,3 +100,49 @@ def test_unsupported_algorithm_warning(caplog):
     assert "ES384" in caplog.text and "algorithm extra" in caplog.text
     assert warn_if_algorithm_unsupported(config, "RS384") is False
     assert warn_if_algorithm_unsupported(SmartConfiguration("https://x/token", "https://x"), "ES384") is False
+
+
+@responses.activate
+def test_throttled_discovery_waits_under_the_policy_and_a_404_is_not_retried():
+    from airflow_provider_smart.fhir.retry import WaitPolicy
+
+    well_known = BASE + "/.well-known/smart-configuration"
+    responses.get(well_known, status=429, headers={"Retry-After": "2"})
+    responses.get(well_known, status=503)
+    responses.get(well_known, json={"token_endpoint": "https://ehr.example.org/oauth/token"})
+    slept: list[float] = []
+    policy = WaitPolicy(max_retry_after=30, max_attempts=5, backoff_base=0.1)
+    config = discover(requests.Session(), BASE, wait_policy=policy, sleep=slept.append)
+    assert config.token_endpoint == "https://ehr.example.org/oauth/token"
+    assert len(slept) == 2 and 2.0 <= slept[0] <= 2.6  # Retry-After honoured, then a short backoff
+
+    responses.reset()
+    responses.get(well_known, status=404)
+    responses.get(BASE + "/metadata", status=404)
+    slept.clear()
+    with pytest.raises(DiscoveryError, match="HTTP 404"):
+        discover(requests.Session(), BASE, wait_policy=policy, sleep=slept.append)
+    assert slept == [] and len(responses.calls) == 2
+
+
+@responses.activate
+def test_discovery_gives_up_when_the_budget_is_spent_and_says_why():
+    from airflow_provider_smart.fhir.retry import WaitPolicy
+
+    responses.get(BASE + "/.well-known/smart-configuration", status=429, headers={"Retry-After": "1"})
+    responses.get(BASE + "/metadata", status=503)
+    policy = WaitPolicy(max_retry_after=1, max_attempts=3)
+    with pytest.raises(DiscoveryError, match=r"smart-configuration: HTTP 429.*metadata: HTTP 503"):
+        discover(requests.Session(), BASE, wait_policy=policy, sleep=lambda s: None)
+    assert len(responses.calls) == 6  # three tries of each document, never more
+
+
+@responses.activate
+def test_an_oversized_discovery_document_is_refused_unread(monkeypatch: pytest.MonkeyPatch):
+    from airflow_provider_smart.auth import discovery as module
+
+    monkeypatch.setattr(module, "MAX_DISCOVERY_BYTES", 1024)
+    responses.get(BASE + "/.well-known/smart-configuration", body=b"{" + b" " * 5000 + b"}")
+    responses.get(BASE + "/metadata", status=404)
+    with pytest.raises(DiscoveryError, match="larger than"):
+        discover(requests.Session(), BASE)

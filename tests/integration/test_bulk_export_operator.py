@@ -267,10 +267,13 @@ run_deferred(op, context())
 """
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float = 60) -> None:
+def _wait_for(predicate: Callable[[], bool], timeout: float = 180, worker: Any = None) -> None:
+    """Poll ``predicate``; a worker process that ends first fails at once (its start takes seconds to
+    tens of seconds on a loaded machine, hence the long timeout)."""
     deadline = time.time() + timeout
     while not predicate():
-        assert time.time() < deadline, "timed out"
+        assert worker is None or worker.poll() is None, f"the worker ended early with exit code {worker.poll()}"
+        assert time.time() < deadline, f"timed out after {timeout:.0f}s"
         time.sleep(0.05)
 
 
@@ -280,7 +283,7 @@ def test_worker_killed_while_pending_reattaches_on_retry(bulk_server: Callable[.
     state_file = out / "_exports/manual__run1/state.json"
     worker = start_worker(_WORKER, str(out))
     try:
-        _wait_for(state_file.exists)
+        _wait_for(state_file.exists, worker=worker)
         time.sleep(0.5)
         worker.send_signal(signal.SIGKILL)
         worker.wait(30)
@@ -303,7 +306,7 @@ def test_run_killed_mid_download_resumes_with_only_the_missing_files(
     worker = start_worker(_WORKER, str(out))
     records = out / "_exports/manual__run1/files"
     try:
-        _wait_for(lambda: records.exists() and len(list(records.glob("*.json"))) >= 3)
+        _wait_for(lambda: records.exists() and len(list(records.glob("*.json"))) >= 3, worker=worker)
         worker.send_signal(signal.SIGKILL)
         worker.wait(30)
     finally:

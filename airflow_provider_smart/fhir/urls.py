@@ -132,16 +132,24 @@ def fhir_base(url: str) -> str:
     return url.rstrip("/")
 
 
-def redact_url(url: str) -> str:
-    """Drop the query string (presigned URLs carry credentials there) and any userinfo, for logs."""
+def without_query(url: str) -> str | None:
+    """``url`` without its query string, fragment and userinfo (presigned URLs carry credentials in the
+    query), whole otherwise: the form output storage keeps. None when it does not parse."""
     try:
         parts = urlsplit(str(url))
         port = parts.port
     except ValueError:
-        return "<unparseable URL>"
-    netloc = parts.hostname or ""
+        return None
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets
     if port:
         netloc = f"{netloc}:{port}"
-    query = "<redacted>" if parts.query else ""
-    text = urlunsplit(SplitResult(parts.scheme, netloc, parts.path, query, ""))
+    return urlunsplit(SplitResult(parts.scheme, netloc, parts.path, "<redacted>" if parts.query else "", ""))
+
+
+def redact_url(url: str) -> str:
+    """Drop the query string (presigned URLs carry credentials there) and any userinfo, for logs."""
+    text = without_query(url)
+    if text is None:
+        return "<unparseable URL>"
     return _AMBIGUOUS.sub("?", text)[:300]

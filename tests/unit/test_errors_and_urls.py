@@ -55,3 +55,16 @@ def test_resolve_and_redact() -> None:
     assert resolve("http://h/fhir/Patient", "http://g/y") == "http://g/y"
     assert redact_url("https://u:p@s3.example/b/k?X-Amz-Signature=abc") == "https://s3.example/b/k?<redacted>"
     assert redact_url("http://h:81/p") == "http://h:81/p"
+    assert redact_url("http://[::1]:8080/f?sig=x") == "http://[::1]:8080/f?<redacted>"
+    assert len(redact_url("https://h/" + "a" * 1000)) == 300  # log lines stay short
+
+
+def test_stored_urls_keep_their_whole_path_and_ipv6_brackets_but_never_the_query():
+    from airflow_provider_smart.fhir.urls import without_query
+
+    long_path = "https://h/" + "a" * 1000 + ".ndjson"
+    assert without_query(long_path) == long_path
+    assert (
+        without_query("https://u:p@[2001:db8::1]:9/k?X-Amz-Signature=abc#f") == "https://[2001:db8::1]:9/k?<redacted>"
+    )
+    assert without_query("http://[::1") is None

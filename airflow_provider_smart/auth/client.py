@@ -38,6 +38,8 @@ MIN_REFRESH_MARGIN = 30.0
 REFRESH_FRACTION = 0.1
 #: Token requests are cheap to repeat (each has a fresh jti); retry transient failures a few times.
 TOKEN_RETRIES = 2
+#: The largest token endpoint answer read; a real one is a few kilobytes.
+MAX_TOKEN_BODY = 1024 * 1024
 #: Total seconds one token request may spend waiting between its tries.
 TOKEN_MAX_TOTAL_WAIT = 600.0
 
@@ -248,6 +250,7 @@ class SmartAuthClient:
                     verify=self.verify,
                     timeout=self.timeout,
                     allow_redirects=False,  # the assertion goes to the URL it names as aud, nowhere else
+                    stream=True,  # the body is read up to MAX_TOKEN_BODY below, never whole
                 )
             except requests.RequestException as exc:
                 if budget.wait(f"cannot reach it ({type(exc).__name__})"):
@@ -266,9 +269,16 @@ class SmartAuthClient:
                         "the final URL",
                         status=status,
                     )
+                body = read_limited(response, MAX_TOKEN_BODY + 1)
+                if len(body) > MAX_TOKEN_BODY:
+                    raise TokenRequestError(
+                        f"the token endpoint {redact_url(token_url)} answered HTTP {status} with a body over "
+                        f"{MAX_TOKEN_BODY:,} bytes; a token response is a small JSON object: check the token_url",
+                        status=status,
+                    )
                 token = parse_token_response(
                     status,
-                    response.content,
+                    body,
                     response.headers.get("Content-Type"),
                     context,
                     now=self._clock(),

@@ -282,3 +282,14 @@ def test_shared_state_reuses_discovery_and_token_across_clients():
     assert [c.request.method for c in responses.calls] == ["GET", "POST"]
     second.invalidate("shared")
     assert first._token is None  # a 401 seen by one client renews for all
+
+
+@responses.activate
+def test_an_endless_token_body_is_read_up_to_the_cap_and_refused(monkeypatch):
+    from airflow_provider_smart.auth import client as module
+
+    monkeypatch.setattr(module, "MAX_TOKEN_BODY", 4096)
+    responses.post(TOKEN_URL, body=b'{"access_token": "' + b"x" * 100_000 + b'"}', content_type="application/json")
+    with pytest.raises(TokenRequestError, match="body over 4,096 bytes") as raised:
+        make_client().get_token()
+    assert raised.value.status == 200 and "xxxx" not in str(raised.value)

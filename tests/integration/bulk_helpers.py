@@ -33,6 +33,17 @@ class FakeTI:
         self.xcoms[key] = value
 
 
+def committed_records(records: Path) -> list[Path]:
+    """The file records a run committed under ``records``.
+
+    A worker killed while writing leaves ``_tmp.<uuid>.<key>.json`` siblings behind; they are not
+    records (the product skips them), so a test that counts records must skip them too.
+    """
+    if not records.exists():
+        return []
+    return [p for p in records.glob("*.json") if not p.name.startswith("_")]
+
+
 def export_operator(output: Path | str, **kwargs: Any) -> FhirBulkExportOperator:
     """A FhirBulkExportOperator writing to ``output`` that polls fast; ``kwargs`` override anything."""
     return FhirBulkExportOperator(**{"task_id": "export", "output": str(output), **FAST_POLLING, **kwargs})

@@ -24,7 +24,14 @@ from airflow_provider_smart.operators.search import FhirSearchOperator
 from airflow_provider_smart.sandbox.bulk_runtime import FHIR_FILE_PATHS
 from airflow_provider_smart.sandbox.server import SandboxServer
 from airflow_provider_smart.storage.attachments import AttachmentsFailedError
-from tests.integration.bulk_helpers import context, export_operator, kickoffs, run_deferred, start_worker
+from tests.integration.bulk_helpers import (
+    committed_records,
+    context,
+    export_operator,
+    kickoffs,
+    run_deferred,
+    start_worker,
+)
 from tests.integration.sandbox_content import admin, put_binary, put_document
 from tests.loopback import AnswerServer, answering
 from tests.s3_fixtures import MotoS3
@@ -222,11 +229,6 @@ run_deferred(op, context())
 """
 
 
-def _settled(records: Path) -> list[Path]:
-    """The attachments' records (not a ``_tmp.`` file being written when the worker died)."""
-    return [p for p in records.glob("*.json") if not p.name.startswith("_")]
-
-
 def test_a_run_killed_mid_attachments_resumes_without_fetching_again(server: SandboxServer, tmp_path: Path) -> None:
     for k in range(8):
         put_binary(server, f"kill-{k}", f"note {k}\n".encode(), "text/plain")
@@ -237,8 +239,8 @@ def test_a_run_killed_mid_attachments_resumes_without_fetching_again(server: San
     server.state.faults.slow("/fhir/Binary/*", delay=0.7)  # slow notes: the kill comes between two of them
     worker = start_worker(_WORKER, str(out))
     try:
-        deadline = time.time() + 120
-        while not (records.exists() and len(_settled(records)) >= 3):
+        deadline = time.time() + 180
+        while len(committed_records(records)) < 3:
             assert worker.poll() is None, "the worker ended before it was killed"
             assert time.time() < deadline, "timed out waiting for the first attachments"
             time.sleep(0.05)
@@ -248,7 +250,7 @@ def test_a_run_killed_mid_attachments_resumes_without_fetching_again(server: San
         if worker.poll() is None:
             worker.kill()
             worker.wait(30)
-    fetched = [json.loads(p.read_text()) for p in _settled(records)]
+    fetched = [json.loads(p.read_text()) for p in committed_records(records)]
     settled = len([r for r in fetched if r["status"] == "landed"])  # the inline ones needed no request
     assert 1 <= settled < total
     assert json.loads((out / "_exports" / LABEL / "state.json").read_text())["phase"] == "downloading"

@@ -29,6 +29,7 @@ from airflow_provider_smart.sandbox.bulk_runtime import (
 from airflow_provider_smart.sandbox.faults import FaultRule
 from airflow_provider_smart.sandbox.server import SandboxServer
 from tests.integration.bulk_helpers import (
+    committed_records,
     context,
     export_operator,
     kickoffs,
@@ -306,13 +307,14 @@ def test_run_killed_mid_download_resumes_with_only_the_missing_files(
     worker = start_worker(_WORKER, str(out))
     records = out / "_exports/manual__run1/files"
     try:
-        _wait_for(lambda: records.exists() and len(list(records.glob("*.json"))) >= 3, worker=worker)
+        _wait_for(lambda: len(committed_records(records)) >= 3, worker=worker)
         worker.send_signal(signal.SIGKILL)
         worker.wait(30)
     finally:
         if worker.poll() is None:
             worker.kill()
-    committed = {p.stem for p in records.glob("*.json")}
+    # Only committed records count: files finish together, so the kill may leave _tmp. records too.
+    committed = {p.stem for p in committed_records(records)}
     total_files = sum(-(-len(v) // 10) for v in store_view(server).values())
     assert 3 <= len(committed) < total_files
     server.state.faults.reset()
@@ -324,6 +326,7 @@ def test_run_killed_mid_download_resumes_with_only_the_missing_files(
     assert kickoffs(server) == 0  # the retry did not kick off again
     assert landed(out, "manual__run1") == store_view(server)
     assert summary["counts"]["Observation"] == len(store_view(server)["Observation"])
+    assert not [p.name for p in records.iterdir() if p.name.startswith("_tmp.")]  # leftovers cleaned
 
 
 def test_incremental_second_run_exports_only_changes(bulk_server: Callable[..., Any], tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
@@ -41,22 +42,84 @@ def remove_stale_temps(final: ObjectStoragePath) -> int:
     if not final.parent.exists():
         return removed
     for stale in final.parent.glob(f"{TMP_PREFIX}*.{final.name}"):
+        if _final_name_of_temp(stale.name) != final.name:
+            continue  # not a temporary of ours (a staging directory, another writer's name)
         with contextlib.suppress(FileNotFoundError):
             stale.unlink()
             removed += 1
     return removed
 
 
+def _final_name_of_temp(name: str) -> str | None:
+    """The final name a ``_tmp.<uuid hex>.<final>`` file was written for, or None for another name."""
+    if not name.startswith(TMP_PREFIX):
+        return None
+    token, dot, final = name[len(TMP_PREFIX) :].partition(".")
+    if not dot or not final or len(token) != 32 or any(c not in "0123456789abcdef" for c in token):
+        return None
+    return final
+
+
+class StaleTemps:
+    """Removes killed writers' leftovers for a batch of files, listing each directory once.
+
+    :func:`remove_stale_temps` lists the directory on every call: for a batch of N files in one
+    directory that is N listings of up to N names (on S3, N LIST requests), quadratic in the export's
+    size. A batch lists a directory the first time it writes there and looks the names up after.
+    This is safe for the same reason the per-file scan is: one final name has one writer at a time,
+    so a leftover for a name this batch writes was left before the batch began (by a killed earlier
+    attempt) and is in the listing; the batch's own failed writes delete their temporary file.
+    Thread-safe: one listing per directory even when download threads write at once.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._listed: dict[str, dict[str, list[ObjectStoragePath]]] = {}
+        #: How many directories were listed (what the batch costs in LIST requests, about).
+        self.listings = 0
+
+    def remove(self, final: ObjectStoragePath) -> int:
+        """Delete the leftovers of earlier attempts at ``final``; returns how many were removed."""
+        directory = final.parent
+        with self._lock:
+            by_name = self._listed.get(str(directory))
+            if by_name is None:
+                by_name = self._listed[str(directory)] = self._list(directory)
+            stale = by_name.pop(final.name, [])
+        removed = 0
+        for path in stale:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
+        return removed
+
+    def _list(self, directory: ObjectStoragePath) -> dict[str, list[ObjectStoragePath]]:
+        self.listings += 1
+        by_name: dict[str, list[ObjectStoragePath]] = {}
+        if not directory.exists():
+            return by_name
+        for path in directory.glob(f"{TMP_PREFIX}*"):
+            final = _final_name_of_temp(path.name)
+            if final is not None:
+                by_name.setdefault(final, []).append(path)
+        return by_name
+
+
 @contextlib.contextmanager
-def atomic_open(final: ObjectStoragePath, mode: str = "wb") -> Iterator[IO[Any]]:
+def atomic_open(final: ObjectStoragePath, mode: str = "wb", *, stale: StaleTemps | None = None) -> Iterator[IO[Any]]:
     """Open a temporary sibling of ``final`` for writing; rename it to ``final`` only on success.
 
-    Leftovers of earlier attempts at the same file (a worker killed mid-write) are removed first.
+    Leftovers of earlier attempts at the same file (a worker killed mid-write) are removed first:
+    through ``stale`` when the file is one of a batch (one listing per directory), else by listing
+    the directory now.
     """
     if "w" not in mode:
         raise ValueError("atomic_open is for writing ('wb' or 'w')")
     final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(final)
+    if stale is not None:
+        stale.remove(final)
+    else:
+        remove_stale_temps(final)
     tmp = temp_sibling(final)
     try:
         with tmp.open(mode) as handle:  # type: ignore[no-untyped-call]
@@ -76,13 +139,14 @@ def replace(src: ObjectStoragePath, dst: ObjectStoragePath) -> None:
     src.rename(dst)
 
 
-def atomic_write_bytes(final: ObjectStoragePath, data: bytes) -> None:
-    with atomic_open(final, "wb") as handle:
+def atomic_write_bytes(final: ObjectStoragePath, data: bytes, *, stale: StaleTemps | None = None) -> None:
+    with atomic_open(final, "wb", stale=stale) as handle:
         handle.write(data)
 
 
-def atomic_write_json(final: ObjectStoragePath, value: Any) -> None:
-    atomic_write_bytes(final, json.dumps(value, indent=2, sort_keys=True, default=str).encode() + b"\n")
+def atomic_write_json(final: ObjectStoragePath, value: Any, *, stale: StaleTemps | None = None) -> None:
+    data = json.dumps(value, indent=2, sort_keys=True, default=str).encode() + b"\n"
+    atomic_write_bytes(final, data, stale=stale)
 
 
 def read_json(path: ObjectStoragePath) -> Any | None:

@@ -47,6 +47,7 @@ from airflow_provider_smart.fhir.sanitize import safe_text
 from airflow_provider_smart.fhir.urls import UnsafeUrlError, check_url, redact_url, resolve, same_origin
 from airflow_provider_smart.storage.atomic import (
     TMP_PREFIX,
+    StaleTemps,
     atomic_open,
     atomic_write_json,
     mark_complete,
@@ -225,6 +226,8 @@ class AttachmentLanding:
         self.blobs = destination / "blobs"
         self.records = destination / "_records"
         self.totals = _Totals()
+        # One record per attachment goes into _records: list it once for killed writers' leftovers.
+        self._stale = StaleTemps()
 
     # --- the run ---------------------------------------------------------------------------------
 
@@ -302,7 +305,7 @@ class AttachmentLanding:
         ):
             return dict(earlier, reused=True)
         record = self._fetch(ref)
-        atomic_write_json(record_path, record)
+        atomic_write_json(record_path, record, stale=self._stale)
         return record
 
     def _stored_here(self, ref: AttachmentRef) -> dict[str, Any] | None:

@@ -16,7 +16,7 @@ from airflow_provider_smart.fhir.bulk.body import StreamLimits
 from airflow_provider_smart.fhir.bulk.manifest import Manifest, PlannedFile, plan_files
 from airflow_provider_smart.fhir.bulk.outcomes import OutcomeSummary, severity_rank
 from airflow_provider_smart.fhir.download import BulkDownloader, FileResult, HttpClient, Progress
-from airflow_provider_smart.storage.atomic import atomic_open, atomic_write_json, mark_complete
+from airflow_provider_smart.storage.atomic import StaleTemps, atomic_open, atomic_write_json, mark_complete
 from airflow_provider_smart.storage.export_state import ExportLayout, utcnow_iso
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,12 @@ def land_files(
         progress=progress,
     )
 
+    # Data files and their records go into a few directories: each is listed once for leftovers.
+    stale = StaleTemps()
+
     @contextlib.contextmanager
     def sink(p: PlannedFile) -> Iterator[IO[bytes]]:
-        with atomic_open(layout.staged_path(p), "wb") as handle:
+        with atomic_open(layout.staged_path(p), "wb", stale=stale) as handle:
             # One write through Airflow's wrapper records the lineage; the blocks then go straight to
             # the file object underneath (the wrapper's per-call lookup costs about a tenth of a download).
             handle.write(b"")
@@ -106,7 +109,7 @@ def land_files(
         }
         if result.outcomes is not None:
             record["outcomes"] = result.outcomes.to_dict()
-        layout.write_record(p, record)
+        layout.write_record(p, record, stale=stale)
 
     results = downloader.download_all(todo, sink, committed)
     if todo:

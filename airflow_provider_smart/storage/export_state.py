@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_smart.fhir.bulk.manifest import Manifest, PlannedFile, manifest_to_dict
 from airflow_provider_smart.fhir.instants import check_watermark_instant
 from airflow_provider_smart.storage.atomic import (
+    StaleTemps,
     atomic_write_json,
     clear_directory,
     is_hidden,
@@ -155,7 +156,8 @@ class ExportLayout:
             and (self.staged_path(planned).exists() or self.final_path(planned).exists())
         )
 
-    def write_record(self, planned: PlannedFile, record: dict[str, Any]) -> None:
+    def write_record(self, planned: PlannedFile, record: dict[str, Any], *, stale: StaleTemps | None = None) -> None:
+        """Commit the record of one landed file (``stale``: the batch's leftover sweeper, if any)."""
         atomic_write_json(
             self.record_path(planned.key),
             dict(
@@ -165,6 +167,7 @@ class ExportLayout:
                 url_key=_url_key(planned),
                 export_id=self.export_id,
             ),
+            stale=stale,
         )
 
     def publish(self, planned: list[PlannedFile]) -> None:

@@ -7,6 +7,7 @@ import json
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import jwt
 import pytest
 
+from airflow_provider_smart.fhir.bulk.manifest import parse_manifest, plan_files
 from airflow_provider_smart.fhir.bulk.sync import ExportFailedError
 from airflow_provider_smart.operators.bulk_export import (
     FhirBulkDownloadOperator,
@@ -317,6 +319,14 @@ def test_run_killed_mid_download_resumes_with_only_the_missing_files(
     committed = {p.stem for p in committed_records(records)}
     total_files = sum(-(-len(v) // 10) for v in store_view(server).values())
     assert 3 <= len(committed) < total_files
+    # What a kill mid-commit leaves, for sure (the kill above only sometimes lands there): a partial
+    # record of each file still to come. The resume must not take them for records, and clears them.
+    export_dir = out / "_exports/manual__run1"
+    manifest = parse_manifest(json.loads((export_dir / "state.json").read_text())["manifest"])
+    missing = [p.key for p in plan_files(manifest) if p.key not in committed]
+    assert len(missing) == total_files - len(committed)
+    for key in missing:
+        (records / f"_tmp.{uuid.uuid4().hex}.{key}.json").write_text('{"kind": "out')
     server.state.faults.reset()
     before = sum(n for path, n in server.state.faults.requests.items() if "$bulk-file" in path)
     assert before == 0  # reset clears the request log too

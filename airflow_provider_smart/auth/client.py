@@ -25,7 +25,7 @@ from airflow_provider_smart.auth.tokens import (
     split_scopes,
     unreachable_message,
 )
-from airflow_provider_smart.fhir.http import no_netrc_auth, read_limited
+from airflow_provider_smart.fhir.http import no_netrc_auth, read_bounded, read_limited
 from airflow_provider_smart.fhir.retry import DEFAULT_MAX_RETRY_AFTER, WaitPolicy, is_retryable_status
 from airflow_provider_smart.fhir.sanitize import remember_secret, safe_text
 from airflow_provider_smart.fhir.urls import UnsafeUrlError, check_transport, check_url, fhir_base, redact_url
@@ -269,8 +269,8 @@ class SmartAuthClient:
                         "the final URL",
                         status=status,
                     )
-                body = read_limited(response, MAX_TOKEN_BODY + 1)
-                if len(body) > MAX_TOKEN_BODY:
+                body, too_big = read_bounded(response, MAX_TOKEN_BODY)
+                if too_big:
                     raise TokenRequestError(
                         f"the token endpoint {redact_url(token_url)} answered HTTP {status} with a body over "
                         f"{MAX_TOKEN_BODY:,} bytes; a token response is a small JSON object: check the token_url",

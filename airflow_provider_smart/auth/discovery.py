@@ -14,7 +14,7 @@ from typing import Any
 import requests
 
 from airflow_provider_smart.auth.errors import DiscoveryError
-from airflow_provider_smart.fhir.http import read_limited
+from airflow_provider_smart.fhir.http import read_bounded
 from airflow_provider_smart.fhir.retry import RetryBudget, WaitPolicy, is_retryable_status
 from airflow_provider_smart.fhir.sanitize import safe_text
 from airflow_provider_smart.fhir.urls import fhir_base, resolve
@@ -128,8 +128,8 @@ def _get_json(
                 continue
             if status != 200:
                 return None, f"{url}: HTTP {status}"
-            body = read_limited(response, MAX_DISCOVERY_BYTES + 1)
-            if len(body) > MAX_DISCOVERY_BYTES:
+            body, too_big = read_bounded(response, MAX_DISCOVERY_BYTES)
+            if too_big:
                 return None, f"{url}: larger than {MAX_DISCOVERY_BYTES:,} bytes, not a SMART configuration"
             try:
                 return json.loads(body), ""

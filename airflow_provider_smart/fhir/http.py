@@ -395,6 +395,12 @@ def read_limited(response: requests.Response, limit: int = MAX_ERROR_BODY) -> by
     return b"".join(chunks)[:limit]
 
 
+def read_bounded(response: requests.Response, limit: int) -> tuple[bytes, bool]:
+    """At most ``limit`` bytes of the body, and whether the server sent more (which is never read)."""
+    body = read_limited(response, limit + 1)
+    return body[:limit], len(body) > limit
+
+
 def _buffer_error_body(response: requests.Response) -> bytes:
     """Read an error body up to the cap and keep it on the response, so callers can still read it."""
     body = read_limited(response, MAX_ERROR_BODY)
@@ -417,4 +423,11 @@ def _outcome(body: bytes) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("resourceType") == "OperationOutcome" else None
 
 
-__all__ = ["FhirHttpClient", "RefusedRequestError", "is_retryable_status", "no_netrc_auth", "read_limited"]
+__all__ = [
+    "FhirHttpClient",
+    "RefusedRequestError",
+    "is_retryable_status",
+    "no_netrc_auth",
+    "read_bounded",
+    "read_limited",
+]

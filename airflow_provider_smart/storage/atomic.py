@@ -31,25 +31,6 @@ def is_hidden(name: str) -> bool:
     return name.startswith(("_", "."))
 
 
-def remove_stale_temps(final: ObjectStoragePath) -> int:
-    """Delete what killed attempts at writing ``final`` left behind (``_tmp.<uuid>.<name>``).
-
-    Readers skip these names, but they are garbage, and a listing that does not skip them would see
-    a resource twice once the file is written again. One final name has one writer at a time, so
-    only this name's leftovers are touched, never another writer's file in the same directory.
-    """
-    removed = 0
-    if not final.parent.exists():
-        return removed
-    for stale in final.parent.glob(f"{TMP_PREFIX}*.{final.name}"):
-        if _final_name_of_temp(stale.name) != final.name:
-            continue  # not a temporary of ours (a staging directory, another writer's name)
-        with contextlib.suppress(FileNotFoundError):
-            stale.unlink()
-            removed += 1
-    return removed
-
-
 def _final_name_of_temp(name: str) -> str | None:
     """The final name a ``_tmp.<uuid hex>.<final>`` file was written for, or None for another name."""
     if not name.startswith(TMP_PREFIX):
@@ -61,31 +42,35 @@ def _final_name_of_temp(name: str) -> str | None:
 
 
 class StaleTemps:
-    """Removes killed writers' leftovers for a batch of files, listing each directory once.
+    """Removes what killed attempts at writing a file left behind (``_tmp.<uuid>.<name>``).
 
-    :func:`remove_stale_temps` lists the directory on every call: for a batch of N files in one
-    directory that is N listings of up to N names (on S3, N LIST requests), quadratic in the export's
-    size. A batch lists a directory the first time it writes there and looks the names up after.
-    This is safe for the same reason the per-file scan is: one final name has one writer at a time,
-    so a leftover for a name this batch writes was left before the batch began (by a killed earlier
-    attempt) and is in the listing; the batch's own failed writes delete their temporary file.
-    Thread-safe: one listing per directory even when download threads write at once.
+    Readers skip these names, but they are garbage, and a listing that does not skip them would see
+    a resource twice once the file is written again. One final name has one writer at a time, so only
+    the leftovers of the names written are touched, never another writer's file in the same directory.
+    Each directory is listed once, on the first write there, and the names are looked up after:
+    listing it for every file made a batch of N files N listings of up to N names (on S3, N LIST
+    requests). A leftover of a name the batch writes was left before the batch began (by a killed
+    earlier attempt), so it is in that listing; the batch's own failed writes delete their temporary
+    file. A single write uses a fresh instance. Thread-safe: download threads share one.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._listed: dict[str, dict[str, list[ObjectStoragePath]]] = {}
-        #: How many directories were listed (what the batch costs in LIST requests, about).
-        self.listings = 0
+
+    @property
+    def listings(self) -> int:
+        """How many directories were listed (about what the batch costs in LIST requests)."""
+        return len(self._listed)
 
     def remove(self, final: ObjectStoragePath) -> int:
         """Delete the leftovers of earlier attempts at ``final``; returns how many were removed."""
         directory = final.parent
+        key = str(directory)
         with self._lock:
-            by_name = self._listed.get(str(directory))
-            if by_name is None:
-                by_name = self._listed[str(directory)] = self._list(directory)
-            stale = by_name.pop(final.name, [])
+            if key not in self._listed:
+                self._listed[key] = self._list(directory)
+            stale = self._listed[key].pop(final.name, [])
         removed = 0
         for path in stale:
             with contextlib.suppress(FileNotFoundError):
@@ -93,8 +78,8 @@ class StaleTemps:
                 removed += 1
         return removed
 
-    def _list(self, directory: ObjectStoragePath) -> dict[str, list[ObjectStoragePath]]:
-        self.listings += 1
+    @staticmethod
+    def _list(directory: ObjectStoragePath) -> dict[str, list[ObjectStoragePath]]:
         by_name: dict[str, list[ObjectStoragePath]] = {}
         if not directory.exists():
             return by_name
@@ -109,17 +94,13 @@ class StaleTemps:
 def atomic_open(final: ObjectStoragePath, mode: str = "wb", *, stale: StaleTemps | None = None) -> Iterator[IO[Any]]:
     """Open a temporary sibling of ``final`` for writing; rename it to ``final`` only on success.
 
-    Leftovers of earlier attempts at the same file (a worker killed mid-write) are removed first:
-    through ``stale`` when the file is one of a batch (one listing per directory), else by listing
-    the directory now.
+    Leftovers of earlier attempts at the same file (a worker killed mid-write) are removed first,
+    through the batch's ``stale`` when the file is one of many (one listing per directory).
     """
     if "w" not in mode:
         raise ValueError("atomic_open is for writing ('wb' or 'w')")
     final.parent.mkdir(parents=True, exist_ok=True)
-    if stale is not None:
-        stale.remove(final)
-    else:
-        remove_stale_temps(final)
+    (stale or StaleTemps()).remove(final)
     tmp = temp_sibling(final)
     try:
         with tmp.open(mode) as handle:  # type: ignore[no-untyped-call]

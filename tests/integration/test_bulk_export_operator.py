@@ -7,7 +7,6 @@ import json
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from airflow_provider_smart.sandbox.bulk_runtime import (
 )
 from airflow_provider_smart.sandbox.faults import FaultRule
 from airflow_provider_smart.sandbox.server import SandboxServer
+from airflow_provider_smart.storage.atomic import temp_sibling
 from tests.integration.bulk_helpers import (
     committed_records,
     context,
@@ -326,7 +326,7 @@ def test_run_killed_mid_download_resumes_with_only_the_missing_files(
     missing = [p.key for p in plan_files(manifest) if p.key not in committed]
     assert len(missing) == total_files - len(committed)
     for key in missing:
-        (records / f"_tmp.{uuid.uuid4().hex}.{key}.json").write_text('{"kind": "out')
+        temp_sibling(records / f"{key}.json").write_text('{"kind": "out')
     server.state.faults.reset()
     before = sum(n for path, n in server.state.faults.requests.items() if "$bulk-file" in path)
     assert before == 0  # reset clears the request log too

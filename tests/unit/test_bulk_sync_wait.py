@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import responses
 
-from airflow_provider_smart.fhir.bulk.status import PollPolicy
-from airflow_provider_smart.fhir.bulk.sync import wait_for_export
+from airflow_provider_smart.fhir.bulk.status import ExportFailed, PollPolicy
+from airflow_provider_smart.fhir.bulk.sync import poll_once, wait_for_export
 from airflow_provider_smart.fhir.http import FhirHttpClient
 
 BASE = "http://fhir.test/fhir"
@@ -26,3 +27,17 @@ def test_throttled_polls_wait_at_most_the_clients_max_retry_after() -> None:
     # The 429 waits the connection's cap, not an hour; the 202's pace stays the server's.
     assert slept == [45.0, 900.0]
     assert len(responses.calls) == 3
+
+
+@responses.activate
+def test_an_oversized_manifest_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider_smart.fhir.bulk import sync
+
+    monkeypatch.setattr(sync, "MAX_MANIFEST_BODY", 1024)
+    huge = dict(MANIFEST, output=[{"type": "Patient", "url": f"{BASE}/f{n}"} for n in range(100)])
+    responses.get(STATUS, json=huge)
+    responses.get(STATUS, json=MANIFEST)
+    client = FhirHttpClient(None, BASE)
+    refused = poll_once(client, STATUS)
+    assert isinstance(refused, ExportFailed) and "manifest larger than 1024 bytes" in refused.message
+    assert poll_once(client, STATUS).manifest == MANIFEST  # a small one is read

@@ -28,7 +28,7 @@ from airflow_provider_smart.fhir.bulk.status import (
 )
 from airflow_provider_smart.fhir.client import FhirClient
 from airflow_provider_smart.fhir.errors import FhirError
-from airflow_provider_smart.fhir.http import MAX_ERROR_BODY, read_limited
+from airflow_provider_smart.fhir.http import MAX_ERROR_BODY, read_bounded, read_limited
 from airflow_provider_smart.fhir.retry import DEFAULT_MAX_RETRY_AFTER, log_wait
 from airflow_provider_smart.fhir.sanitize import safe_text
 from airflow_provider_smart.fhir.urls import redact_url
@@ -108,21 +108,19 @@ def poll_once(
         )
         with response:
             limit = MAX_MANIFEST_BODY if response.status_code == 200 else MAX_ERROR_BODY
-            body = read_limited(response, limit + 1)
+            body, too_big = read_bounded(response, limit)
     except FhirError as exc:
         if not exc.retryable:
             return ExportFailed(str(exc), exc.status or 0)
         return ExportTransientError(str(exc), exc.status or 0, getattr(exc, "retry_after", None))
     except requests.RequestException as exc:
         return ExportTransientError(f"status request failed: {type(exc).__name__}", 0, None)
-    if len(body) > limit:
-        if response.status_code == 200:
-            return ExportFailed(
-                f"status {redact_url(status_url)} answered with a manifest larger than {limit} bytes; refusing to "
-                "read it (is this a Bulk Data status URL?)",
-                response.status_code,
-            )
-        body = body[:limit]
+    if too_big and response.status_code == 200:
+        return ExportFailed(
+            f"status {redact_url(status_url)} answered with a manifest larger than {limit} bytes; refusing to "
+            "read it (is this a Bulk Data status URL?)",
+            response.status_code,
+        )
     return interpret_status(
         response.status_code,
         response.headers,

@@ -25,10 +25,10 @@ from airflow_provider_smart.auth.tokens import (
     split_scopes,
     unreachable_message,
 )
-from airflow_provider_smart.fhir.http import no_netrc_auth, read_bounded, read_limited
-from airflow_provider_smart.fhir.retry import DEFAULT_MAX_RETRY_AFTER, WaitPolicy, is_retryable_status
-from airflow_provider_smart.fhir.sanitize import remember_secret, safe_text
-from airflow_provider_smart.fhir.urls import UnsafeUrlError, check_transport, check_url, fhir_base, redact_url
+from airflow_provider_smart.transport.bodies import no_netrc_auth, read_bounded, read_limited
+from airflow_provider_smart.transport.retry import DEFAULT_MAX_RETRY_AFTER, WaitPolicy, is_retryable_status
+from airflow_provider_smart.transport.sanitize import remember_secret, safe_text
+from airflow_provider_smart.transport.urls import UnsafeUrlError, check_transport, check_url, fhir_base, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class SmartAuthClient:
     :param scope: space-separated scopes to request.
     :param token_url: the token endpoint; skips discovery when given.
     :param on_secret: called with every assertion and token the moment it exists (the hook passes
-        Airflow's secret masker here); both are also remembered for :func:`~.sanitize.safe_text`.
+        Airflow's secret masker here); both are also remembered for :func:`~..transport.sanitize.safe_text`.
     :param token_retries: retries of one token request after 429, 502-504 or a failed connection.
     :param max_retry_after: cap in seconds of one ``Retry-After`` wait of the token endpoint.
     :param allow_insecure_http: accept an ``http://`` token endpoint for an https FHIR server (logged);

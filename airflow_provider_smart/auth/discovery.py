@@ -14,10 +14,10 @@ from typing import Any
 import requests
 
 from airflow_provider_smart.auth.errors import DiscoveryError
-from airflow_provider_smart.fhir.http import read_bounded
-from airflow_provider_smart.fhir.retry import RetryBudget, WaitPolicy, is_retryable_status
-from airflow_provider_smart.fhir.sanitize import safe_text
-from airflow_provider_smart.fhir.urls import fhir_base, resolve
+from airflow_provider_smart.transport.bodies import read_bounded
+from airflow_provider_smart.transport.retry import RetryBudget, WaitPolicy, is_retryable_status
+from airflow_provider_smart.transport.sanitize import safe_text
+from airflow_provider_smart.transport.urls import fhir_base, resolve
 
 log = logging.getLogger(__name__)
 

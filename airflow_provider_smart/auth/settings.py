@@ -14,8 +14,8 @@ from typing import Any
 from airflow_provider_smart.auth.client import DEFAULT_SCOPE
 from airflow_provider_smart.auth.errors import KeyLoadError
 from airflow_provider_smart.auth.keys import KeySet, load_key_file, load_keys
-from airflow_provider_smart.fhir.retry import DEFAULT_MAX_RETRY_AFTER
-from airflow_provider_smart.fhir.urls import fhir_base
+from airflow_provider_smart.transport.retry import DEFAULT_MAX_RETRY_AFTER
+from airflow_provider_smart.transport.urls import fhir_base
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}

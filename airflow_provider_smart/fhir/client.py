@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import requests
 
-    from airflow_provider_smart.fhir.retry import RetryBudget
+    from airflow_provider_smart.transport.retry import RetryBudget
 
 
 class FhirClient(Protocol):
-    """Requests to one FHIR server: its token only where :func:`~.urls.may_carry_token` allows it,
-    redirects re-decided at every hop, retries drawn from a :class:`~.retry.RetryBudget`."""
+    """Requests to one FHIR server: its token only where :func:`~..transport.urls.may_carry_token` allows it,
+    redirects re-decided at every hop, retries drawn from a :class:`~..transport.retry.RetryBudget`."""
 
     @property
     def base_url(self) -> str:

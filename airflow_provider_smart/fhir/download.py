@@ -2,7 +2,7 @@
 
 Each file streams through the line checks into a sink the caller opens (an atomic writer), so memory
 stays flat however big the file is, and a file that fails midway never becomes visible. Each file is
-retried on its own, within ONE :class:`~.retry.RetryBudget` per file that the HTTP client's own retries
+retried on its own, within ONE :class:`~..transport.retry.RetryBudget` per file that the HTTP client's own retries
 draw from too (so a 503 storm costs at most ``max_attempts`` requests per file, not the client's
 retries times the downloader's); a 410 Gone makes the downloader ask once for a fresh manifest.
 """
@@ -32,15 +32,15 @@ from airflow_provider_smart.fhir.bulk.lines import LineChecker, NdjsonCheckError
 from airflow_provider_smart.fhir.bulk.manifest import PlannedFile
 from airflow_provider_smart.fhir.bulk.outcomes import OutcomeSummary
 from airflow_provider_smart.fhir.errors import FhirError, describe_error_body
-from airflow_provider_smart.fhir.http import read_limited
-from airflow_provider_smart.fhir.retry import (
+from airflow_provider_smart.transport.bodies import read_limited
+from airflow_provider_smart.transport.retry import (
     DEFAULT_MAX_RETRY_AFTER,
     DEFAULT_MAX_TOTAL_WAIT,
     RetryBudget,
     WaitPolicy,
     is_retryable_status,
 )
-from airflow_provider_smart.fhir.urls import redact_url, same_origin
+from airflow_provider_smart.transport.urls import redact_url, same_origin
 
 log = logging.getLogger(__name__)
 

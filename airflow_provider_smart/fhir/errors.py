@@ -5,7 +5,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from airflow_provider_smart.fhir.sanitize import safe_text
+from airflow_provider_smart.transport.retry import is_transient_outcome, operation_outcome_issues
+from airflow_provider_smart.transport.sanitize import safe_text
+
+__all__ = [
+    "FhirError",
+    "TransientFhirError",
+    "describe_error_body",
+    "is_transient_outcome",
+    "issue_text",
+    "operation_outcome_issues",
+    "operation_outcome_text",
+]
 
 _MAX_BODY_IN_MESSAGE = 500
 
@@ -43,11 +54,6 @@ class TransientFhirError(FhirError):
         return True
 
 
-def operation_outcome_issues(outcome: dict[str, Any]) -> list[dict[str, Any]]:
-    issues = outcome.get("issue") if isinstance(outcome, dict) else None
-    return [i for i in issues if isinstance(i, dict)] if isinstance(issues, list) else []
-
-
 def issue_text(issue: dict[str, Any]) -> str:
     """One line for one OperationOutcome.issue: ``severity/code: text``."""
     severity = issue.get("severity", "error")
@@ -70,16 +76,10 @@ def operation_outcome_text(outcome: dict[str, Any]) -> str:
     return safe_text("; ".join(issue_text(i) for i in issues), limit=_MAX_BODY_IN_MESSAGE * 4)
 
 
-def is_transient_outcome(outcome: dict[str, Any]) -> bool:
-    """True when every error issue is marked ``transient`` (Bulk Data: the client may retry)."""
-    issues = [i for i in operation_outcome_issues(outcome) if i.get("severity") in ("error", "fatal")]
-    return bool(issues) and all(i.get("code") == "transient" for i in issues)
-
-
 def describe_error_body(body: bytes | str, content_type: str | None = None) -> str:
     """Best readable text of an error body: OperationOutcome text, OAuth error, or a short excerpt.
 
-    Always made safe (:func:`~.sanitize.safe_text`): servers echo our Authorization header back.
+    Always made safe (:func:`~..transport.sanitize.safe_text`): servers echo our Authorization header back.
     """
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     try:

@@ -1,15 +1,15 @@
 """An authorized HTTP client for one FHIR server (requests based); implements :class:`~.client.FhirClient`.
 
-- The bearer token goes only where :func:`~.urls.may_carry_token` allows it, never when ``authorize=False``.
-- Every URL is checked before it is requested (:func:`~.urls.check_url`): a URL that parsers could read
+- The bearer token goes only where :func:`~..transport.urls.may_carry_token` allows it, never when ``authorize=False``.
+- Every URL is checked before it is requested (:func:`~..transport.urls.check_url`): a URL that parsers could read
   differently is refused outright; so is an https -> http downgrade unless the connection allows it.
 - Redirects are followed by hand so the Authorization header is re-decided at every hop.
-- Waits and retries follow the one wait policy (:mod:`~.retry`): 429, 502, 503, 504, ``transient``
-  OperationOutcomes and failed connections are retried within one :class:`~.retry.RetryBudget` per
+- Waits and retries follow the one wait policy (:mod:`~..transport.retry`): 429, 502, 503, 504, ``transient``
+  OperationOutcomes and failed connections are retried within one :class:`~..transport.retry.RetryBudget` per
   request (or the caller's); a POST only when the caller says it is safe to repeat (``retry_post=True``).
 - A 401 causes exactly one re-authentication and one more try.
 - Error bodies are read up to a cap; final errors raise :class:`FhirError` with the server's text made
-  safe (:func:`~.sanitize.safe_text`), never with a token.
+  safe (:func:`~..transport.sanitize.safe_text`), never with a token.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import requests
 
 from airflow_provider_smart.fhir.errors import FhirError, TransientFhirError, describe_error_body
-from airflow_provider_smart.fhir.retry import (
+from airflow_provider_smart.transport.bodies import MAX_ERROR_BODY, no_netrc_auth, read_limited
+from airflow_provider_smart.transport.retry import (
     DEFAULT_MAX_RETRY_AFTER,
     DEFAULT_MAX_TOTAL_WAIT,
     RetryBudget,
@@ -33,8 +34,9 @@ from airflow_provider_smart.fhir.retry import (
     is_retryable_status,
     parse_retry_after,
 )
-from airflow_provider_smart.fhir.sanitize import safe_text
-from airflow_provider_smart.fhir.urls import (
+from airflow_provider_smart.transport.sanitize import safe_text
+from airflow_provider_smart.transport.tokens import BearerToken, TokenSource
+from airflow_provider_smart.transport.urls import (
     UnsafeUrlError,
     check_transport,
     check_url,
@@ -45,16 +47,10 @@ from airflow_provider_smart.fhir.urls import (
     same_origin,
 )
 
-if TYPE_CHECKING:
-    from airflow_provider_smart.auth.client import SmartAuthClient
-    from airflow_provider_smart.auth.tokens import AccessToken
-
 log = logging.getLogger(__name__)
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-#: Error bodies only feed a message: this much is plenty, and an endless body costs no more.
-MAX_ERROR_BODY = 64 * 1024
 
 Params = Mapping[str, Any] | Sequence[tuple[str, Any]] | None
 
@@ -79,13 +75,13 @@ class FhirHttpClient:
     :param max_retries: retries after connection errors, 429, 502-504 and transient outcomes (per
         request); ignored when ``wait_policy`` is given.
     :param max_retry_after: cap of one wait in seconds; ignored when ``wait_policy`` is given.
-    :param wait_policy: the whole wait policy (see :class:`~.retry.WaitPolicy`).
+    :param wait_policy: the whole wait policy (see :class:`~..transport.retry.WaitPolicy`).
     :param allow_insecure_http: accept https -> http downgrades (logged); off by default.
     """
 
     def __init__(
         self,
-        auth: SmartAuthClient | None,
+        auth: TokenSource | None,
         base_url: str,
         *,
         verify: bool | str = True,
@@ -155,7 +151,8 @@ class FhirHttpClient:
         return resolve(self.base_url + "/", url_or_path.lstrip("/"))
 
     def may_authorize(self, url: str, authorize: bool | None = None) -> bool:
-        """Whether a request to ``url`` may carry the token (:func:`~.urls.may_carry_token`), not opted out."""
+        """Whether a request to ``url`` may carry the token (:func:`~..transport.urls.may_carry_token`), not
+        opted out."""
         return self.auth is not None and authorize is not False and may_carry_token(url, self.base_url)
 
     def budget(self, what: str) -> RetryBudget:
@@ -232,7 +229,7 @@ class FhirHttpClient:
             if status == 401 and token is not None and self.auth is not None and not reauthenticated:
                 log.info("%s answered 401; getting a new access token and trying once more", where)
                 response.close()
-                self.auth.invalidate(token)
+                self.auth.invalidate(token.value)
                 reauthenticated = True
                 continue
             if status >= 400:
@@ -277,9 +274,9 @@ class FhirHttpClient:
         authorize: bool | None,
         timeout: float,
         same_origin_redirects: bool,
-    ) -> tuple[requests.Response, AccessToken | None, str]:
+    ) -> tuple[requests.Response, BearerToken | None, str]:
         """One request plus its redirects, deciding the Authorization header at every hop."""
-        token: AccessToken | None = None
+        token: BearerToken | None = None
         previous: str | None = None
         first = url
         for _ in range(self.max_redirects + 1):
@@ -287,7 +284,7 @@ class FhirHttpClient:
             hop_headers = {"Accept": "application/fhir+json", **self.headers, **(headers or {})}
             # A caller's own Authorization header is never forwarded either; only ours, only to our origin.
             hop_headers = {k: v for k, v in hop_headers.items() if k.lower() != "authorization"}
-            used: AccessToken | None = None
+            used: BearerToken | None = None
             if self.may_authorize(url, authorize):
                 assert self.auth is not None
                 used = self.auth.get_token()
@@ -328,7 +325,7 @@ class FhirHttpClient:
         url: str,
         response: requests.Response,
         body: bytes,
-        token: AccessToken | None,
+        token: BearerToken | None,
         reauthenticated: bool,
         budget: RetryBudget,
     ) -> FhirError:
@@ -373,34 +370,6 @@ class FhirHttpClient:
         self.close()
 
 
-def no_netrc_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
-    """A requests auth hook that adds nothing (its presence disables the ~/.netrc lookup)."""
-    return request
-
-
-def read_limited(response: requests.Response, limit: int = MAX_ERROR_BODY) -> bytes:
-    """At most ``limit`` bytes of a (possibly streamed) body; the rest is never read."""
-    if getattr(response, "_content_consumed", False) and isinstance(response._content, bytes):
-        return response._content[:limit]
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        for chunk in response.iter_content(8192):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size >= limit:
-                break
-    except requests.RequestException:  # a body cut short still gives what arrived
-        pass
-    return b"".join(chunks)[:limit]
-
-
-def read_bounded(response: requests.Response, limit: int) -> tuple[bytes, bool]:
-    """At most ``limit`` bytes of the body, and whether the server sent more (which is never read)."""
-    body = read_limited(response, limit + 1)
-    return body[:limit], len(body) > limit
-
-
 def _buffer_error_body(response: requests.Response) -> bytes:
     """Read an error body up to the cap and keep it on the response, so callers can still read it."""
     body = read_limited(response, MAX_ERROR_BODY)
@@ -409,7 +378,7 @@ def _buffer_error_body(response: requests.Response) -> bytes:
     return body
 
 
-def _error_text(body: bytes, response: requests.Response, token: AccessToken | None) -> str:
+def _error_text(body: bytes, response: requests.Response, token: BearerToken | None) -> str:
     """The server's error text, made safe: the token and any other secret redacted, controls gone, capped."""
     text = describe_error_body(body, response.headers.get("Content-Type"))
     return safe_text(text, secrets=(token.value,) if token is not None else ())
@@ -427,7 +396,4 @@ __all__ = [
     "FhirHttpClient",
     "RefusedRequestError",
     "is_retryable_status",
-    "no_netrc_auth",
-    "read_bounded",
-    "read_limited",
 ]

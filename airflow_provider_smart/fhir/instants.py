@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from airflow_provider_smart.fhir.sanitize import safe_text
+from airflow_provider_smart.transport.sanitize import safe_text
 
 #: How far a server's clock may run ahead of ours.
 DEFAULT_CLOCK_SKEW = timedelta(minutes=5)

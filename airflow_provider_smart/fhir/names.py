@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from airflow_provider_smart.fhir.sanitize import safe_text
+from airflow_provider_smart.transport.sanitize import safe_text
 
 #: Longest type name accepted; the longest in R5 is 33 characters.
 MAX_TYPE_LENGTH = 64

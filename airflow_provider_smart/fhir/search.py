@@ -28,8 +28,8 @@ from airflow_provider_smart.fhir.errors import (
     operation_outcome_issues,
     operation_outcome_text,
 )
-from airflow_provider_smart.fhir.retry import DEFAULT_MAX_RETRY_AFTER, WaitPolicy, is_retryable, parse_retry_after
-from airflow_provider_smart.fhir.urls import redact_url, resolve, same_origin
+from airflow_provider_smart.transport.retry import DEFAULT_MAX_RETRY_AFTER, WaitPolicy, is_retryable, parse_retry_after
+from airflow_provider_smart.transport.urls import redact_url, resolve, same_origin
 
 log = logging.getLogger(__name__)
 

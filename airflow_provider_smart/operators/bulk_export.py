@@ -14,8 +14,6 @@ from airflow.sdk import BaseOperator
 from airflow_provider_smart.fhir.bulk.kickoff import ExportRequest
 from airflow_provider_smart.fhir.bulk.manifest import Manifest, parse_manifest, plan_files
 from airflow_provider_smart.fhir.bulk.status import ExportComplete, ExportFailed, PollPolicy
-from airflow_provider_smart.fhir.sanitize import safe_text
-from airflow_provider_smart.fhir.urls import redact_url
 from airflow_provider_smart.storage.attachments import check_attachments_option
 from airflow_provider_smart.storage.export_state import (
     ExportLayout,
@@ -29,6 +27,8 @@ from airflow_provider_smart.storage.export_state import (
 )
 from airflow_provider_smart.storage.lease import DEFAULT_LEASE_TIMEOUT, ExportLease, LeaseHeldError
 from airflow_provider_smart.storage.paths import resolve_output, safe_segment
+from airflow_provider_smart.transport.sanitize import safe_text
+from airflow_provider_smart.transport.urls import redact_url
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.plugins_manager import AirflowPlugin
 
 from airflow_provider_smart.auth.settings import load_connection_keys
-from airflow_provider_smart.fhir.sanitize import safe_text
+from airflow_provider_smart.transport.sanitize import safe_text
 
 if TYPE_CHECKING:
     from fastapi import FastAPI, Response

@@ -21,7 +21,6 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
-from airflow_provider_smart.fhir.retry import format_http_date
 from airflow_provider_smart.sandbox.auth import AccessGrant, fhir_base, get_state, verify_bearer
 from airflow_provider_smart.sandbox.bulk_files import ExportFile
 from airflow_provider_smart.sandbox.bulk_jobs import ExportJob, JobGone, PolledTooSoon, build_manifest
@@ -38,6 +37,7 @@ from airflow_provider_smart.sandbox.bulk_serve import file_response
 from airflow_provider_smart.sandbox.bulk_snapshot import StoreSnapshot
 from airflow_provider_smart.sandbox.outcomes import FHIR_JSON
 from airflow_provider_smart.sandbox.state import SandboxState
+from airflow_provider_smart.transport.retry import format_http_date
 
 router = APIRouter()
 #: The caller's verified bearer token (401 OperationOutcome without one).

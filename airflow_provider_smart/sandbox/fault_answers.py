@@ -11,7 +11,7 @@ import math
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_smart.fhir.retry import format_http_date
+from airflow_provider_smart.transport.retry import format_http_date
 
 if TYPE_CHECKING:
     from airflow_provider_smart.sandbox.faults import FaultRule

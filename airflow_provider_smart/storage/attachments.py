@@ -43,8 +43,6 @@ from airflow_provider_smart.fhir.attachments import (
     type_allowed,
     unwrap_binary,
 )
-from airflow_provider_smart.fhir.sanitize import safe_text
-from airflow_provider_smart.fhir.urls import UnsafeUrlError, check_url, redact_url, resolve, same_origin
 from airflow_provider_smart.storage.atomic import (
     TMP_PREFIX,
     StaleTemps,
@@ -56,6 +54,8 @@ from airflow_provider_smart.storage.atomic import (
     replace,
 )
 from airflow_provider_smart.storage.preflight import storage_uri
+from airflow_provider_smart.transport.sanitize import safe_text
+from airflow_provider_smart.transport.urls import UnsafeUrlError, check_url, redact_url, resolve, same_origin
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath

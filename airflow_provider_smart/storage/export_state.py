@@ -206,7 +206,7 @@ def manifest_without_queries(manifest: Manifest) -> tuple[dict[str, Any], bool]:
     """The manifest as the output storage keeps it (``state.json``, ``manifest.json``): file URLs without
     their query strings, so presigned signatures never rest on disk. The flag says whether any URL lost
     its query: a resume then reads fresh URLs from the status URL before downloading."""
-    from airflow_provider_smart.fhir.urls import without_query
+    from airflow_provider_smart.transport.urls import without_query
 
     data = manifest_to_dict(manifest)
     redacted = False

@@ -6,7 +6,7 @@ import contextlib
 import uuid
 from typing import TYPE_CHECKING
 
-from airflow_provider_smart.fhir.sanitize import safe_text
+from airflow_provider_smart.transport.sanitize import safe_text
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath

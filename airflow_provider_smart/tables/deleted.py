@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from airflow_provider_smart.fhir.sanitize import safe_text
+from airflow_provider_smart.transport.sanitize import safe_text
 
 _TYPE = re.compile(r"^[A-Z][A-Za-z0-9]{0,63}$")
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")

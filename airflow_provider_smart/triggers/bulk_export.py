@@ -19,10 +19,10 @@ from airflow_provider_smart.fhir.bulk.status import (
     interpret_status,
 )
 from airflow_provider_smart.fhir.bulk.sync import MAX_MANIFEST_BODY, poll_reason
-from airflow_provider_smart.fhir.http import MAX_ERROR_BODY
-from airflow_provider_smart.fhir.retry import log_wait
-from airflow_provider_smart.fhir.sanitize import safe_text
-from airflow_provider_smart.fhir.urls import (
+from airflow_provider_smart.transport.bodies import MAX_ERROR_BODY
+from airflow_provider_smart.transport.retry import log_wait
+from airflow_provider_smart.transport.sanitize import safe_text
+from airflow_provider_smart.transport.urls import (
     UnsafeUrlError,
     check_transport,
     check_url,
@@ -55,7 +55,7 @@ class BulkExportStatusTrigger(BaseTrigger):
     per connection and base URL (:mod:`~airflow_provider_smart.auth.cache`): the triggers of one
     connection share one token, and a task that defers and resumes in the same process reuses it instead
     of fetching discovery and a token again. A token is renewed before it expires, not after a 401. The
-    token goes only where :func:`~airflow_provider_smart.fhir.urls.may_carry_token` allows; redirects are
+    token goes only where :func:`~..transport.urls.may_carry_token` allows; redirects are
     followed by hand and re-decided at every hop, as the worker does. A 401 fetches a fresh token once.
     ``Retry-After`` (any form the wait policy reads) is honoured, clamped to ``[min_poll_interval,
     max_poll_interval]``; a throttled or failed poll waits at most the connection's ``max_retry_after``.

@@ -13,6 +13,6 @@ class ViewError(ValueError):
 def shown(value: object) -> str:
     """A data value as an error message may show it: resource text is untrusted, so it goes through the
     project's one cleaning policy (secrets redacted, control characters removed, length capped)."""
-    from airflow_provider_smart.fhir.sanitize import safe_text
+    from airflow_provider_smart.transport.sanitize import safe_text
 
     return safe_text(repr(value), limit=120)

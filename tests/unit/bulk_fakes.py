@@ -6,7 +6,7 @@ from typing import Any
 
 import requests
 
-from airflow_provider_smart.fhir.urls import resolve, same_origin
+from airflow_provider_smart.transport.urls import resolve, same_origin
 
 TOKEN = "secret-token-value"
 

@@ -234,7 +234,7 @@ def test_token_endpoint_non_retryable_500_fails_at_once():
 
 @responses.activate
 def test_token_and_assertion_are_remembered_for_safe_text():
-    from airflow_provider_smart.fhir.sanitize import forget_secrets, safe_text
+    from airflow_provider_smart.transport.sanitize import forget_secrets, safe_text
 
     forget_secrets()
     responses.post(TOKEN_URL, json=token_body("opaque-token-value-0123456789"))

@@ -104,7 +104,7 @@ def test_unsupported_algorithm_warning(caplog):
 
 @responses.activate
 def test_throttled_discovery_waits_under_the_policy_and_a_404_is_not_retried():
-    from airflow_provider_smart.fhir.retry import WaitPolicy
+    from airflow_provider_smart.transport.retry import WaitPolicy
 
     well_known = BASE + "/.well-known/smart-configuration"
     responses.get(well_known, status=429, headers={"Retry-After": "2"})
@@ -127,7 +127,7 @@ def test_throttled_discovery_waits_under_the_policy_and_a_404_is_not_retried():
 
 @responses.activate
 def test_discovery_gives_up_when_the_budget_is_spent_and_says_why():
-    from airflow_provider_smart.fhir.retry import WaitPolicy
+    from airflow_provider_smart.transport.retry import WaitPolicy
 
     responses.get(BASE + "/.well-known/smart-configuration", status=429, headers={"Retry-After": "1"})
     responses.get(BASE + "/metadata", status=503)

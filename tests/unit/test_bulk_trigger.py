@@ -175,7 +175,7 @@ def test_a_server_echoing_the_token_never_gets_it_into_the_event(monkeypatch: py
 
     from airflow_provider_smart.auth.client import SmartAuthClient
     from airflow_provider_smart.auth.keys import load_keys
-    from airflow_provider_smart.fhir.sanitize import forget_secrets
+    from airflow_provider_smart.transport.sanitize import forget_secrets
     from tests.smart_keys import ec_key, pem
 
     forget_secrets()

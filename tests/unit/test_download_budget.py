@@ -13,7 +13,7 @@ import responses
 from airflow_provider_smart.fhir.bulk.manifest import PlannedFile, parse_manifest, plan_files
 from airflow_provider_smart.fhir.download import BulkDownloader, DownloadError
 from airflow_provider_smart.fhir.http import FhirHttpClient
-from airflow_provider_smart.fhir.retry import WaitPolicy
+from airflow_provider_smart.transport.retry import WaitPolicy
 
 BASE = "http://fhir.test/fhir"
 FILE = f"{BASE}/files/p0"

@@ -7,7 +7,7 @@ from airflow_provider_smart.fhir.errors import (
     is_transient_outcome,
     operation_outcome_text,
 )
-from airflow_provider_smart.fhir.urls import origin, redact_url, resolve, same_origin
+from airflow_provider_smart.transport.urls import origin, redact_url, resolve, same_origin
 
 OUTCOME = {
     "resourceType": "OperationOutcome",
@@ -60,7 +60,7 @@ def test_resolve_and_redact() -> None:
 
 
 def test_stored_urls_keep_their_whole_path_and_ipv6_brackets_but_never_the_query():
-    from airflow_provider_smart.fhir.urls import without_query
+    from airflow_provider_smart.transport.urls import without_query
 
     long_path = "https://h/" + "a" * 1000 + ".ndjson"
     assert without_query(long_path) == long_path

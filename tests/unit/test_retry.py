@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from airflow_provider_smart.fhir.retry import (
+from airflow_provider_smart.transport.retry import (
     backoff_delays,
     format_http_date,
     is_retryable_status,
@@ -60,7 +60,7 @@ def test_retryable_statuses() -> None:
 
 
 # --- the wait policy: every Retry-After form means "wait until that instant" ---------------------------
-from airflow_provider_smart.fhir.retry import (  # noqa: E402
+from airflow_provider_smart.transport.retry import (  # noqa: E402
     RetryBudget,
     WaitPolicy,
     is_retryable,
@@ -135,7 +135,7 @@ def test_total_wait_budget_refuses_a_wait_that_does_not_fit() -> None:
 
 def test_each_wait_is_logged_once_with_reason_and_wake_up_time(caplog: pytest.LogCaptureFixture) -> None:
     budget = WaitPolicy().budget("GET http://h/x", sleep=lambda _s: None, clock=lambda: NOW.timestamp())
-    with caplog.at_level("WARNING", logger="airflow_provider_smart.fhir.retry"):
+    with caplog.at_level("WARNING", logger="airflow_provider_smart.transport.retry"):
         budget.wait("answered 429: \x1b[31mslow down Bearer abc.def.ghi", retry_after=str(int(NOW.timestamp()) + 60))
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_provider_smart.fhir.sanitize import (
+from airflow_provider_smart.transport.sanitize import (
     REDACTED,
     cap,
     forget_secrets,

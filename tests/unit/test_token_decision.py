@@ -11,7 +11,7 @@ import httpx
 import pytest
 from urllib3.util import parse_url
 
-from airflow_provider_smart.fhir.urls import UnsafeUrlError, check_transport, check_url, may_carry_token
+from airflow_provider_smart.transport.urls import UnsafeUrlError, check_transport, check_url, may_carry_token
 
 BASE = "http://127.0.0.1:8000/fhir"
 EVIL = 9999

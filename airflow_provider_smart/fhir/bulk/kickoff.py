@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import quote
 
-from airflow_provider_smart.fhir.urls import fhir_base
+from airflow_provider_smart.transport.urls import fhir_base
 
 ExportLevel = Literal["system", "patient", "group"]
 KickoffMethod = Literal["auto", "GET", "POST"]

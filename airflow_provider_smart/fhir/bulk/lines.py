@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from airflow_provider_smart.fhir.sanitize import safe_text
+from airflow_provider_smart.transport.sanitize import safe_text
 
 #: A generous default for one NDJSON line: FHIR resources with inline attachments run to megabytes.
 DEFAULT_MAX_LINE_BYTES = 64 << 20

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from airflow_provider_smart.fhir.names import UnsafeNameError, checked_resource_type
-from airflow_provider_smart.fhir.sanitize import safe_text
-from airflow_provider_smart.fhir.urls import resolve
+from airflow_provider_smart.transport.sanitize import safe_text
+from airflow_provider_smart.transport.urls import resolve
 
 FileKind = Literal["output", "error", "deleted"]
 KINDS: tuple[FileKind, ...] = ("output", "error", "deleted")

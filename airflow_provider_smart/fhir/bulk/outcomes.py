@@ -1,7 +1,7 @@
 """Summaries of the OperationOutcomes in a manifest's error files, most severe first.
 
 Every issue counts (per severity and per ``severity/code``); the first ``keep`` messages per severity
-are kept, each cleaned with :func:`~airflow_provider_smart.fhir.sanitize.safe_text` because they are
+are kept, each cleaned with :func:`~..transport.sanitize.safe_text` because they are
 server text that reaches the task log, the XCom summary and ``_SUCCESS``.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_provider_smart.fhir.errors import issue_text, operation_outcome_issues
-from airflow_provider_smart.fhir.sanitize import safe_text
+from airflow_provider_smart.transport.sanitize import safe_text
 
 SEVERITIES: tuple[str, ...] = ("fatal", "error", "warning", "information")
 _RANK = {name: n for n, name in enumerate(SEVERITIES)}

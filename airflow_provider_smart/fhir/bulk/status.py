@@ -13,9 +13,9 @@ from datetime import datetime
 from typing import Any
 
 from airflow_provider_smart.fhir.errors import describe_error_body, operation_outcome_text
-from airflow_provider_smart.fhir.retry import DEFAULT_MAX_RETRY_AFTER, is_retryable, parse_retry_after
-from airflow_provider_smart.fhir.sanitize import safe_text
-from airflow_provider_smart.fhir.urls import redact_url, resolve
+from airflow_provider_smart.transport.retry import DEFAULT_MAX_RETRY_AFTER, is_retryable, parse_retry_after
+from airflow_provider_smart.transport.sanitize import safe_text
+from airflow_provider_smart.transport.urls import redact_url, resolve
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,10 @@ from airflow_provider_smart.fhir.bulk.status import (
 )
 from airflow_provider_smart.fhir.client import FhirClient
 from airflow_provider_smart.fhir.errors import FhirError
-from airflow_provider_smart.fhir.http import MAX_ERROR_BODY, read_bounded, read_limited
-from airflow_provider_smart.fhir.retry import DEFAULT_MAX_RETRY_AFTER, log_wait
-from airflow_provider_smart.fhir.sanitize import safe_text
-from airflow_provider_smart.fhir.urls import redact_url
+from airflow_provider_smart.transport.bodies import MAX_ERROR_BODY, read_bounded, read_limited
+from airflow_provider_smart.transport.retry import DEFAULT_MAX_RETRY_AFTER, log_wait
+from airflow_provider_smart.transport.sanitize import safe_text
+from airflow_provider_smart.transport.urls import redact_url
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
-from airflow_provider_smart.fhir.errors import is_transient_outcome
-from airflow_provider_smart.fhir.sanitize import safe_text
+from airflow_provider_smart.transport.sanitize import safe_text
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +51,18 @@ _EPOCH_MILLIS_FLOOR = 1e12
 # Far-future instants are nonsense, not waits (year 2286 in seconds; milliseconds beyond that too).
 _EPOCH_SECONDS_CEILING = 1e10
 _EPOCH_MILLIS_CEILING = 1e13
+
+
+def operation_outcome_issues(outcome: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issues of an OperationOutcome that are objects (anything else a server sends is ignored)."""
+    issues = outcome.get("issue") if isinstance(outcome, dict) else None
+    return [i for i in issues if isinstance(i, dict)] if isinstance(issues, list) else []
+
+
+def is_transient_outcome(outcome: dict[str, Any]) -> bool:
+    """True when every error issue is marked ``transient`` (Bulk Data: the client may retry)."""
+    issues = [i for i in operation_outcome_issues(outcome) if i.get("severity") in ("error", "fatal")]
+    return bool(issues) and all(i.get("code") == "transient" for i in issues)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
-from airflow_provider_smart.fhir.sanitize import safe_text
+from airflow_provider_smart.transport.sanitize import safe_text
 
 log = logging.getLogger(__name__)
 

@@ -142,6 +142,25 @@ def get_provider_info() -> dict[str, Any]:
                         ),
                         "schema": {"type": ["number", "null"], "default": 300, "exclusiveMinimum": 0, "maximum": 86400},
                     },
+                    "allowed_internal_hosts": {
+                        "label": "Internal hosts URLs may reach",
+                        "description": (
+                            "Comma-separated origins (https://minio.internal:9000) and networks (10.1.0.0/16, "
+                            "127.0.0.1) on internal addresses that URLs from the server's data (attachments, "
+                            "file URLs, redirects) may reach. Empty: only the FHIR server's own origin; loopback, "
+                            "private, link-local and metadata addresses are refused."
+                        ),
+                        "schema": {"type": ["string", "null"], "default": ""},
+                    },
+                    "header_origins": {
+                        "label": "Origins that get the extra headers",
+                        "description": (
+                            "Comma-separated origins besides the FHIR server's that receive the Extra headers "
+                            "(e.g. a gateway in front of the token endpoint). Empty: the headers go only where "
+                            "the access token goes."
+                        ),
+                        "schema": {"type": ["string", "null"], "default": ""},
+                    },
                 },
             }
         ],
@@ -162,6 +181,19 @@ def get_provider_info() -> dict[str, Any]:
                         "type": "boolean",
                         "example": "True",
                         "default": "False",
+                    },
+                    "private_key_dir": {
+                        "description": (
+                            "The only directory a connection's ``private_key_file`` extra may point into "
+                            "(symlinks and ``..`` are resolved first; a relative path is taken inside it). "
+                            "Whoever may edit connections chooses that path and the API server, workers and "
+                            "triggerer read it, so a key file anywhere else is refused with an error naming this "
+                            "option. ``{AIRFLOW_HOME}`` is replaced by the Airflow home directory.\n"
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "/opt/airflow/secrets/smart",
+                        "default": "{AIRFLOW_HOME}/smart_fhir_keys",
                     },
                 },
             },

@@ -73,6 +73,8 @@ class SmartClient:
     jwks_uri: str | None = None
     #: For ``jwks_uri`` clients: the loopback server publishing the JWKS (set ``.jwks`` to rotate keys).
     jwks_server: Any = field(default=None, repr=False)
+    #: More connection extras (e.g. ``allowed_internal_hosts`` for the sandbox's presigned file origin).
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def kid(self) -> str:
@@ -126,7 +128,7 @@ class SmartClient:
                 "host": self.server.fhir_base,
                 "login": self.client_id,
                 "password": self.private_key_pem,
-                "extra": {"scope": self.scope, "kid": self.kid, "algorithm": self.algorithm},
+                "extra": {"scope": self.scope, "kid": self.kid, "algorithm": self.algorithm, **self.extra},
             }
         )
 
@@ -238,6 +240,7 @@ def smart_client_factory(
         server: SandboxServer | None = None,
         client_id: str | None = None,
         set_connection: bool = True,
+        extra: dict[str, Any] | None = None,
     ) -> SmartClient:
         target = server or sandbox
         key, pem, public = make_key(algorithm)
@@ -252,7 +255,9 @@ def smart_client_factory(
             register_client(target, client_id, jwks_uri=uri, scope=scope)
         else:
             register_client(target, client_id, jwks={"keys": [public]}, scope=scope)
-        client = SmartClient(target, client_id, conn_id, algorithm, key, pem, public, scope, uri, jwks_server)
+        client = SmartClient(
+            target, client_id, conn_id, algorithm, key, pem, public, scope, uri, jwks_server, dict(extra or {})
+        )
         if set_connection:
             monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", client.connection_json())
         return client
@@ -274,13 +279,18 @@ def bulk_server(
     """A fresh sandbox with the Bulk settings a test asks for, and a registered client as the default conn.
 
     ``Retry-After`` defaults to one second so polling tests stay short; the data is ``patients`` patients
-    made from ``seed``.
+    made from ``seed``. ``allow_files_origin`` lets the connection reach the sandbox's second loopback
+    origin (presigned files) through ``allowed_internal_hosts``: loopback addresses other than the FHIR
+    server's own origin are refused otherwise, as a real deployment's internal hosts are.
     """
     from airflow_provider_smart.sandbox.bulk_jobs import BulkSettings
 
-    def start(*, patients: int = 10, seed: int = 42, **settings: Any) -> tuple[SandboxServer, SmartClient]:
+    def start(
+        *, patients: int = 10, seed: int = 42, allow_files_origin: bool = False, **settings: Any
+    ) -> tuple[SandboxServer, SmartClient]:
         settings.setdefault("retry_after", 1)
         server = sandbox_factory(SandboxConfig(patients=patients, seed=seed, bulk=BulkSettings(**settings)))
-        return server, smart_client_factory(server=server)
+        extra = {"allowed_internal_hosts": server.files_base_url} if allow_files_origin else None
+        return server, smart_client_factory(server=server, extra=extra)
 
     return start

@@ -28,7 +28,14 @@ from airflow_provider_smart.auth.tokens import (
 from airflow_provider_smart.transport.bodies import no_netrc_auth, read_bounded, read_limited
 from airflow_provider_smart.transport.retry import DEFAULT_MAX_RETRY_AFTER, WaitPolicy, is_retryable_status
 from airflow_provider_smart.transport.sanitize import remember_secret, safe_text
-from airflow_provider_smart.transport.urls import UnsafeUrlError, check_transport, check_url, fhir_base, redact_url
+from airflow_provider_smart.transport.urls import (
+    UnsafeUrlError,
+    check_transport,
+    check_url,
+    fhir_base,
+    may_carry_headers,
+    redact_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +85,7 @@ class SmartAuthClient:
         verify: bool | str = True,
         timeout: float = 60.0,
         headers: Mapping[str, str] | None = None,
+        header_origins: Sequence[str] = (),
         session: requests.Session | None = None,
         *,
         on_secret: Callable[[str], None] | None = None,
@@ -104,6 +112,7 @@ class SmartAuthClient:
         self.verify = verify
         self.timeout = timeout
         self.headers = dict(headers or {})
+        self.header_origins = tuple(header_origins)
         self.session = session or requests.Session()
         self.session.auth = no_netrc_auth  # ~/.netrc credentials never join the token request
         self._on_secret = on_secret
@@ -146,6 +155,7 @@ class SmartAuthClient:
                     verify=self.verify,
                     timeout=self.timeout,
                     headers=self.headers,
+                    header_origins=self.header_origins,
                     wait_policy=self.wait_policy,
                     sleep=self._sleep,
                 )
@@ -217,6 +227,10 @@ class SmartAuthClient:
             if state.token.value == value:
                 state.token = None
 
+    def _headers_for(self, url: str) -> dict[str, str]:
+        """The connection's headers where they may go (:func:`~..transport.urls.may_carry_headers`), else none."""
+        return self.headers if may_carry_headers(url, self.fhir_base_url, self.header_origins) else {}
+
     def _secret(self, value: str) -> None:
         """A new assertion or token: redacted by safe_text from now on, and masked by the caller's hook."""
         remember_secret(value)
@@ -246,7 +260,7 @@ class SmartAuthClient:
                 response = self.session.post(
                     token_url,
                     data=form,
-                    headers={**self.headers, "Accept": "application/json"},
+                    headers={**self._headers_for(token_url), "Accept": "application/json"},
                     verify=self.verify,
                     timeout=self.timeout,
                     allow_redirects=False,  # the assertion goes to the URL it names as aud, nowhere else

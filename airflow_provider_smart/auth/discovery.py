@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,7 @@ from airflow_provider_smart.auth.errors import DiscoveryError
 from airflow_provider_smart.transport.bodies import read_bounded
 from airflow_provider_smart.transport.retry import RetryBudget, WaitPolicy, is_retryable_status
 from airflow_provider_smart.transport.sanitize import safe_text
-from airflow_provider_smart.transport.urls import fhir_base, resolve
+from airflow_provider_smart.transport.urls import fhir_base, may_carry_headers, resolve
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,8 @@ OAUTH_URIS_EXTENSION = "http://fhir-registry.smarthealthit.org/StructureDefiniti
 SMART_CONFIGURATION_PATH = "/.well-known/smart-configuration"
 #: A SMART configuration or CapabilityStatement larger than this is refused (real ones are kilobytes).
 MAX_DISCOVERY_BYTES = 4 * 1024 * 1024
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 10
 
 
 @dataclass(frozen=True)
@@ -98,19 +100,25 @@ def _get_json(
     timeout: float,
     headers: Mapping[str, str],
     budget: RetryBudget | None,
+    base_url: str = "",
+    header_origins: Sequence[str] = (),
 ) -> tuple[Any, str]:
     """GET a JSON document; returns (data or None, why-not). Never raises for HTTP or parse problems.
 
     A throttled or briefly unavailable answer (429, 502, 503, 504, or no connection) is tried again as
     ``budget`` allows: a server that blocks the whole client for a while must not make discovery fail."""
+    hops = 0
     while True:
+        # The connection's headers may be credentials: they go only where the token may (redirects too).
+        own = headers if may_carry_headers(url, base_url or url, header_origins) else {}
         try:
             response = session.get(
                 url,
-                headers={**headers, "Accept": "application/json, application/fhir+json"},
+                headers={**own, "Accept": "application/json, application/fhir+json"},
                 verify=verify,
                 timeout=timeout,
                 stream=True,  # read up to MAX_DISCOVERY_BYTES, never a whole endless body
+                allow_redirects=False,  # followed below, deciding the headers at every hop
             )
         except requests.RequestException as exc:
             why = f"{url}: unreachable ({type(exc).__name__})"
@@ -119,6 +127,11 @@ def _get_json(
             return None, why
         with response:
             status = response.status_code
+            location = response.headers.get("Location")
+            if status in _REDIRECTS and location and hops < _MAX_REDIRECTS:
+                hops += 1
+                url = resolve(url, location.strip())
+                continue
             retry_after = response.headers.get("Retry-After")
             if (
                 is_retryable_status(status)
@@ -145,6 +158,7 @@ def discover(
     verify: bool | str = True,
     timeout: float = 60.0,
     headers: Mapping[str, str] | None = None,
+    header_origins: Sequence[str] = (),
     wait_policy: WaitPolicy | None = None,
     sleep: Callable[[float], None] | None = None,
 ) -> SmartConfiguration:
@@ -158,7 +172,16 @@ def discover(
 
     def fetch(url: str) -> tuple[Any, str]:
         budget = wait_policy.budget(f"SMART discovery {url}", sleep=sleep, logger=log) if wait_policy else None
-        return _get_json(session, url, verify=verify, timeout=timeout, headers=extra, budget=budget)
+        return _get_json(
+            session,
+            url,
+            verify=verify,
+            timeout=timeout,
+            headers=extra,
+            budget=budget,
+            base_url=base,
+            header_origins=header_origins,
+        )
 
     well_known = base + SMART_CONFIGURATION_PATH
     data, why = fetch(well_known)

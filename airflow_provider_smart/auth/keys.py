@@ -153,8 +153,13 @@ def load_keys(
     return KeySet(adjusted, signing_kid=signing.kid)
 
 
-def load_key_file(path: str | Path, *, kid: str | None = None, algorithm: str | None = None) -> KeySet:
+def load_key_file(
+    path: str | Path, *, kid: str | None = None, algorithm: str | None = None, within: Path | None = None
+) -> KeySet:
+    """The keys in a key file; with ``within``, only a file inside that directory (symlinks resolved)."""
     file = Path(path).expanduser()
+    if within is not None:
+        file = key_file_within(file, within)
     try:
         data = file.read_bytes()
     except OSError as exc:
@@ -163,6 +168,21 @@ def load_key_file(path: str | Path, *, kid: str | None = None, algorithm: str | 
             "check the private_key_file extra and the file's permissions on the workers"
         ) from None
     return load_keys(data, kid=kid, algorithm=algorithm, source=f"private key file {str(file)!r}")
+
+
+def key_file_within(path: str | Path, directory: Path) -> Path:
+    """``path`` resolved (symlinks and ``..`` followed), or :class:`KeyLoadError` when it lies outside
+    ``directory``: the setting that names the directory is part of the message."""
+    root = directory.expanduser().resolve()
+    file = Path(path).expanduser()
+    resolved = (root / file).resolve() if not file.is_absolute() else file.resolve()
+    if not resolved.is_relative_to(root):
+        raise KeyLoadError(
+            f"the private key file {str(path)!r} is outside {str(root)!r}, the only directory key files are read "
+            "from: move the key there, or set [smart_fhir] private_key_dir in the Airflow configuration "
+            "(AIRFLOW__SMART_FHIR__PRIVATE_KEY_DIR) to the directory that holds your keys"
+        )
+    return resolved
 
 
 def default_algorithm(private_key: PrivateKey) -> str:

@@ -13,9 +13,10 @@ from typing import Any
 
 from airflow_provider_smart.auth.client import DEFAULT_SCOPE
 from airflow_provider_smart.auth.errors import KeyLoadError
-from airflow_provider_smart.auth.keys import KeySet, load_key_file, load_keys
+from airflow_provider_smart.auth.keys import KeySet, key_file_within, load_key_file, load_keys
+from airflow_provider_smart.transport.addresses import ALLOWED_INTERNAL_EXTRA, parse_allowed_entry
 from airflow_provider_smart.transport.retry import DEFAULT_MAX_RETRY_AFTER
-from airflow_provider_smart.transport.urls import fhir_base
+from airflow_provider_smart.transport.urls import UnsafeUrlError, check_url, fhir_base
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -43,6 +44,15 @@ class SmartConnectionSettings:
     allow_insecure_http: bool = False
     #: Cap in seconds of one wait a server asks for with Retry-After (throttling, 503s).
     max_retry_after: float = DEFAULT_MAX_RETRY_AFTER
+    #: Internal origins and networks (CIDR) that URLs from the server's data may reach (presigned storage
+    #: on a private network); the FHIR server's own origin always may.
+    allowed_internal_hosts: tuple[str, ...] = ()
+    #: Origins besides the FHIR server's that receive the ``headers`` extra (e.g. a gateway in front of
+    #: the token endpoint).
+    header_origins: tuple[str, ...] = ()
+    #: The directory ``private_key_file`` must lie in (the hook passes ``[smart_fhir] private_key_dir``);
+    #: None: no bound (library use without Airflow).
+    private_key_dir: Path | None = None
 
     @classmethod
     def from_fields(
@@ -53,6 +63,7 @@ class SmartConnectionSettings:
         login: str | None,
         password: str | None,
         extra: Mapping[str, Any] | str | None,
+        private_key_dir: Path | None = None,
     ) -> SmartConnectionSettings:
         extras = _extras(conn_id, extra)
         host = (host or "").strip()
@@ -90,6 +101,9 @@ class SmartConnectionSettings:
             headers=_headers(conn_id, extras.get("headers")),
             allow_insecure_http=_flag(conn_id, "allow_insecure_http", extras.get("allow_insecure_http")),
             max_retry_after=_max_retry_after(conn_id, extras.get("max_retry_after")),
+            allowed_internal_hosts=_allowed_internal_hosts(conn_id, extras.get(ALLOWED_INTERNAL_EXTRA)),
+            header_origins=_header_origins(conn_id, extras.get("header_origins")),
+            private_key_dir=private_key_dir,
         )
 
     def load_keys(self) -> KeySet:
@@ -103,7 +117,9 @@ class SmartConnectionSettings:
                     source=f"private key of connection {self.conn_id!r}",
                 )
             assert self.private_key_file is not None
-            return load_key_file(self.private_key_file, kid=self.kid, algorithm=self.algorithm)
+            return load_key_file(
+                self.private_key_file, kid=self.kid, algorithm=self.algorithm, within=self.private_key_dir
+            )
         except KeyLoadError as exc:
             if self.conn_id in str(exc):
                 raise
@@ -114,12 +130,20 @@ class SmartConnectionSettings:
         if not self.private_key_file:
             return None
         try:
-            return Path(self.private_key_file).expanduser().read_text("utf-8", "replace")
-        except OSError:
+            path = Path(self.private_key_file).expanduser()
+            if self.private_key_dir is not None:
+                path = key_file_within(path, self.private_key_dir)
+            return path.read_text("utf-8", "replace")
+        except (OSError, KeyLoadError):
             return None
 
 
-def load_connection_keys(conn_id: str, password: str | None, extra: Mapping[str, Any] | str | None) -> KeySet:
+def load_connection_keys(
+    conn_id: str,
+    password: str | None,
+    extra: Mapping[str, Any] | str | None,
+    private_key_dir: Path | None = None,
+) -> KeySet:
     """Only the keys of a connection (for publishing its JWKS): the other fields need not be valid."""
     extras = _extras(conn_id, extra)
     key_file = _optional_str(extras.get("private_key_file"))
@@ -133,6 +157,7 @@ def load_connection_keys(conn_id: str, password: str | None, extra: Mapping[str,
         private_key_file=key_file,
         kid=_optional_str(extras.get("kid")),
         algorithm=_optional_str(extras.get("algorithm")),
+        private_key_dir=private_key_dir,
     )
     return settings.load_keys()
 
@@ -233,3 +258,45 @@ def _headers(conn_id: str, value: Any) -> dict[str, str]:
             f"connection {conn_id!r}: headers must not set Authorization; the hook sends the SMART access token"
         )
     return headers
+
+
+def _entries(conn_id: str, name: str, value: Any) -> list[str]:
+    """A list extra: a JSON list, or one string of entries separated by commas or whitespace."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except ValueError:
+                raise ConnectionSettingsError(f"connection {conn_id!r}: {name} is not a valid JSON list") from None
+        else:
+            return [part for part in text.replace(",", " ").split() if part]
+    if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+        raise ConnectionSettingsError(
+            f"connection {conn_id!r}: {name} must be a list of strings or one comma-separated string"
+        )
+    return [item.strip() for item in value if item.strip()]
+
+
+def _allowed_internal_hosts(conn_id: str, value: Any) -> tuple[str, ...]:
+    """Origins (``https://minio.internal:9000``) and networks (``10.1.0.0/16``), each checked."""
+    entries = _entries(conn_id, ALLOWED_INTERNAL_EXTRA, value)
+    for entry in entries:
+        try:
+            parse_allowed_entry(entry)
+        except ValueError as exc:
+            raise ConnectionSettingsError(f"connection {conn_id!r}: {exc}") from None
+    return tuple(entries)
+
+
+def _header_origins(conn_id: str, value: Any) -> tuple[str, ...]:
+    """Origins (``https://gateway.example.org``) that receive the headers extra too."""
+    entries = _entries(conn_id, "header_origins", value)
+    for entry in entries:
+        try:
+            check_url(entry)
+        except UnsafeUrlError as exc:
+            raise ConnectionSettingsError(f"connection {conn_id!r}: header_origins: {exc}") from None
+    return tuple(entries)

@@ -271,7 +271,8 @@ class BulkDownloader:
         except FhirError as exc:
             if getattr(exc, "status", None) == 410:
                 raise FileExpiredError(f"{source} expired: {exc}", status=410) from None
-            if getattr(exc, "status", None) is None or is_retryable_status(int(exc.status or 0)):
+            # A refused request (an unsafe URL or address) says retryable=False: trying again cannot help.
+            if exc.retryable or is_retryable_status(int(exc.status or 0)):
                 raise _RetryableError(str(exc), getattr(exc, "retry_after", None)) from None
             raise DownloadError(f"{source}: {exc}", status=exc.status) from None
         except requests.RequestException as exc:

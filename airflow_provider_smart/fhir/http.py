@@ -3,6 +3,9 @@
 - The bearer token goes only where :func:`~..transport.urls.may_carry_token` allows it, never when ``authorize=False``.
 - Every URL is checked before it is requested (:func:`~..transport.urls.check_url`): a URL that parsers could read
   differently is refused outright; so is an https -> http downgrade unless the connection allows it.
+- The connection's own headers (``headers``) follow the token, plus the origins named in ``header_origins``.
+- Every connection checks the address it reaches (:mod:`~..transport.addresses`): internal addresses
+  only for the FHIR server's origin and what ``allowed_internal_hosts`` lists; refusals are never retried.
 - Redirects are followed by hand so the Authorization header is re-decided at every hop.
 - Waits and retries follow the one wait policy (:mod:`~..transport.retry`): 429, 502, 503, 504, ``transient``
   OperationOutcomes and failed connections are retried within one :class:`~..transport.retry.RetryBudget` per
@@ -24,6 +27,7 @@ from typing import Any
 import requests
 
 from airflow_provider_smart.fhir.errors import FhirError, TransientFhirError, describe_error_body
+from airflow_provider_smart.transport.addresses import AddressPolicy, BlockedAddressError, guard_session
 from airflow_provider_smart.transport.bodies import MAX_ERROR_BODY, no_netrc_auth, read_limited
 from airflow_provider_smart.transport.retry import (
     DEFAULT_MAX_RETRY_AFTER,
@@ -41,6 +45,7 @@ from airflow_provider_smart.transport.urls import (
     check_transport,
     check_url,
     fhir_base,
+    may_carry_headers,
     may_carry_token,
     redact_url,
     resolve,
@@ -77,6 +82,9 @@ class FhirHttpClient:
     :param max_retry_after: cap of one wait in seconds; ignored when ``wait_policy`` is given.
     :param wait_policy: the whole wait policy (see :class:`~..transport.retry.WaitPolicy`).
     :param allow_insecure_http: accept https -> http downgrades (logged); off by default.
+    :param allowed_internal_hosts: origins and networks (CIDR) on internal addresses that URLs from data
+        may reach (see :mod:`~..transport.addresses`); the FHIR server's own origin always may.
+    :param header_origins: origins besides the FHIR server's that receive ``headers``.
     """
 
     def __init__(
@@ -94,6 +102,8 @@ class FhirHttpClient:
         backoff_max: float = 60.0,
         wait_policy: WaitPolicy | None = None,
         allow_insecure_http: bool = False,
+        allowed_internal_hosts: Sequence[str] = (),
+        header_origins: Sequence[str] = (),
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
@@ -111,7 +121,11 @@ class FhirHttpClient:
         )
         self.max_redirects = max_redirects
         self.allow_insecure_http = allow_insecure_http
+        self.header_origins = tuple(header_origins)
+        self.address_policy = AddressPolicy.for_server(self.base_url, allowed_internal_hosts)
         self.session = session or requests.Session()
+        # Every connection checks the address it reaches, redirect hops included (no DNS rebinding).
+        guard_session(self.session, self.address_policy)
         # An explicit (no-op) auth keeps requests from adding ~/.netrc credentials over our header,
         # while proxies and CA bundles from the environment still apply.
         self.session.auth = no_netrc_auth
@@ -281,7 +295,9 @@ class FhirHttpClient:
         first = url
         for _ in range(self.max_redirects + 1):
             self.check(url, previous=previous)
-            hop_headers = {"Accept": "application/fhir+json", **self.headers, **(headers or {})}
+            # The connection's headers may be credentials (an API gateway's key): they follow the token.
+            own = self.headers if may_carry_headers(url, self.base_url, self.header_origins) else {}
+            hop_headers = {"Accept": "application/fhir+json", **own, **(headers or {})}
             # A caller's own Authorization header is never forwarded either; only ours, only to our origin.
             hop_headers = {k: v for k, v in hop_headers.items() if k.lower() != "authorization"}
             used: BearerToken | None = None
@@ -289,18 +305,22 @@ class FhirHttpClient:
                 assert self.auth is not None
                 used = self.auth.get_token()
                 hop_headers["Authorization"] = used.authorization_header
-            response = self.session.request(
-                method,
-                url,
-                params=params,
-                json=json,
-                data=data,
-                headers=hop_headers,
-                stream=stream,
-                verify=self.verify,
-                timeout=timeout,
-                allow_redirects=False,
-            )
+            try:
+                response = self.session.request(
+                    method,
+                    url,
+                    params=params,
+                    json=json,
+                    data=data,
+                    headers=hop_headers,
+                    stream=stream,
+                    verify=self.verify,
+                    timeout=timeout,
+                    allow_redirects=False,
+                )
+            except BlockedAddressError as exc:
+                came = f" (redirected from {redact_url(first)})" if url != first else ""
+                raise RefusedRequestError(f"{method} {redact_url(url)} {exc}{came}") from None
             token = used
             if response.status_code not in _REDIRECTS or "Location" not in response.headers:
                 return response, token, url

@@ -12,6 +12,7 @@ from airflow_provider_smart.auth.client import SmartAuthClient
 from airflow_provider_smart.auth.discovery import SmartConfiguration
 from airflow_provider_smart.auth.settings import SmartConnectionSettings
 from airflow_provider_smart.auth.tokens import AccessToken, scope_report
+from airflow_provider_smart.config import private_key_dir
 from airflow_provider_smart.fhir.http import FhirHttpClient
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ class SmartFhirHook(BaseHook):
                 login=conn.login,
                 password=conn.password,
                 extra=conn.extra,
+                private_key_dir=private_key_dir(),
             )
             mask(settings.read_key_file())
             if settings.verify is False:
@@ -131,6 +133,7 @@ class SmartFhirHook(BaseHook):
                     verify=s.verify,
                     timeout=s.timeout,
                     headers=s.headers,
+                    header_origins=s.header_origins,
                     on_secret=mask,
                     max_retry_after=s.max_retry_after,
                     allow_insecure_http=s.allow_insecure_http,
@@ -165,6 +168,8 @@ class SmartFhirHook(BaseHook):
                     max_retries=self.max_retries,
                     max_retry_after=s.max_retry_after,
                     allow_insecure_http=s.allow_insecure_http,
+                    allowed_internal_hosts=s.allowed_internal_hosts,
+                    header_origins=s.header_origins,
                 )
             return self._client
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.plugins_manager import AirflowPlugin
 
 from airflow_provider_smart.auth.settings import load_connection_keys
+from airflow_provider_smart.config import private_key_dir
 from airflow_provider_smart.transport.sanitize import safe_text
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ def configured_connections() -> list[ConnectionKeys]:
 
 def connection_jwks(conn: ConnectionKeys) -> dict[str, Any]:
     """The public JWKS of one connection (every key it holds, so a rotation's next key shows too)."""
-    return load_connection_keys(conn.conn_id, conn.password, conn.extra).public_jwks()
+    return load_connection_keys(conn.conn_id, conn.password, conn.extra, private_key_dir()).public_jwks()
 
 
 def _skip_broken(conn: ConnectionKeys, exc: Exception) -> None:

@@ -154,7 +154,11 @@ def main(argv: Sequence[str] | None = None, *, stop: threading.Event | None = No
         print(f"  FHIR base:           {public}/fhir", flush=True)
         print(f"  SMART configuration: {public}/fhir/.well-known/smart-configuration", flush=True)
         print(f"  token endpoint:      {public}/auth/token", flush=True)
-        files = f"{server.files_base_url} (presigned URLs)" if config.bulk.presigned_files else "the FHIR origin"
+        files = (
+            f"{server.files_base_url} (presigned URLs; list it in the connection extra allowed_internal_hosts)"
+            if config.bulk.presigned_files
+            else "the FHIR origin"
+        )
         print(f"  Bulk Data files:     {files}", flush=True)
         counts = ", ".join(f"{name} {server.state.store.count(name)}" for name in server.state.store.types())
         print(f"  data:                {counts}", flush=True)

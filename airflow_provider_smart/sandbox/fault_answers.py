@@ -86,3 +86,19 @@ async def send_echo(rule: FaultRule, authorization: str | None, send: Any) -> No
         return
     transient = rule.status >= 500 or rule.status == 429
     await _send(send, rule.status, _outcome("transient" if transient else "forbidden", text), [])
+
+
+def token_into_location(authorization: str | None, send: Any) -> Any:
+    """``send`` with the bare bearer token appended to the path of a ``Content-Location`` header."""
+    token = (authorization or "").split(None, 1)[-1].encode("latin-1", "replace") if authorization else b""
+
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start" and token:
+            headers = [
+                (name, value.rstrip(b"/") + b"/" + token if name.lower() == b"content-location" else value)
+                for name, value in message.get("headers", [])
+            ]
+            message = dict(message, headers=headers)
+        await send(message)
+
+    return wrapped

@@ -59,10 +59,11 @@ from airflow_provider_smart.sandbox.fault_answers import (
     send_echo,
     send_redirect,
     send_status,
+    token_into_location,
 )
 
-FaultKind = Literal["status", "delay", "drop", "block", "redirect", "echo", "revoke"]
-FAULT_KINDS = ("status", "delay", "drop", "block", "redirect", "echo", "revoke")
+FaultKind = Literal["status", "delay", "drop", "block", "redirect", "echo", "revoke", "token_in_location"]
+FAULT_KINDS = ("status", "delay", "drop", "block", "redirect", "echo", "revoke", "token_in_location")
 #: Same-origin redirects point here: ``/hop/fhir/x`` is served as ``/fhir/x``, never faulted again.
 HOP_PREFIX = "/hop"
 _HISTORY = 10_000
@@ -218,6 +219,11 @@ class Faults:
         content_type: str = "application/fhir+json",
     ) -> FaultRule:
         return self.add(FaultRule("echo", path, times=times, status=status, after=after, content_type=content_type))
+
+    def token_in_location(self, path: str = "*", *, times: int | None = 1, after: int = 0) -> FaultRule:
+        """The answer's ``Content-Location`` (a kick-off's status URL) gets the request's bearer token
+        appended to its path, as a careless server puts a credential into a URL it hands out."""
+        return self.add(FaultRule("token_in_location", path, times=times, after=after))
 
     def revoke_tokens(self, path: str = "*", *, after: int = 0) -> FaultRule:
         return self.add(FaultRule("revoke", path, times=1, after=after))
@@ -383,6 +389,8 @@ class FaultMiddleware:
         elif rule.kind == "revoke":
             self.faults.invalidate_tokens()
             await self.app(scope, receive, send)
+        elif rule.kind == "token_in_location":
+            await self.app(scope, receive, token_into_location(authorization, send))
         else:
             await self._send_dropped(rule, scope, receive, send)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
+from urllib.parse import unquote
 
 #: A generous cap for one server string in a log line or message.
 DEFAULT_TEXT_LIMIT = 500
@@ -76,6 +77,22 @@ def redact_secrets(text: str, secrets: tuple[str, ...] | list[str] = ()) -> str:
     text = _JWT.sub(REDACTED, text)
     text = _SECRET_FIELD.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
     return _URL_QUERY.sub(lambda m: f"{m.group(1)}?{REDACTED}", text)
+
+
+def carries_secret(text: str, secrets: tuple[str, ...] | list[str] = ()) -> bool:
+    """Whether ``text`` (or its percent-decoded form) holds a remembered or given secret verbatim.
+
+    For URLs a server hands back: one that carries our own access token or assertion is a leak, never a
+    link to follow or store.
+    """
+    with _lock:
+        known = list(_remembered)
+    forms = {text, unquote(text)}
+    return any(
+        secret and len(secret) >= _MIN_SECRET_LENGTH and secret in form
+        for secret in (*secrets, *known)
+        for form in forms
+    )
 
 
 def strip_control(text: str) -> str:

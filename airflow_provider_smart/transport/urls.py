@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import re
-from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
+from collections.abc import Iterable
+from urllib.parse import SplitResult, unquote, urljoin, urlsplit, urlunsplit
 
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
-from airflow_provider_smart.transport.sanitize import safe_text
+from airflow_provider_smart.transport.sanitize import redact_secrets, safe_text
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,15 @@ def may_carry_token(url: str, base_url: str) -> bool:
     return same_origin(url, base_url)
 
 
+def may_carry_headers(url: str, base_url: str, header_origins: Iterable[str] = ()) -> bool:
+    """Whether the connection's own headers (its ``headers`` extra) may go to ``url``.
+
+    They often carry credentials (an API gateway's key), so they follow the token: only where
+    :func:`may_carry_token` allows, plus the origins the user names for them (the ``header_origins`` extra).
+    """
+    return may_carry_token(url, base_url) or any(same_origin(url, allowed) for allowed in header_origins)
+
+
 def check_transport(url: str, base_url: str, *, previous: str | None = None, allow_insecure_http: bool = False) -> None:
     """Refuse a TLS downgrade: an ``http://`` URL when the server (or the previous hop) used https.
 
@@ -148,8 +158,13 @@ def without_query(url: str) -> str | None:
 
 
 def redact_url(url: str) -> str:
-    """Drop the query string (presigned URLs carry credentials there) and any userinfo, for logs."""
+    """A URL fit for a log line or message: no query string (presigned URLs carry credentials there), no
+    userinfo, and no secret in the path either (a server may put a token there: our access token, or a
+    JWT-shaped capability), judged on the percent-decoded path so an encoded token is caught too."""
     text = without_query(url)
     if text is None:
         return "<unparseable URL>"
+    decoded = unquote(text)
+    if redact_secrets(decoded) != decoded:
+        text = redact_secrets(decoded)
     return _AMBIGUOUS.sub("?", text)[:300]

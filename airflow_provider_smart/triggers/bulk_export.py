@@ -19,6 +19,7 @@ from airflow_provider_smart.fhir.bulk.status import (
     interpret_status,
 )
 from airflow_provider_smart.fhir.bulk.sync import MAX_MANIFEST_BODY, poll_reason
+from airflow_provider_smart.transport.addresses import AddressPolicy, BlockedAddressError, guarded_async_transport
 from airflow_provider_smart.transport.bodies import MAX_ERROR_BODY
 from airflow_provider_smart.transport.retry import log_wait
 from airflow_provider_smart.transport.sanitize import safe_text
@@ -144,10 +145,10 @@ class BulkExportStatusTrigger(BaseTrigger):
     def _base_url(self) -> str:
         return str(self._get_hook().base_url)
 
-    def _connection_policy(self) -> tuple[bool, float]:
-        """The connection's ``allow_insecure_http`` and ``max_retry_after`` extras."""
+    def _connection_policy(self) -> tuple[bool, float, tuple[str, ...]]:
+        """The connection's ``allow_insecure_http``, ``max_retry_after`` and ``allowed_internal_hosts`` extras."""
         settings = self._get_hook().settings
-        return bool(settings.allow_insecure_http), float(settings.max_retry_after)
+        return bool(settings.allow_insecure_http), float(settings.max_retry_after), settings.allowed_internal_hosts
 
     def _token(self, force_refresh: bool) -> str:
         return str(self._get_hook().get_token(force_refresh=force_refresh).value)
@@ -157,8 +158,9 @@ class BulkExportStatusTrigger(BaseTrigger):
         where = redact_url(self.status_url)
         policy = self.policy
         base_url = await asyncio.to_thread(self._base_url)
-        allow_insecure, max_retry_after = await asyncio.to_thread(self._connection_policy)
+        allow_insecure, max_retry_after, allowed_internal = await asyncio.to_thread(self._connection_policy)
         self._allow_insecure = self.allow_insecure_http or allow_insecure
+        self._address_policy = AddressPolicy.for_server(base_url, allowed_internal)
         errors = 0
         last_progress: str | None = None
         self.log.info("polling Bulk Data export status at %s", where)
@@ -207,8 +209,14 @@ class BulkExportStatusTrigger(BaseTrigger):
     def _http_client(self) -> Any:
         import httpx
 
-        # Redirects are followed by hand (see _poll), deciding the token at every hop like the worker.
-        return httpx.AsyncClient(timeout=self.request_timeout, verify=self.verify, follow_redirects=False)
+        # Redirects are followed by hand (see _poll), deciding the token at every hop like the worker;
+        # every connection checks the address it reaches, like the worker's (transport.addresses).
+        policy = getattr(self, "_address_policy", None) or AddressPolicy.for_server(self._base_url())
+        return httpx.AsyncClient(
+            timeout=self.request_timeout,
+            follow_redirects=False,
+            transport=guarded_async_transport(policy, verify=self.verify),
+        )
 
     async def _poll(self, http: Any, base_url: str) -> ExportStatus:
         """One status poll, as the worker's client does it: URL checks, the token only where
@@ -234,6 +242,8 @@ class BulkExportStatusTrigger(BaseTrigger):
                 async with http.stream("GET", url, headers=headers) as response:
                     limit = MAX_MANIFEST_BODY if response.status_code == 200 else MAX_ERROR_BODY
                     body = await _read_capped(response, limit + 1)
+            except BlockedAddressError as exc:
+                return ExportFailed(f"status {redact_url(url)}: {exc}", 0)
             except httpx.HTTPError as exc:
                 return ExportTransientError(f"status request failed: {type(exc).__name__}", 0, None)
             status = response.status_code

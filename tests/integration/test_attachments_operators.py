@@ -47,8 +47,11 @@ PDF = b"%PDF-1.4\n" + bytes(range(256)) * 64 + b"\n%%EOF\n"
 
 @pytest.fixture
 def server(bulk_server: Callable[..., tuple[SandboxServer, SmartClient]]) -> SandboxServer:
-    """A small sandbox (a registered client as the default connection) whose exports complete at once."""
-    return bulk_server(patients=4, seed=11)[0]
+    """A small sandbox (a registered client as the default connection) whose exports complete at once.
+
+    The connection allows the sandbox's presigned file origin (another loopback port): the scan document
+    names a presigned URL there, as documents naming an object store do."""
+    return bulk_server(patients=4, seed=11, allow_files_origin=True)[0]
 
 
 def _generated_notes(server: SandboxServer) -> dict[str, str]:

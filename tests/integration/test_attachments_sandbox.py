@@ -45,7 +45,8 @@ def server(sandbox_factory: Callable[..., SandboxServer]) -> SandboxServer:
 
 @pytest.fixture
 def client(server: SandboxServer, smart_client_factory: Callable[..., SmartClient]) -> SmartClient:
-    return smart_client_factory(server=server)
+    """The connection allows the sandbox's presigned origin (another loopback port), where the scan lives."""
+    return smart_client_factory(server=server, extra={"allowed_internal_hosts": server.files_base_url})
 
 
 def _operator(root: Path, run: Path, **options: Any) -> FhirAttachmentsDownloadOperator:

@@ -93,7 +93,7 @@ def test_group_export_lands_the_members_compartments(bulk_server: Callable[..., 
 
 
 def test_presigned_files_never_see_an_authorization_header(bulk_server: Callable[..., Any], tmp_path: Path) -> None:
-    server, _ = bulk_server(presigned_files=True, max_file_resources=30)
+    server, _ = bulk_server(presigned_files=True, max_file_resources=30, allow_files_origin=True)
     summary, _ = run_deferred(export_op(tmp_path), context())
     origins = server.state.bulk.origins
     assert origins.requests["files"] >= len(store_view(server))
@@ -430,7 +430,7 @@ def test_fanout_download_refetches_the_manifest_after_410(bulk_server: Callable[
 
 
 def test_fanout_presigned_403_is_an_expired_url(bulk_server: Callable[..., Any], tmp_path: Path) -> None:
-    server, _ = bulk_server(max_file_resources=10, presigned_files=True, presign_ttl=60)
+    server, _ = bulk_server(max_file_resources=10, presigned_files=True, presign_ttl=60, allow_files_origin=True)
     batches, ref = _fanout(server, tmp_path)
     files = sum(len(batch["keys"]) for batch in batches)
     status_polls = server.state.faults.count(STATUS_PATHS)

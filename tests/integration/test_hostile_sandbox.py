@@ -70,9 +70,14 @@ def bulk_server(
 
 
 @pytest.fixture
-def bouncer(bulk_server: Callable[..., Any]) -> Iterator[tuple[SandboxServer, Bouncer]]:
+def bouncer(
+    bulk_server: Callable[..., Any], smart_client_factory: Callable[..., SmartClient]
+) -> Iterator[tuple[SandboxServer, Bouncer]]:
     server, _ = bulk_server(polls_to_complete=2)
     foreign = Bouncer(server.base_url)
+    # The other origin is another loopback port: the connection must list it, or nothing is sent there
+    # at all (tests/integration/test_ssrf_sandbox.py); these tests are about the token on the way.
+    smart_client_factory(server=server, extra={"allowed_internal_hosts": foreign.url})
     yield server, foreign
     foreign.close()
 

@@ -211,7 +211,9 @@ def test_state_json_keeps_no_presigned_query_and_a_resume_still_lands_everything
 ) -> None:
     from airflow_provider_smart.sandbox.bulk_runtime import PRESIGNED_FILE_PATHS, STATUS_PATHS
 
-    server, _ = bulk_server(max_file_resources=10, presigned_files=True, presign_ttl=60, seconds_to_complete=0)
+    server, _ = bulk_server(
+        max_file_resources=10, presigned_files=True, presign_ttl=60, seconds_to_complete=0, allow_files_origin=True
+    )
     out = tmp_path / "out"
     # One file fails for good on the first run (404); the others land. Retries follow, so the export stays.
     server.state.faults.fail(PRESIGNED_FILE_PATHS, status=404, times=1)

@@ -33,7 +33,7 @@ def test_cli_bulk_options(tmp_path, capsys):
                 break
             threading.Event().wait(0.05)
         fhir_base = re.search(r"FHIR base:\s+(\S+)", out)[1]
-        files_origin = re.search(r"Bulk Data files:\s+(\S+) \(presigned URLs\)", out)[1]
+        files_origin = re.search(r"Bulk Data files:\s+(\S+) \(presigned URLs;", out)[1]
         token_url = re.search(r"token endpoint:\s+(\S+)", out)[1]
         server = type("S", (), {"token_url": token_url})()
         client = SmartClient(server, "bulk-cli", "unused", "RS384", key, pem, public)  # type: ignore[arg-type]

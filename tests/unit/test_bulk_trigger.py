@@ -48,8 +48,8 @@ def make_trigger(script: Script, monkeypatch: pytest.MonkeyPatch, **kwargs: Any)
         return current[0]
 
     monkeypatch.setattr(trigger, "_base_url", lambda: BASE)
-    # The connection's (allow_insecure_http, max_retry_after) extras; tests set trigger.extras.
-    trigger.extras = (False, 300.0)  # type: ignore[attr-defined]
+    # The connection's (allow_insecure_http, max_retry_after, allowed_internal_hosts) extras; tests set trigger.extras.
+    trigger.extras = (False, 300.0, ())  # type: ignore[attr-defined]
     monkeypatch.setattr(trigger, "_connection_policy", lambda: trigger.extras)  # type: ignore[attr-defined]
     monkeypatch.setattr(trigger, "_token", token)
     monkeypatch.setattr(
@@ -151,7 +151,7 @@ def test_throttle_waits_at_most_the_connections_max_retry_after(monkeypatch: pyt
         ]
     )
     trigger = make_trigger(script, monkeypatch, max_poll_interval=1200)
-    trigger.extras = (False, 45.0)  # type: ignore[attr-defined]
+    trigger.extras = (False, 45.0, ())  # type: ignore[attr-defined]
     assert asyncio.run(first_event(trigger))["status"] == "complete"
     assert slept == [45.0, 45.0, 900.0]
 
@@ -166,7 +166,7 @@ def test_connection_extra_allow_insecure_http_reaches_the_trigger(monkeypatch: p
 
     allowed = make_trigger(Script(list(answers)), monkeypatch, status_url=secure_status)
     monkeypatch.setattr(allowed, "_base_url", lambda: "https://fhir.test/fhir")
-    allowed.extras = (True, 300.0)  # type: ignore[attr-defined]
+    allowed.extras = (True, 300.0, ())  # type: ignore[attr-defined]
     assert asyncio.run(first_event(allowed))["status"] == "complete"
 
 

@@ -26,11 +26,13 @@ def provider_imports(path: Path) -> set[tuple[str, int]]:
     found: set[tuple[str, int]] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         names: list[str] = []
+        if not isinstance(node, ast.Import | ast.ImportFrom):
+            continue
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        elif node.module and node.level == 0:
             names = [node.module]
-        elif isinstance(node, ast.ImportFrom) and node.level > 0:
+        elif node.level > 0:
             raise AssertionError(f"{path}:{node.lineno}: use absolute imports so the layering can be checked")
         for name in names:
             parts = name.split(".")

@@ -123,8 +123,45 @@ def test_wrong_algorithm_for_key_in_connection(monkeypatch):
 def test_private_key_file(monkeypatch, tmp_path):
     path = tmp_path / "key.pem"
     path.write_text(pem(rsa_key()))
+    monkeypatch.setenv("AIRFLOW__SMART_FHIR__PRIVATE_KEY_DIR", str(tmp_path))
     set_conn(monkeypatch, password=None, extra={"private_key_file": str(path), "algorithm": "RS256"})
     assert SmartFhirHook().get_auth_client().signing_key.algorithm == "RS256"
+    # A relative path is taken inside the directory.
+    set_conn(monkeypatch, password=None, extra={"private_key_file": "key.pem", "algorithm": "RS256"})
+    assert SmartFhirHook().get_auth_client().signing_key.algorithm == "RS256"
+
+
+@pytest.mark.parametrize("where", ["outside", "dotdot", "symlink", "default"])
+def test_private_key_file_outside_private_key_dir_is_refused_unread(monkeypatch, tmp_path, where):
+    """Whoever may edit connections picks the path: only files inside [smart_fhir] private_key_dir are read."""
+    keys, elsewhere = tmp_path / "keys", tmp_path / "elsewhere"
+    keys.mkdir()
+    elsewhere.mkdir()
+    secret = elsewhere / "key.pem"
+    secret.write_text(pem(rsa_key()))
+    path = {
+        "outside": str(secret),
+        "dotdot": str(keys / ".." / "elsewhere" / "key.pem"),
+        "symlink": str(keys / "link.pem"),
+        "default": str(secret),
+    }[where]
+    (keys / "link.pem").symlink_to(secret)
+    if where == "default":  # unset: {AIRFLOW_HOME}/smart_fhir_keys
+        monkeypatch.delenv("AIRFLOW__SMART_FHIR__PRIVATE_KEY_DIR", raising=False)
+    else:
+        monkeypatch.setenv("AIRFLOW__SMART_FHIR__PRIVATE_KEY_DIR", str(keys))
+    read: list[str] = []
+    original = type(secret).read_text
+
+    def spy(self, *args, **kwargs):
+        read.append(str(self))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(secret), "read_text", spy)
+    set_conn(monkeypatch, password=None, extra={"private_key_file": path})
+    with pytest.raises(KeyLoadError, match=r"outside .*private_key_dir.*AIRFLOW__SMART_FHIR__PRIVATE_KEY_DIR"):
+        SmartFhirHook().get_auth_client()
+    assert str(secret) not in read  # not even read for the secret masker
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from typing import Any
 
 from airflow_provider_smart.fhir.errors import describe_error_body, operation_outcome_text
 from airflow_provider_smart.transport.retry import DEFAULT_MAX_RETRY_AFTER, is_retryable, parse_retry_after
-from airflow_provider_smart.transport.sanitize import safe_text
+from airflow_provider_smart.transport.sanitize import carries_secret, safe_text
 from airflow_provider_smart.transport.urls import redact_url, resolve
 
 
@@ -135,6 +135,14 @@ def interpret_kickoff(
             return ExportFailed(
                 f"kick-off to {redact_url(request_url)} answered 202 without a Content-Location header, "
                 "so there is no status URL to poll",
+                status,
+            )
+        if carries_secret(location):
+            # The status URL is stored in state.json and the trigger's arguments: our token must not be.
+            return ExportFailed(
+                f"kick-off to {redact_url(request_url)} answered with a status URL that carries this client's "
+                "access token or assertion; refusing to store or poll it. The server must not put credentials "
+                "into its URLs: report it to the server's operators.",
                 status,
             )
         outcome = _outcome(body)

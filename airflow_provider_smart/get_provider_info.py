@@ -69,8 +69,9 @@ def get_provider_info() -> dict[str, Any]:
                         "label": "Private key file",
                         "description": (
                             "Path of a PEM, JWK or JWKS file readable where tasks run (and by the API server for "
-                            "the Test button). Used only when the Private key field above is empty: a pasted key "
-                            "wins when both are set."
+                            "the Test button), inside the directory [smart_fhir] private_key_dir (default "
+                            "$AIRFLOW_HOME/smart_fhir_keys). Used only when the Private key field above is empty: "
+                            "a pasted key wins when both are set."
                         ),
                         "schema": {"type": ["string", "null"]},
                     },

@@ -151,6 +151,8 @@ def main() -> int:
     env = dict(os.environ)
     env.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
     env.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    # The demo's key file lives in its Airflow home: key files are read only from this directory.
+    env.setdefault("AIRFLOW__SMART_FHIR__PRIVATE_KEY_DIR", str(home))
 
     step(f"Airflow metadata DB in {home}")
     run(str(BIN / "airflow"), "db", "migrate", env=env, quiet=True)

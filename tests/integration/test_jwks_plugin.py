@@ -181,3 +181,23 @@ def test_mounted_by_airflow_api_server_plugin_loading(airflow_db, monkeypatch):
             session.query(Connection).filter(Connection.conn_id == "smart_db_jwks").delete()
     assert [(k["kid"], k["alg"]) for k in db_keys] == [("db-key", "ES384")]
     assert [k["kty"] for k in env_keys] == ["RSA"]
+
+
+def test_a_key_file_outside_private_key_dir_is_not_read_by_the_api_server(monkeypatch, tmp_path, caplog):
+    """Whoever may edit connections picks private_key_file: the API server reads only [smart_fhir] private_key_dir."""
+    keys, elsewhere = tmp_path / "keys", tmp_path / "elsewhere"
+    keys.mkdir()
+    elsewhere.mkdir()
+    (keys / "inside.pem").write_text(pem(ec_key("P-256")))
+    (elsewhere / "outside.pem").write_text(pem(ec_key("P-256")))
+    monkeypatch.setenv("AIRFLOW__SMART_FHIR__PRIVATE_KEY_DIR", str(keys))
+    connections = [
+        ConnectionKeys("inside", None, {"private_key_file": "inside.pem"}),
+        ConnectionKeys("outside", None, {"private_key_file": str(elsewhere / "outside.pem")}),
+    ]
+    with caplog.at_level(logging.WARNING), serve(mounted(lambda: connections)) as base:
+        inside = requests.get(base + "/.well-known/jwks/inside.json", timeout=10)
+        outside = requests.get(base + "/.well-known/jwks/outside.json", timeout=10)
+    assert inside.status_code == 200 and len(inside.json()["keys"]) == 1
+    assert outside.status_code == 503 and "outside" in outside.json()["error"]
+    assert "KeyLoadError" in caplog.text

@@ -71,6 +71,7 @@ def test_what_the_form_saves_by_default_is_a_valid_connection() -> None:
     assert settings.verify is True and settings.timeout == 60 and settings.headers == {}
     assert settings.kid is None and settings.algorithm is None and settings.token_url is None
     assert settings.allow_insecure_http is False and settings.max_retry_after == 300
+    assert settings.allowed_internal_hosts == () and settings.header_origins == ()
     for text, verify in (("false", False), ("true", True)):
         assert (
             SmartConnectionSettings.from_fields(

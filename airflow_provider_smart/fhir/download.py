@@ -293,7 +293,7 @@ class BulkDownloader:
     def _receive(self, planned: PlannedFile, source: str, response: requests.Response, sink: Sink) -> FileResult:
         """Stream the body through the line checks into the sink; nothing is committed unless all passes."""
         checker = LineChecker(source, planned.expected_type, planned.count)
-        outcomes = OutcomeSummary() if planned.kind == "error" else None
+        outcomes = OutcomeSummary() if planned.holds_outcomes else None
         lines = NdjsonStream(
             checker,
             max_line_bytes=self.limits.max_line_bytes,

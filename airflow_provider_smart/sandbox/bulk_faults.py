@@ -36,6 +36,8 @@ class BulkFaults:
         ``error``, ``warning``...): ``error`` is what servers write for resources they could not export.
     :param error_counts_from_data: every manifest error entry carries the first data file's ``count``
         (some servers copy it there).
+    :param errors_in_output: every manifest lists its error files under ``output`` (type
+        ``OperationOutcome``) instead of ``error``, as some servers do.
     :param transaction_time: every manifest's ``transactionTime`` is this text (``not-a-date``,
         ``9999-12-31T00:00:00Z``).
     :param output_organized_by: every manifest's ``outputOrganizedBy`` is this text (a hostile value such
@@ -56,6 +58,7 @@ class BulkFaults:
     enforce_retry_after: bool = False
     error_file_severity: str = "fatal"
     error_counts_from_data: bool = False
+    errors_in_output: bool = False
     transaction_time: str | None = None
     output_organized_by: str | None = None
     progress_text: str | None = None
@@ -90,12 +93,16 @@ class BulkFaults:
             if self.error_counts_from_data and manifest.get("output") and manifest.get("error"):
                 count = manifest["output"][0].get("count")
                 manifest["error"] = [dict(entry, count=count) for entry in manifest["error"]]
+            if self.errors_in_output and manifest.get("error"):
+                moved = [dict(entry, type="OperationOutcome") for entry in manifest.pop("error")]
+                manifest["output"] = [*manifest.get("output", []), *moved]
         return manifest
 
     def reset(self) -> None:
         with self._lock:
             self.error_file_severity = "fatal"
             self.error_counts_from_data = False
+            self.errors_in_output = False
             self.transaction_time = None
             self.output_organized_by = None
             self.progress_text = None
@@ -111,7 +118,7 @@ class BulkFaults:
         if not isinstance(body, dict):
             raise ValueError("bulk faults must be a JSON object")
         names = {"fail_exports", "error_file", "expire_files", "invalidate_tokens_after_downloads"}
-        names |= {"one_export_per_client", "enforce_retry_after", "error_counts_from_data"}
+        names |= {"one_export_per_client", "enforce_retry_after", "error_counts_from_data", "errors_in_output"}
         names |= {"error_file_severity", "transaction_time", "output_organized_by", "progress_text", "file_gzip"}
         unknown = set(body) - names
         if unknown:
@@ -145,6 +152,7 @@ class BulkFaults:
                 "enforce_retry_after": self.enforce_retry_after,
                 "error_file_severity": self.error_file_severity,
                 "error_counts_from_data": self.error_counts_from_data,
+                "errors_in_output": self.errors_in_output,
                 "transaction_time": self.transaction_time,
                 "output_organized_by": self.output_organized_by,
                 "progress_text": self.progress_text,

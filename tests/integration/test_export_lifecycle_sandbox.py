@@ -76,6 +76,32 @@ def test_error_issues_fail_after_landing_unpublished_and_keep_the_watermark(
     assert landed(out, "scheduled__3") == store_view(server, TYPES)
 
 
+def test_outcomes_listed_under_output_fail_the_run_like_error_files_and_keep_the_watermark(
+    bulk_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    server, _ = bulk_server()
+    out = tmp_path / "out"
+    first, _ = run_deferred(export_op(out, since="watermark"), context("scheduled__1"))
+    faults = server.state.bulk.faults
+    faults.error_file, faults.error_file_severity, faults.errors_in_output = True, "error", True
+    with pytest.raises(Exception, match="storage node failed") as info:
+        run_deferred(export_op(out, since="watermark"), context("scheduled__2"))
+    assert "OperationOutcome" in str(info.value) and "watermark did not move" in str(info.value)
+    manifest = json.loads((out / "_exports/scheduled__2/manifest.json").read_text())
+    assert not manifest["error"] and any(f.get("type") == "OperationOutcome" for f in manifest["output"])
+    summary = json.loads((out / "_exports/scheduled__2/summary.json").read_text())
+    assert summary["failed"] and summary["errors"]["counts"]["error"] == 1 and summary["errors"]["total"] == 2
+    assert summary["counts"]["OperationOutcome"] == 2
+    assert not any("scheduled__2" in f for f in visible_files(out))
+    wm = json.loads(Path(first["watermark"].removeprefix("file://")).read_text())
+    assert wm["transaction_time"] == first["transaction_time"]
+
+    # Accepting error issues, the same export lands and counts them as the error[] list would.
+    summary3, _ = run_deferred(export_op(out, since="watermark", fail_on_severity="fatal"), context("scheduled__3"))
+    assert summary3["errors"]["counts"] == {"fatal": 0, "error": 1, "warning": 0, "information": 1}
+    assert any("storage node failed" in m for m in summary3["error_messages"])
+
+
 @pytest.mark.parametrize(("value", "words"), [("not-a-date", "not a FHIR instant"), ("9999-12-31T00:00:00Z", "later")])
 def test_a_garbage_transaction_time_fails_cancels_and_keeps_the_watermark(
     bulk_server: Callable[..., Any], tmp_path: Path, value: str, words: str

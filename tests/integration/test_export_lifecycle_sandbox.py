@@ -102,6 +102,25 @@ def test_outcomes_listed_under_output_fail_the_run_like_error_files_and_keep_the
     assert any("storage node failed" in m for m in summary3["error_messages"])
 
 
+@pytest.mark.parametrize("deferrable", [True, False])
+@pytest.mark.parametrize(
+    ("limit", "words"),
+    [
+        ({"max_manifest_files": 1}, "more than max_manifest_files=1 files"),
+        ({"max_manifest_bytes": 200}, "larger than max_manifest_bytes=200 bytes"),
+    ],
+)
+def test_a_manifest_over_its_caps_fails_naming_the_setting(
+    bulk_server: Callable[..., Any], tmp_path: Path, limit: dict[str, int], words: str, deferrable: bool
+) -> None:
+    bulk_server()
+    out = tmp_path / "out"
+    with pytest.raises(Exception, match=words) as info:
+        run_deferred(export_op(out, download_limits=limit, deferrable=deferrable), context())
+    assert "download_limits" in str(info.value)
+    assert not visible_files(out) and not list(out.glob("_watermarks/*.json"))
+
+
 @pytest.mark.parametrize(("value", "words"), [("not-a-date", "not a FHIR instant"), ("9999-12-31T00:00:00Z", "later")])
 def test_a_garbage_transaction_time_fails_cancels_and_keeps_the_watermark(
     bulk_server: Callable[..., Any], tmp_path: Path, value: str, words: str

@@ -121,6 +121,29 @@ def test_a_manifest_over_its_caps_fails_naming_the_setting(
     assert not visible_files(out) and not list(out.glob("_watermarks/*.json"))
 
 
+@pytest.mark.parametrize(
+    ("limits", "words"),
+    [
+        ({"max_file_bytes": 4 << 20}, "more than max_file_bytes=4194304 bytes"),
+        ({"max_file_bytes": None, "max_export_bytes": 8 << 20}, "more than max_export_bytes=8388608 bytes"),
+    ],
+)
+def test_endless_files_stop_at_the_byte_caps_and_keep_the_watermark(
+    bulk_server: Callable[..., Any], tmp_path: Path, limits: dict[str, Any], words: str
+) -> None:
+    server, _ = bulk_server()
+    out = tmp_path / "out"
+    first, _ = run_deferred(export_op(out, since="watermark"), context("scheduled__1"))
+    # Every data file never ends (the sandbox gives up after 256 MiB per request, so a regression ends).
+    server.state.bulk.faults.endless_files = 256 << 20
+    with pytest.raises(Exception, match=words):
+        run_deferred(export_op(out, download_limits=limits), context("scheduled__2"))  # a full export
+    assert not any("scheduled__2" in f for f in visible_files(out))
+    assert not list((out / "_exports/scheduled__2/staging").rglob("*.ndjson"))  # no endless file committed
+    wm = json.loads(Path(first["watermark"].removeprefix("file://")).read_text())
+    assert wm["transaction_time"] == first["transaction_time"]
+
+
 @pytest.mark.parametrize(("value", "words"), [("not-a-date", "not a FHIR instant"), ("9999-12-31T00:00:00Z", "later")])
 def test_a_garbage_transaction_time_fails_cancels_and_keeps_the_watermark(
     bulk_server: Callable[..., Any], tmp_path: Path, value: str, words: str

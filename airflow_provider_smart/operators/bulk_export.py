@@ -321,10 +321,11 @@ class FhirBulkExportOperator(_ExportBase):
         ``export`` for :class:`FhirBulkExportFinalizeOperator` (``export=export.output["export"]``)).
     :param max_download_workers: parallel downloads in this task.
     :param max_download_attempts: attempts per file (connection drops restart the file).
-    :param download_limits: bounds on each file download, by name: ``max_line_bytes``,
-        ``max_file_bytes``, ``stall_timeout``, ``min_bytes_per_second``, ``rate_window``, ``chunk_size``
-        (defaults and meaning in the security page of the docs); in fan-out mode, set them on
-        :class:`FhirBulkDownloadOperator`.
+    :param download_limits: bounds on the manifest and the file downloads, by name: ``max_line_bytes``,
+        ``max_file_bytes``, ``max_export_bytes``, ``max_seconds``, ``stall_timeout``,
+        ``min_bytes_per_second``, ``rate_window``, ``chunk_size``, ``max_manifest_bytes``,
+        ``max_manifest_files`` (defaults and meaning in the security page of the docs); in fan-out mode,
+        set the file bounds on :class:`FhirBulkDownloadOperator` too.
     :param fanout_batch_size: files per mapped download task; default spreads the files over at most
         ``max_batches`` tasks.
     :param max_batches: most mapped download tasks; default ``[core] max_map_length``.

@@ -14,7 +14,7 @@ import binascii
 import hashlib
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,24 +141,150 @@ class AttachmentError(ValueError):
 
 
 def unwrap_binary(body: bytes) -> tuple[bytes, str | None]:
-    """The bytes and content type held by a ``Binary`` resource in JSON (``data`` is base64)."""
-    try:
-        resource = json.loads(body)
-    except ValueError as exc:
-        raise AttachmentError(f"the Binary answer is not JSON ({exc.__class__.__name__})") from None
-    if not isinstance(resource, dict) or resource.get("resourceType") != "Binary":
-        raise AttachmentError("the answer is JSON but not a Binary resource")
-    data = resource.get("data")
-    if data is None:
-        return b"", resource.get("contentType") if isinstance(resource.get("contentType"), str) else None
-    if not isinstance(data, str):
-        raise AttachmentError("the Binary's data is not a base64 string")
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise AttachmentError("the Binary's data is not valid base64") from None
-    content_type = resource.get("contentType")
-    return raw, content_type if isinstance(content_type, str) else None
+    """The bytes and content type held by a ``Binary`` resource in JSON (``data`` is base64), read
+    whole: see :class:`BinaryUnwrapper` for the streaming form the landing uses."""
+    unwrapper = BinaryUnwrapper()
+    data = b"".join(unwrapper.unwrap((body,)))
+    return data, unwrapper.content_type
+
+
+#: The JSON of a wrapped Binary besides its ``data`` (resourceType, contentType, meta...) is kept up to this.
+MAX_BINARY_ENVELOPE = 64 * 1024
+
+
+class BinaryUnwrapper:
+    """The bytes of a ``Binary`` resource in JSON, decoded while the JSON streams in.
+
+    ``data`` (base64) is decoded piece by piece and handed on; only the rest of the resource (its
+    envelope, at most :data:`MAX_BINARY_ENVELOPE` bytes) is kept, so a 49 MiB wrapped Binary costs a
+    few chunks of memory, not the answer, its text and its bytes at once. After the last piece the
+    envelope is checked (a JSON ``Binary``) and :attr:`content_type` is set; anything else raises
+    :class:`AttachmentError`. JSON escapes inside ``data`` other than ``\\/`` (and line breaks, which
+    base64 may wrap) are refused, as base64 never needs them.
+    """
+
+    def __init__(self, envelope_cap: int = MAX_BINARY_ENVELOPE) -> None:
+        self.envelope_cap = envelope_cap
+        self.content_type: str | None = None
+        self._envelope = bytearray()
+        self._depth = 0
+        self._in_string = False
+        self._escape = False
+        self._key = bytearray()  # the text of the current string at depth 1
+        self._last_key: bytes | None = None
+        self._value_of: bytes | None = None  # the key whose value comes next (after ':')
+        self._in_data = False
+        self._data_escape = False
+        self._base64 = b""
+        self._has_data = False
+
+    def unwrap(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        """The decoded bytes of ``data``, in pieces; the envelope is checked after the last chunk."""
+        for chunk in chunks:
+            yield from self._feed(chunk)
+        yield from self._finish()
+
+    def _feed(self, chunk: bytes) -> Iterator[bytes]:
+        at = 0
+        while at < len(chunk):
+            if self._in_data:
+                end = chunk.find(b'"', at)
+                piece = chunk[at:] if end < 0 else chunk[at:end]
+                decoded = self._decode(piece, final=end >= 0)
+                if decoded:
+                    yield decoded
+                if end < 0:
+                    return
+                self._in_data = False
+                self._keep(b'"')
+                at = end + 1
+                continue
+            at = self._scan(chunk, at)
+
+    def _scan(self, chunk: bytes, at: int) -> int:
+        """Read the envelope up to the start of ``data``'s string (or the chunk's end); returns where."""
+        for index in range(at, len(chunk)):
+            byte = chunk[index]
+            self._keep(chunk[index : index + 1])
+            if self._in_string:
+                if self._escape:
+                    self._escape = False
+                elif byte == 0x5C:  # backslash
+                    self._escape = True
+                elif byte == 0x22:  # closing quote
+                    self._in_string = False
+                    if self._depth == 1:
+                        self._last_key = bytes(self._key)
+                    continue
+                if self._depth == 1 and len(self._key) <= 64:
+                    self._key.append(byte)
+                continue
+            if byte == 0x22:
+                if self._value_of == b"data" and self._depth == 1:
+                    self._value_of = None
+                    self._in_data = self._has_data = True
+                    return index + 1
+                self._in_string, self._value_of = True, None
+                self._key.clear()
+            elif byte in (0x7B, 0x5B):  # { [
+                self._depth += 1
+                self._value_of = None
+            elif byte in (0x7D, 0x5D):  # } ]
+                self._depth -= 1
+            elif byte == 0x3A and self._depth == 1:  # ':' after a top-level key
+                self._value_of = self._last_key
+            elif byte not in b" \t\r\n":
+                self._value_of = None
+        return len(chunk)
+
+    def _keep(self, data: bytes) -> None:
+        self._envelope += data
+        if len(self._envelope) > self.envelope_cap:
+            raise AttachmentError(
+                f"the Binary answer holds more than {self.envelope_cap} bytes besides its data; refusing it"
+            )
+
+    def _decode(self, piece: bytes, *, final: bool) -> bytes:
+        if self._data_escape or b"\\" in piece:
+            piece = self._unescape(piece)
+        text = self._base64 + piece
+        usable = len(text) if final else len(text) - len(text) % 4
+        self._base64 = text[usable:]
+        try:
+            return base64.b64decode(text[:usable], validate=True)
+        except (binascii.Error, ValueError):
+            raise AttachmentError("the Binary's data is not valid base64") from None
+
+    def _unescape(self, piece: bytes) -> bytes:
+        out = bytearray()
+        for byte in piece:
+            if self._data_escape:
+                self._data_escape = False
+                if byte == 0x2F:  # \/ is a slash
+                    out.append(byte)
+                elif byte not in (0x6E, 0x72):  # \n and \r: line breaks of wrapped base64
+                    raise AttachmentError("the Binary's data is not valid base64 (an escape base64 never needs)")
+            elif byte == 0x5C:
+                self._data_escape = True
+            else:
+                out.append(byte)
+        return bytes(out)
+
+    def _finish(self) -> Iterator[bytes]:
+        if self._in_data or self._in_string or self._depth:
+            raise AttachmentError("the Binary answer ended before its JSON did")
+        try:
+            resource = json.loads(bytes(self._envelope))
+        except ValueError as exc:
+            raise AttachmentError(f"the Binary answer is not JSON ({exc.__class__.__name__})") from None
+        if not isinstance(resource, dict) or resource.get("resourceType") != "Binary":
+            raise AttachmentError("the answer is JSON but not a Binary resource")
+        data = resource.get("data")
+        if data is not None and (not isinstance(data, str) or not self._has_data):
+            raise AttachmentError("the Binary's data is not a base64 string")
+        content_type = resource.get("contentType")
+        self.content_type = content_type if isinstance(content_type, str) else None
+        return iter(())
 
 
 def sha1_base64(data_sha1: bytes) -> str:

@@ -73,6 +73,37 @@ class FileExpiredError(DownloadError):
     """The server answered 410 Gone: the file URL expired."""
 
 
+class ExportTooLargeError(DownloadError):
+    """The files of one download step hold more content than ``max_export_bytes``: not retried."""
+
+
+class _ExportBytes:
+    """The content all files of one downloader wrote, against ``max_export_bytes`` (thread-safe).
+
+    A failed attempt gives its bytes back (its partial file is dropped); the cap stops an export whose
+    files never end (each bounded by ``max_file_bytes``, all together by this).
+    """
+
+    def __init__(self, cap: int | None) -> None:
+        self.cap = cap
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> None:
+        with self._lock:
+            self.used += nbytes
+            over = self.cap is not None and self.used > self.cap
+        if over:
+            raise ExportTooLargeError(
+                f"the export's files hold more than max_export_bytes={self.cap} bytes of content; raise that "
+                "download limit if exports this big are expected"
+            )
+
+    def give_back(self, nbytes: int) -> None:
+        with self._lock:
+            self.used -= nbytes
+
+
 class _RetryableError(Exception):
     # retry_after: seconds, or the raw Retry-After header (the wait policy reads every form).
     def __init__(self, message: str, retry_after: float | str | None = None) -> None:
@@ -191,6 +222,7 @@ class BulkDownloader:
         self._refresh_lock = threading.Lock()
         self._fresh: Mapping[str, str] | None = None
         self._cancel = threading.Event()
+        self._export_bytes = _ExportBytes(self.limits.max_export_bytes)
 
     def should_authorize(self, url: str) -> bool:
         """Token only when the manifest requires it AND the file is on the FHIR server's origin."""
@@ -294,7 +326,7 @@ class BulkDownloader:
     def _receive(self, planned: PlannedFile, source: str, response: requests.Response, sink: Sink) -> FileResult:
         """Stream the body through the line checks into the sink; nothing is committed unless all passes."""
         checker = LineChecker(source, planned.expected_type, planned.count)
-        outcomes = OutcomeSummary() if planned.kind == "error" else None
+        outcomes = OutcomeSummary() if planned.holds_outcomes else None
         lines = NdjsonStream(
             checker,
             max_line_bytes=self.limits.max_line_bytes,
@@ -302,11 +334,14 @@ class BulkDownloader:
         )
         nbytes = 0
         reported = [0, 0]  # bytes and lines already added to the progress (taken back on failure)
+        counted = [0]  # bytes already counted against max_export_bytes (given back on failure)
 
         def report() -> None:
             if self.progress:
                 self.progress.add(nbytes - reported[0], checker.count - reported[1])
             reported[:] = [nbytes, checker.count]
+            fresh, counted[0] = nbytes - counted[0], nbytes
+            self._export_bytes.take(fresh)
 
         try:
             with sink(planned) as out:
@@ -319,11 +354,14 @@ class BulkDownloader:
                 for run in lines.finish():
                     write(run)
                     nbytes += len(run)
+                report()  # inside: over max_export_bytes, the file is not committed
         except BaseException as exc:
             if self.progress:
                 self.progress.undo(reported[0], reported[1])
+            self._export_bytes.give_back(counted[0])
+            if isinstance(exc, ExportTooLargeError):
+                self.cancel()  # the other files stop too: the cap is the export's
             raise self._classify(exc, source, nbytes) from None
-        report()
         if self.progress:
             self.progress.file_done()
         return FileResult(planned.key, checker.count, nbytes, 1, outcomes)

@@ -33,6 +33,7 @@ from airflow_provider_smart.transport.urls import redact_url
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
+    from airflow_provider_smart.fhir.bulk.body import StreamLimits
     from airflow_provider_smart.hooks.smart import SmartFhirHook
 
 #: Formats the export operator can land: the downloaded NDJSON, and Parquet tables made from it.
@@ -88,12 +89,19 @@ class _ExportBase(BaseOperator):
         """A fresh manifest from the status URL (new file URLs after a 410 Gone)."""
         from airflow_provider_smart.fhir.bulk.sync import ExportFailedError, fetch_manifest, poll_once
 
-        result = poll_once(client, status_url)
+        limits = self._limits()
+        result = poll_once(client, status_url, limits=limits)
         if not isinstance(result, ExportComplete):
             message = getattr(result, "message", type(result).__name__)
             raise ExportFailedError(f"could not fetch the manifest again for fresh file URLs: {message}")
         self.log.info("fetched the manifest again from %s for fresh file URLs", redact_url(status_url))
-        return fetch_manifest(client, result.manifest, status_url)
+        return fetch_manifest(client, result.manifest, status_url, limits=limits)
+
+    def _limits(self) -> StreamLimits:
+        """The ``download_limits`` in force (the manifest's caps and each file's)."""
+        from airflow_provider_smart.fhir.bulk.body import StreamLimits
+
+        return StreamLimits.from_options(getattr(self, "download_limits", None))
 
     def _stored_manifest(
         self, client: Any, layout: ExportLayout, state: dict[str, Any], keys: Sequence[str] | None = None
@@ -313,10 +321,11 @@ class FhirBulkExportOperator(_ExportBase):
         ``export`` for :class:`FhirBulkExportFinalizeOperator` (``export=export.output["export"]``)).
     :param max_download_workers: parallel downloads in this task.
     :param max_download_attempts: attempts per file (connection drops restart the file).
-    :param download_limits: bounds on each file download, by name: ``max_line_bytes``,
-        ``max_file_bytes``, ``stall_timeout``, ``min_bytes_per_second``, ``rate_window``, ``chunk_size``
-        (defaults and meaning in the security page of the docs); in fan-out mode, set them on
-        :class:`FhirBulkDownloadOperator`.
+    :param download_limits: bounds on the manifest and the file downloads, by name: ``max_line_bytes``,
+        ``max_file_bytes``, ``max_export_bytes``, ``max_seconds``, ``stall_timeout``,
+        ``min_bytes_per_second``, ``rate_window``, ``chunk_size``, ``max_manifest_bytes``,
+        ``max_manifest_files`` (defaults and meaning in the security page of the docs); in fan-out mode,
+        set the file bounds on :class:`FhirBulkDownloadOperator` too.
     :param fanout_batch_size: files per mapped download task; default spreads the files over at most
         ``max_batches`` tasks.
     :param max_batches: most mapped download tasks; default ``[core] max_map_length``.
@@ -662,7 +671,7 @@ class FhirBulkExportOperator(_ExportBase):
         from airflow_provider_smart.fhir.bulk.sync import ExportTimeoutError, wait_for_export
 
         try:
-            result = wait_for_export(client, status_url, policy=self.policy, deadline=deadline)
+            result = wait_for_export(client, status_url, policy=self.policy, deadline=deadline, limits=self._limits())
         except (ExportTimeoutError, AirflowTaskTimeout) as exc:
             self._cancel_export(client, layout, state, f"timed out: {exc}")
             raise
@@ -701,7 +710,9 @@ class FhirBulkExportOperator(_ExportBase):
                 # The event carries a reference only; the manifest is read from the status URL.
                 from airflow_provider_smart.fhir.bulk.sync import fetch_completed_page
 
-                first_page = fetch_completed_page(client, state["status_url"], policy=self.policy)
+                first_page = fetch_completed_page(
+                    client, state["status_url"], policy=self.policy, limits=self._limits()
+                )
             return self._on_manifest(context, client, layout, state, first_page)
         message = safe_text((event or {}).get("message") or f"unexpected trigger event {event!r}", limit=2000)
         if status == "timeout":
@@ -747,7 +758,7 @@ class FhirBulkExportOperator(_ExportBase):
         self._active = None
         status_url = state.get("status_url") or ""
         if first_page is not None:
-            manifest = fetch_manifest(client, first_page, status_url, policy=self.policy)
+            manifest = fetch_manifest(client, first_page, status_url, policy=self.policy, limits=self._limits())
             self._check_transaction_time(manifest)
             stored, redacted = manifest_without_queries(manifest)
             state = dict(

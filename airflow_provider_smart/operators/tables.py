@@ -132,6 +132,8 @@ def merge_landed_run(
         "tables": {rtype: f"{root_uri}/{safe_segment(rtype)}" for rtype in sorted(results)},
         "results": {rtype: results[rtype].to_json() for rtype in sorted(results)},
         "maintenance": maintenance,
+        # Resources a table cannot hold (no id): refused, counted per type in results and in all here.
+        "without_id": sum(r.without_id for r in results.values()),
     }
     if logger is not None:
         logger.info(

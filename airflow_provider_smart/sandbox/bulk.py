@@ -33,7 +33,7 @@ from airflow_provider_smart.sandbox.bulk_params import (
     parse_kickoff,
 )
 from airflow_provider_smart.sandbox.bulk_runtime import BulkRuntime
-from airflow_provider_smart.sandbox.bulk_serve import file_response
+from airflow_provider_smart.sandbox.bulk_serve import endless_response, file_response, without_ids_response
 from airflow_provider_smart.sandbox.bulk_snapshot import StoreSnapshot
 from airflow_provider_smart.sandbox.outcomes import FHIR_JSON
 from airflow_provider_smart.sandbox.state import SandboxState
@@ -348,9 +348,15 @@ def serve_file(
     if runtime.faults.take_expire_file():
         runtime.jobs.expire_generation(job, gen)
         return _outcome_response(410, [gone])
-    response = file_response(
-        entry.path, accept_encoding=request.headers.get("accept-encoding"), gzip_fault=runtime.faults.file_gzip
-    )
+    faults = runtime.faults
+    if entry.kind == "output" and faults.endless_files is not None:
+        response = endless_response(entry.path, faults.endless_files)
+    elif entry.kind == "output" and faults.strip_ids:
+        response = without_ids_response(entry.path, faults.strip_ids)
+    else:
+        response = file_response(
+            entry.path, accept_encoding=request.headers.get("accept-encoding"), gzip_fault=faults.file_gzip
+        )
     if runtime.faults.count_download():
         state.faults.invalidate_tokens()
     return response

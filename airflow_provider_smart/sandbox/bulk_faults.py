@@ -36,6 +36,12 @@ class BulkFaults:
         ``error``, ``warning``...): ``error`` is what servers write for resources they could not export.
     :param error_counts_from_data: every manifest error entry carries the first data file's ``count``
         (some servers copy it there).
+    :param endless_files: every data file is served as its lines repeated without end (valid NDJSON,
+        no length, no ``count`` in the manifest), up to this many bytes per request, where the server
+        gives up (so a client without a cap still finishes).
+    :param strip_ids: the first N resources of every data file are served without their ``id``.
+    :param errors_in_output: every manifest lists its error files under ``output`` (type
+        ``OperationOutcome``) instead of ``error``, as some servers do.
     :param transaction_time: every manifest's ``transactionTime`` is this text (``not-a-date``,
         ``9999-12-31T00:00:00Z``).
     :param output_organized_by: every manifest's ``outputOrganizedBy`` is this text (a hostile value such
@@ -56,6 +62,9 @@ class BulkFaults:
     enforce_retry_after: bool = False
     error_file_severity: str = "fatal"
     error_counts_from_data: bool = False
+    errors_in_output: bool = False
+    endless_files: int | None = None
+    strip_ids: int = 0
     transaction_time: str | None = None
     output_organized_by: str | None = None
     progress_text: str | None = None
@@ -90,12 +99,20 @@ class BulkFaults:
             if self.error_counts_from_data and manifest.get("output") and manifest.get("error"):
                 count = manifest["output"][0].get("count")
                 manifest["error"] = [dict(entry, count=count) for entry in manifest["error"]]
+            if self.endless_files is not None:  # endless files come without a count that would stop them
+                manifest["output"] = [{k: v for k, v in e.items() if k != "count"} for e in manifest.get("output", [])]
+            if self.errors_in_output and manifest.get("error"):
+                moved = [dict(entry, type="OperationOutcome") for entry in manifest.pop("error")]
+                manifest["output"] = [*manifest.get("output", []), *moved]
         return manifest
 
     def reset(self) -> None:
         with self._lock:
             self.error_file_severity = "fatal"
             self.error_counts_from_data = False
+            self.errors_in_output = False
+            self.endless_files = None
+            self.strip_ids = 0
             self.transaction_time = None
             self.output_organized_by = None
             self.progress_text = None
@@ -111,16 +128,17 @@ class BulkFaults:
         if not isinstance(body, dict):
             raise ValueError("bulk faults must be a JSON object")
         names = {"fail_exports", "error_file", "expire_files", "invalidate_tokens_after_downloads"}
-        names |= {"one_export_per_client", "enforce_retry_after", "error_counts_from_data"}
+        names |= {"one_export_per_client", "enforce_retry_after", "error_counts_from_data", "errors_in_output"}
+        names |= {"endless_files", "strip_ids"}
         names |= {"error_file_severity", "transaction_time", "output_organized_by", "progress_text", "file_gzip"}
         unknown = set(body) - names
         if unknown:
             raise ValueError(f"unknown bulk fault(s) {sorted(unknown)}: use {sorted(names)}")
         with self._lock:
             for name, value in body.items():
-                if name in ("expire_files",):
+                if name in ("expire_files", "strip_ids"):
                     value = int(value)
-                elif name == "invalidate_tokens_after_downloads":
+                elif name in ("invalidate_tokens_after_downloads", "endless_files"):
                     value = None if value is None else int(value)
                 elif name == "error_file_severity":
                     if value not in ("fatal", "error", "warning", "information"):
@@ -145,6 +163,9 @@ class BulkFaults:
                 "enforce_retry_after": self.enforce_retry_after,
                 "error_file_severity": self.error_file_severity,
                 "error_counts_from_data": self.error_counts_from_data,
+                "errors_in_output": self.errors_in_output,
+                "endless_files": self.endless_files,
+                "strip_ids": self.strip_ids,
                 "transaction_time": self.transaction_time,
                 "output_organized_by": self.output_organized_by,
                 "progress_text": self.progress_text,

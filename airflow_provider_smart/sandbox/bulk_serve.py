@@ -65,6 +65,36 @@ def gzip_fault_response(path: Path, mode: str) -> Response:
     return Response(body, media_type=NDJSON, headers={"Content-Length": str(len(body))})
 
 
+def endless_response(path: Path, budget: int) -> Response:
+    """The file's lines repeated without end (the ``endless_files`` fault), until ``budget`` bytes."""
+
+    def lines() -> Iterator[bytes]:
+        block = path.read_bytes() or b"{}\n"
+        block = block * max(1, _CHUNK // len(block))
+        sent = 0
+        while sent < budget:
+            piece = block[: budget - sent]
+            sent += len(piece)
+            yield piece
+
+    return StreamingResponse(lines(), media_type=NDJSON)
+
+
+def without_ids_response(path: Path, first: int) -> Response:
+    """The file with the ``id`` of its first ``first`` resources removed (the ``strip_ids`` fault)."""
+    import json
+
+    out = []
+    for n, line in enumerate(path.read_bytes().splitlines(keepends=True)):
+        if n < first and line.strip():
+            resource = json.loads(line)
+            resource.pop("id", None)
+            line = json.dumps(resource, separators=(",", ":")).encode() + b"\n"
+        out.append(line)
+    body = b"".join(out)
+    return Response(body, media_type=NDJSON, headers={"Content-Length": str(len(body))})
+
+
 def file_response(path: Path, *, accept_encoding: str | None, gzip_fault: str | None = None) -> Response:
     """The file, gzip-compressed on the fly when ``Accept-Encoding`` allows it (then without a length)."""
     if gzip_fault is not None:

@@ -33,15 +33,16 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 
 from airflow_provider_smart.fhir.attachments import (
     ATTACHMENT_PATHS,
+    MAX_BINARY_ENVELOPE,
     AttachmentError,
     AttachmentRef,
+    BinaryUnwrapper,
     accept_header,
     is_wrapped_binary,
     iter_attachments,
     media_type,
     sha1_base64,
     type_allowed,
-    unwrap_binary,
 )
 from airflow_provider_smart.storage.atomic import (
     TMP_PREFIX,
@@ -60,13 +61,13 @@ from airflow_provider_smart.transport.urls import UnsafeUrlError, check_url, red
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
+    from airflow_provider_smart.fhir.bulk.body import StreamLimits
+
 log = logging.getLogger(__name__)
 
 INDEX_NAME = "index.ndjson"
 _RESOURCE_TYPE = re.compile(rb'"resourceType"\s*:\s*"([A-Za-z]{1,64})"')
 _CHUNK = 256 * 1024
-#: A Binary resource in JSON is base64 (4/3 of the bytes) plus a small envelope.
-_JSON_OVERHEAD = 64 * 1024
 
 Status = Literal["landed", "inline", "skipped", "failed"]
 
@@ -85,6 +86,11 @@ class AttachmentSettings:
     :param rewrite_urls: replace ``attachment.url`` in the landed NDJSON with the stored blob's location.
     :param on_error: ``"fail"`` (default) fails the task after every attachment was tried when one could
         not be fetched (404, 410, a bad body); ``"record"`` keeps the failure in the index and succeeds.
+    :param max_seconds: the longest one attachment's body may take to arrive (600 s).
+    :param min_bytes_per_second: the least average rate over each ``rate_window`` seconds (1 KiB/s over
+        60 s; 0 turns the check off). Both are the file downloads' checks
+        (:class:`~airflow_provider_smart.fhir.bulk.body.StreamLimits`); a body that breaks one is
+        recorded as failed.
     """
 
     max_bytes: int = 50 * 1024 * 1024
@@ -93,6 +99,9 @@ class AttachmentSettings:
     inline_max_bytes: int = 0
     rewrite_urls: bool = False
     on_error: Literal["fail", "record"] = "fail"
+    max_seconds: float = 600.0
+    min_bytes_per_second: float = 1024.0
+    rate_window: float = 60.0
 
     def __post_init__(self) -> None:
         if self.max_bytes <= 0:
@@ -103,6 +112,20 @@ class AttachmentSettings:
             raise ValueError(f"attachments inline_max_bytes must be 0 (off) or positive; got {self.inline_max_bytes}")
         if self.on_error not in ("fail", "record"):
             raise ValueError(f"attachments on_error must be 'fail' or 'record'; got {self.on_error!r}")
+        self.stream_limits()  # the time and rate bounds are checked where the file downloads' are
+
+    def stream_limits(self) -> StreamLimits:
+        """The body bounds of one attachment: the file downloads' checks with these settings. The size is
+        checked on the stored bytes (an oversize attachment is skipped, not failed)."""
+        from airflow_provider_smart.fhir.bulk.body import StreamLimits
+
+        return StreamLimits(
+            chunk_size=_CHUNK,
+            max_file_bytes=None,
+            max_seconds=self.max_seconds,
+            min_bytes_per_second=self.min_bytes_per_second,
+            rate_window=self.rate_window,
+        )
 
     @classmethod
     def from_option(cls, option: bool | str | dict[str, Any] | AttachmentSettings | None) -> AttachmentSettings | None:
@@ -357,8 +380,16 @@ class AttachmentLanding:
         return dict(record, status="landed", **stored)
 
     def _download(self, url: str, ref: AttachmentRef) -> dict[str, Any]:
+        from airflow_provider_smart.fhir.bulk.body import iter_body
+
+        limits = self.settings.stream_limits()
         response = self.client.request(
-            "GET", url, headers={"Accept": accept_header(ref.content_type)}, stream=True, raise_for_status=False
+            "GET",
+            url,
+            headers={"Accept": accept_header(ref.content_type)},
+            stream=True,
+            raise_for_status=False,
+            timeout=limits.stall_timeout,
         )
         try:
             if response.status_code >= 400:
@@ -366,18 +397,20 @@ class AttachmentLanding:
                 raise AttachmentError(f"HTTP {response.status_code} ({reason}) from {redact_url(url)}")
             answered = response.headers.get("Content-Type")
             length = response.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) > self.settings.max_bytes + _JSON_OVERHEAD * 2:
+            wrapped = is_wrapped_binary(url, answered, ref.content_type)
+            # A wrapped Binary is base64 (4/3 of the bytes) in a small JSON envelope.
+            most = self.settings.max_bytes * 4 // 3 + MAX_BINARY_ENVELOPE if wrapped else self.settings.max_bytes
+            if length and length.isdigit() and int(length) > most:
                 raise _Skip(f"Content-Length {length} > max_bytes {self.settings.max_bytes}")
-            if is_wrapped_binary(url, answered, ref.content_type):
-                body = _read_capped(response, self.settings.max_bytes * 4 // 3 + _JSON_OVERHEAD)
-                data, wrapped_type = unwrap_binary(body)
-                if len(data) > self.settings.max_bytes:
-                    raise _Skip(f"size {len(data)} > max_bytes {self.settings.max_bytes}")
-                content_type = wrapped_type or ref.content_type
-                stored = self._store(iter((data,)))
+            # Rate, total time and inflating as for export files; the bytes are kept as sent (no gunzip).
+            body = iter_body(response, limits, gzip_body=False)
+            if wrapped:
+                unwrapper = BinaryUnwrapper()
+                stored = self._store(unwrapper.unwrap(body))  # decoded while it streams, never held whole
+                content_type = unwrapper.content_type or ref.content_type
             else:
                 content_type = answered or ref.content_type
-                stored = self._store(response.iter_content(_CHUNK))
+                stored = self._store(body)
         finally:
             response.close()
         if ref.declared_sha1 and stored["sha1"] != ref.declared_sha1:
@@ -470,17 +503,6 @@ def _recorded_url(url: str, base_url: str) -> str:
     if "://" not in url:
         return url
     return url if same_origin(url, base_url) and "?" not in url else redact_url(url)
-
-
-def _read_capped(response: Any, cap: int) -> bytes:
-    parts: list[bytes] = []
-    total = 0
-    for chunk in response.iter_content(_CHUNK):
-        total += len(chunk)
-        if total > cap:
-            raise _Skip(f"the Binary answer is larger than {cap} bytes")
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 def _read_record(path: ObjectStoragePath) -> dict[str, Any] | None:

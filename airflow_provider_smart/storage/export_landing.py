@@ -150,13 +150,12 @@ def summarize(layout: ExportLayout, manifest: Manifest, planned: list[PlannedFil
             continue
         total_bytes += int(rec.get("bytes", 0))
         files.setdefault(p.directory, []).append(str(layout.final_path(p)))
+        if p.holds_outcomes:
+            outcomes.merge(_recorded_outcomes(p, rec))
         if p.kind == "output":
             name = p.resource_type or p.directory
             counts[name] = counts.get(name, 0) + int(rec.get("lines", 0))
-        elif p.kind == "error":
-            if isinstance(rec.get("outcomes"), dict):
-                outcomes.merge(rec["outcomes"])
-        else:
+        elif p.kind == "deleted":
             deleted += int(rec.get("lines", 0))
     return {
         "transaction_time": manifest.transaction_time,
@@ -173,6 +172,23 @@ def summarize(layout: ExportLayout, manifest: Manifest, planned: list[PlannedFil
     }
 
 
+def _recorded_outcomes(p: PlannedFile, record: dict[str, Any]) -> dict[str, Any]:
+    """The severity counts a file of OperationOutcomes was committed with.
+
+    A record without them (written by a version that read only ``error[]`` files) holds issues nobody
+    counted: they count as one error each line, so such a file fails the run rather than pass unread.
+    """
+    recorded = record.get("outcomes")
+    if isinstance(recorded, dict):
+        return recorded
+    lines = int(record.get("lines", 0))
+    text = (
+        f"{p.key}: {lines} OperationOutcome(s) landed by an earlier version without their issues read; "
+        "start a new export (or pass fail_on_severity='none' to accept it unread)"
+    )
+    return {"counts": {"error": lines}, "by_code": {"error/unread": lines}, "messages": {"error": [text]}}
+
+
 def finalize(
     layout: ExportLayout,
     manifest: Manifest,
@@ -180,7 +196,10 @@ def finalize(
     fail_on_severity: str | None = "error",
     logger: Any = None,
 ) -> dict[str, Any]:
-    """Check every file landed, report the error-file issues, then commit: publish the files, markers last.
+    """Check every file landed, report the OperationOutcome issues, then commit: publish, markers last.
+
+    Issues are read from ``error[]`` files and from ``output[]`` files of type OperationOutcome alike
+    (:attr:`~airflow_provider_smart.fhir.bulk.manifest.PlannedFile.holds_outcomes`).
 
     Every issue's severity and text reach the log (``error``/``fatal`` at ERROR level, the rest at
     WARNING), and the summary (counts per severity and per ``severity/code``, the total, the first
@@ -201,7 +220,7 @@ def finalize(
     errors = summary["errors"]
     for message in summary["error_messages"]:
         level = logging.ERROR if message.startswith(("[fatal]", "[error]")) else logging.WARNING
-        logger.log(level, "export error file: %s", message)
+        logger.log(level, "export OperationOutcome: %s", message)
     shown = len(summary["error_messages"])
     if errors["total"] > shown:
         logger.warning(
@@ -220,7 +239,8 @@ def finalize(
         summary["failed"] = True
         atomic_write_json(layout.export_dir / "summary.json", summary)
         raise ExportOutcomeError(
-            f"the export's error files report {failing} issue(s) at severity {fail_on_severity!r} or worse, "
+            f"the export's OperationOutcomes (its error files, and any output files of type OperationOutcome) "
+            f"report {failing} issue(s) at severity {fail_on_severity!r} or worse, "
             f"so resources are missing from it: {'; '.join(summary['error_messages'][:5])}. "
             f"The {sum(len(v) for v in summary['files'].values())} landed files are kept, unpublished, under "
             f"{layout.export_dir / 'staging'} and the watermark did not move; pass fail_on_severity='fatal' "

@@ -82,6 +82,9 @@ class MergeResult:
     #: Rows of the run that were not newer than the table's copy (or lost to a newer copy in the run).
     unchanged: int = 0
     rows: int | None = None
+    #: Resources of the run without an ``id`` (absent or empty): a table keyed by id cannot hold them, so
+    #: they are refused and counted here (they stay in the landed NDJSON/Parquet).
+    without_id: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -318,10 +321,25 @@ class DeltaTables:
             table = DeltaTable(uri, storage_options=self.storage_options)
         before = table.version()
         plan = _Plan.make(table, parts, deletions, when)
+        if plan.without_id:
+            log.warning(
+                "%s: %d resource(s) of %s have no id and are left out of the table (a table row is keyed by "
+                "id); they stay in the landed files",
+                rtype,
+                plan.without_id,
+                source,
+            )
         if not plan.keep_count and not plan.delete_count:
             log.info("%s: nothing newer in %s; table stays at version %d", rtype, source, before)
             return MergeResult(
-                rtype, uri, before, before, committed=False, unchanged=plan.unchanged, rows=plan.target_rows
+                rtype,
+                uri,
+                before,
+                before,
+                committed=False,
+                unchanged=plan.unchanged,
+                rows=plan.target_rows,
+                without_id=plan.without_id,
             )
         reader = plan.reader(parts, desired, source, when)
         metrics = (
@@ -354,6 +372,7 @@ class DeltaTables:
             rows=plan.target_rows
             + int(metrics.get("num_target_rows_inserted", 0))
             - int(metrics.get("num_target_rows_deleted", 0)),
+            without_id=plan.without_id,
         )
         log.info(
             "%s: merged %s into version %d (%d inserted, %d updated, %d deleted, %d unchanged)",
@@ -407,6 +426,7 @@ class _Plan:
     deletes: pa.Table  # id, LAST_UPDATED (when deleted)
     delete_count: int
     target_rows: int
+    without_id: int = 0
 
     @staticmethod
     def make(table: Any, parts: list[str], deletions: list[Deletion], when: Any) -> _Plan:
@@ -424,8 +444,11 @@ class _Plan:
         keep = bytearray(total)
         unchanged = 0
         winner_ids = pa.array([], pa.string())
+        without_id = 0
         if total:
-            with_id = keys.filter(pc.is_valid(keys.column("id")))
+            has_id = pc.fill_null(pc.greater(pc.utf8_length(keys.column("id")), 0), False)
+            with_id = keys.filter(has_id)
+            without_id = total - len(with_id)
             order = pc.sort_indices(
                 with_id,
                 sort_keys=[
@@ -453,7 +476,7 @@ class _Plan:
             chosen = joined.filter(newer).column("pos").to_pylist()
             for position in chosen:
                 keep[position] = 1
-            unchanged = total - len(chosen)
+            unchanged = len(with_id) - len(chosen)
         deletes = _deletion_table(deletions, winner_ids)
         delete_count = 0
         if len(deletes):
@@ -465,7 +488,8 @@ class _Plan:
                 delete_count = len(deletes)
             else:
                 deletes = deletes.slice(0, 0)
-        return _Plan(keep, total - unchanged, unchanged, deletes, delete_count, len(target))
+        keep_count = total - unchanged - without_id
+        return _Plan(keep, keep_count, unchanged, deletes, delete_count, len(target), without_id)
 
     def reader(self, parts: list[str], desired: pa.Schema, source: str, when: Any) -> pa.RecordBatchReader:
         schema = desired.append(pa.field(OPERATION, pa.string()))

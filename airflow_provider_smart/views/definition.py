@@ -76,6 +76,8 @@ class _Builder:
             return compile_expression(text, self.constants)
         except ViewError as exc:
             raise ViewError(f"{where}: {exc}") from None
+        except RecursionError:
+            raise ViewError(f"{where}: the expression is nested too deeply to compile; simplify it") from None
 
     def select(self, node: Any, where: str) -> SelectPlan:
         if not isinstance(node, Mapping):

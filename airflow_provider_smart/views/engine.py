@@ -5,11 +5,40 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from airflow_provider_smart.fhir.sanitize import safe_text
 from airflow_provider_smart.views.definition import SelectPlan, ViewPlan
 from airflow_provider_smart.views.errors import ViewError, shown
 from airflow_provider_smart.views.fhirpath import Env
 
 Row = tuple[Any, ...]
+
+
+def _failure(exc: Exception, where: str) -> ViewError:
+    """Any failure while evaluating ``where`` (a column, a forEach) as a :class:`ViewError` naming it.
+
+    A value nested deeper than Python's recursion limit (``RecursionError``) and any other evaluation
+    failure get the same treatment as a view's own errors, so a caller catches one error type.
+    """
+    if isinstance(exc, ViewError):
+        return ViewError(f"{where}: {exc}")
+    if isinstance(exc, RecursionError):
+        return ViewError(f"{where}: a value is nested too deeply to evaluate (RecursionError)")
+    return ViewError(f"{where}: evaluation failed ({type(exc).__name__}: {shown(str(exc))})")
+
+
+def _evaluate(path: Any, focus: list[Any], env: Env, where: str) -> list[Any]:
+    try:
+        result: list[Any] = path(focus, env)
+    except Exception as exc:
+        raise _failure(exc, where) from None
+    return result
+
+
+def _columns(plan: SelectPlan, focus: Any, env: Env) -> Row:
+    return tuple(
+        _column_value(_evaluate(path, [focus], env, f"column {spec.name!r}"), spec.collection, spec.name)
+        for spec, path in plan.columns
+    )
 
 
 def _column_value(values: list[Any], collection: bool, name: str) -> Any:
@@ -60,7 +89,10 @@ def _null_rows(plan: SelectPlan, env: Env) -> list[Row]:
     saved = env.row_index
     env.row_index = 0
     try:
-        own = tuple(_column_value(path([], env), spec.collection, spec.name) for spec, path in plan.columns)
+        own = tuple(
+            _column_value(_evaluate(path, [], env, f"column {spec.name!r}"), spec.collection, spec.name)
+            for spec, path in plan.columns
+        )
     finally:
         env.row_index = saved
     return [own + (None,) * (len(plan.specs) - len(own))]
@@ -68,7 +100,7 @@ def _null_rows(plan: SelectPlan, env: Env) -> list[Row]:
 
 def _select_rows(plan: SelectPlan, node: Any, env: Env) -> list[Row]:
     if plan.for_each is not None:
-        foci = plan.for_each([node], env)
+        foci = _evaluate(plan.for_each, [node], env, "forEach")
         if not foci:
             return _null_rows(plan, env) if plan.or_null else []
     elif plan.repeat is not None:
@@ -84,7 +116,7 @@ def _select_rows(plan: SelectPlan, node: Any, env: Env) -> list[Row]:
         if iterating:
             env.row_index = index
         try:
-            own = tuple(_column_value(path([focus], env), spec.collection, spec.name) for spec, path in plan.columns)
+            own = _columns(plan, focus, env)
             partial: list[Row] = [own]
             for child in plan.selects:
                 child_rows = _select_rows(child, focus, env)
@@ -104,7 +136,7 @@ def _select_rows(plan: SelectPlan, node: Any, env: Env) -> list[Row]:
 
 def _passes(plan: ViewPlan, resource: dict[str, Any], env: Env) -> bool:
     for text, path in plan.where:
-        result = path([resource], env)
+        result = _evaluate(path, [resource], env, f"where path {text!r}")
         if not result:
             return False
         if len(result) > 1 or type(result[0]) is not bool:
@@ -130,9 +162,18 @@ class ViewRunner:
             return []
         env.resource = resource
         env.row_index = 0
-        if plan.where and not _passes(plan, resource, env):
-            return []
-        return _select_rows(plan.root, resource, env)
+        try:
+            if plan.where and not _passes(plan, resource, env):
+                return []
+            return _select_rows(plan.root, resource, env)
+        except Exception as exc:  # every failure names the resource (and, from _evaluate, the column)
+            raise _failure(exc, f"{plan.resource}/{shown_id(resource)}") from None
+
+
+def shown_id(resource: dict[str, Any]) -> str:
+    """The resource's id as an error message shows it (cleaned; ``<no id>`` when it has none)."""
+    rid = resource.get("id")
+    return safe_text(str(rid), limit=64) if isinstance(rid, str) and rid else "<no id>"
 
 
 def iter_rows(plan: ViewPlan, resources: Iterable[dict[str, Any]]) -> Iterator[Row]:

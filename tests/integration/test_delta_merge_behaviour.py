@@ -169,6 +169,21 @@ def test_schema_grows_when_a_later_run_brings_a_new_field(tmp_path: Path) -> Non
     assert "issued" in DeltaTable(str(root / "Observation")).schema().to_arrow().names
 
 
+def test_resources_without_an_id_are_refused_and_counted(tmp_path: Path) -> None:
+    root = tmp_path / "tables"
+    no_id = {k: v for k, v in observation(90).items() if k != "id"}
+    source = write_ndjson(
+        tmp_path / "in/1.ndjson", [observation(1), no_id, observation(91, id=""), observation(2), no_id]
+    )
+    result = tables(root).merge([source], source="export:1", transaction_time=TT1)["Observation"]
+    assert result.without_id == 3 and result.inserted == 2 and result.unchanged == 0
+    assert rows(root) == {"obs-1": "1", "obs-2": "1"}
+    # Merged again, the id-less ones are refused again (never counted as unchanged rows).
+    again = tables(root).merge([source], source="export:1", transaction_time=TT1)["Observation"]
+    assert again.without_id == 3 and again.unchanged == 2 and not again.committed
+    assert again.to_json()["without_id"] == 3
+
+
 def test_duckdb_reads_the_same_rows(tmp_path: Path) -> None:
     import duckdb
     from deltalake import DeltaTable

@@ -118,6 +118,22 @@ def test_export_operator_with_delta_format_keeps_tables_current(
     assert table_view(tmp_path / "out") == server_view(server)
 
 
+def test_resources_without_an_id_are_refused_from_the_tables_and_counted(
+    bulk_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    server, _ = bulk_server(patients=8, seed=11)
+    server.state.bulk.faults.strip_ids = 1  # the first resource of every data file comes without its id
+    summary = export(tmp_path, "scheduled__1", formats=("ndjson", "delta"))
+    results = summary["delta"]["results"]
+    files = summary["files"]
+    assert summary["delta"]["without_id"] == sum(len(files[t]) for t in results) > 0
+    assert all(results[t]["without_id"] == len(files[t]) for t in results)
+    want = server_view(server)
+    for rtype, rows in table_view(tmp_path / "out").items():
+        assert len(rows) == len(want[rtype]) - results[rtype]["without_id"]
+        assert set(rows) <= set(want[rtype])
+
+
 def test_merge_operator_merges_a_landed_export_and_emits_assets(
     bulk_server: Callable[..., Any], tmp_path: Path
 ) -> None:

@@ -43,6 +43,12 @@ def visible_files(out: Path) -> list[str]:
     )
 
 
+def watermark_kept(first: dict[str, Any]) -> bool:
+    """Whether the watermark is still the one the first (successful) run of a test wrote."""
+    wm = json.loads(Path(first["watermark"].removeprefix("file://")).read_text())
+    return bool(wm["transaction_time"] == first["transaction_time"])
+
+
 def state_of(out: Path, label: str = "manual__run1") -> dict[str, Any]:
     return json.loads((out / f"_exports/{label}/state.json").read_text())  # type: ignore[no-any-return]
 
@@ -66,14 +72,79 @@ def test_error_issues_fail_after_landing_unpublished_and_keep_the_watermark(
     assert summary["errors"]["by_code"]["error/exception"] == 1 and summary["errors"]["total"] == 2
     assert state_of(out, "scheduled__2")["phase"] == "failed"
     assert gone(client, state_of(out, "scheduled__2")["status_url"])
-    wm = json.loads(Path(first["watermark"].removeprefix("file://")).read_text())
-    assert wm["transaction_time"] == first["transaction_time"]
+    assert watermark_kept(first)
 
     # Accepting error issues, the same kind of export lands and reports them in the summary.
     summary2, _ = run_deferred(export_op(out, fail_on_severity="fatal"), context("scheduled__3"))
     assert summary2["errors"]["counts"]["error"] == 1 and summary2["errors"]["by_code"]["error/exception"] == 1
     assert any("storage node failed" in m for m in summary2["error_messages"])
     assert landed(out, "scheduled__3") == store_view(server, TYPES)
+
+
+def test_outcomes_listed_under_output_fail_the_run_like_error_files_and_keep_the_watermark(
+    bulk_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    server, _ = bulk_server()
+    out = tmp_path / "out"
+    first, _ = run_deferred(export_op(out, since="watermark"), context("scheduled__1"))
+    faults = server.state.bulk.faults
+    faults.error_file, faults.error_file_severity, faults.errors_in_output = True, "error", True
+    with pytest.raises(Exception, match="storage node failed") as info:
+        run_deferred(export_op(out, since="watermark"), context("scheduled__2"))
+    assert "OperationOutcome" in str(info.value) and "watermark did not move" in str(info.value)
+    manifest = json.loads((out / "_exports/scheduled__2/manifest.json").read_text())
+    assert not manifest["error"] and any(f.get("type") == "OperationOutcome" for f in manifest["output"])
+    summary = json.loads((out / "_exports/scheduled__2/summary.json").read_text())
+    assert summary["failed"] and summary["errors"]["counts"]["error"] == 1 and summary["errors"]["total"] == 2
+    assert summary["counts"]["OperationOutcome"] == 2
+    assert not any("scheduled__2" in f for f in visible_files(out))
+    assert watermark_kept(first)
+
+    # Accepting error issues, the same export lands and counts them as the error[] list would.
+    summary3, _ = run_deferred(export_op(out, since="watermark", fail_on_severity="fatal"), context("scheduled__3"))
+    assert summary3["errors"]["counts"] == {"fatal": 0, "error": 1, "warning": 0, "information": 1}
+    assert any("storage node failed" in m for m in summary3["error_messages"])
+
+
+@pytest.mark.parametrize("deferrable", [True, False])
+@pytest.mark.parametrize(
+    ("limit", "words"),
+    [
+        ({"max_manifest_files": 1}, "more than max_manifest_files=1 files"),
+        ({"max_manifest_bytes": 200}, "larger than max_manifest_bytes=200 bytes"),
+    ],
+)
+def test_a_manifest_over_its_caps_fails_naming_the_setting(
+    bulk_server: Callable[..., Any], tmp_path: Path, limit: dict[str, int], words: str, deferrable: bool
+) -> None:
+    bulk_server()
+    out = tmp_path / "out"
+    with pytest.raises(Exception, match=words) as info:
+        run_deferred(export_op(out, download_limits=limit, deferrable=deferrable), context())
+    assert "download_limits" in str(info.value)
+    assert not visible_files(out) and not list(out.glob("_watermarks/*.json"))
+
+
+@pytest.mark.parametrize(
+    ("limits", "words"),
+    [
+        ({"max_file_bytes": 4 << 20}, "more than max_file_bytes=4194304 bytes"),
+        ({"max_file_bytes": None, "max_export_bytes": 8 << 20}, "more than max_export_bytes=8388608 bytes"),
+    ],
+)
+def test_endless_files_stop_at_the_byte_caps_and_keep_the_watermark(
+    bulk_server: Callable[..., Any], tmp_path: Path, limits: dict[str, Any], words: str
+) -> None:
+    server, _ = bulk_server()
+    out = tmp_path / "out"
+    first, _ = run_deferred(export_op(out, since="watermark"), context("scheduled__1"))
+    # Every data file never ends (the sandbox gives up after 256 MiB per request, so a regression ends).
+    server.state.bulk.faults.endless_files = 256 << 20
+    with pytest.raises(Exception, match=words):
+        run_deferred(export_op(out, download_limits=limits), context("scheduled__2"))  # a full export
+    assert not any("scheduled__2" in f for f in visible_files(out))
+    assert not list((out / "_exports/scheduled__2/staging").rglob("*.ndjson"))  # no endless file committed
+    assert watermark_kept(first)
 
 
 @pytest.mark.parametrize(("value", "words"), [("not-a-date", "not a FHIR instant"), ("9999-12-31T00:00:00Z", "later")])
@@ -90,8 +161,7 @@ def test_a_garbage_transaction_time_fails_cancels_and_keeps_the_watermark(
     assert state["phase"] == "failed" and gone(client, state["status_url"])
     assert not any("scheduled__2" in f for f in visible_files(out))
     assert not (out / "_exports/scheduled__2/staging").exists()  # refused before any download
-    wm = json.loads(Path(first["watermark"].removeprefix("file://")).read_text())
-    assert wm["transaction_time"] == first["transaction_time"]
+    assert watermark_kept(first)
 
 
 def test_output_organized_by_traversal_writes_nothing_outside_the_root(

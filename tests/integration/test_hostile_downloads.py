@@ -307,3 +307,30 @@ def test_land_files_leaves_nothing_visible_when_a_bound_trips(tmp_path: Path) ->
     assert layout.read_record("Patient.00000") is None
     assert not [p for p in tmp_path.rglob("*.ndjson")]
     assert not list(tmp_path.rglob(f"{TMP_PREFIX}*"))
+
+
+def test_endless_files_together_stop_at_the_export_cap_and_nothing_is_committed(tmp_path: Path) -> None:
+    """Every file is an endless stream of valid lines (the server gives up after 256 MiB per file, so a
+    regression ends instead of filling the disk); no file cap: the export's cap stops all of them."""
+
+    def handler(req: BaseHTTPRequestHandler) -> None:
+        send(req)
+        block = LINE * 1000
+        for _ in range(256 * MiB // len(block)):
+            write(req, block)
+
+    with answering(handler) as server:
+        files = [{"type": "Patient", "url": f"{base(server)}/files/p{i}"} for i in range(3)]
+        manifest = parse_manifest(
+            {"transactionTime": "2024-01-01T00:00:00Z", "requiresAccessToken": False, "output": files, "error": []}
+        )
+        layout = ExportLayout(resolve_output(str(tmp_path)), "run1")
+        client = FhirHttpClient(None, base(server), max_retries=0)
+        limits = StreamLimits(max_file_bytes=None, max_export_bytes=24 * MiB, min_bytes_per_second=0)
+        settings = DownloadSettings(max_workers=3, max_attempts=3, limits=limits)
+        with pytest.raises(DownloadError, match="more than max_export_bytes=25165824 bytes"):
+            land_files(client, layout, manifest, settings=settings)
+    # Stopped near the cap (each file at most one more chunk past it), and not retried.
+    assert server.sent < 3 * 24 * MiB
+    assert all(layout.read_record(f"Patient.{i:05d}") is None for i in range(3))
+    assert not [p for p in tmp_path.rglob("*.ndjson")]

@@ -88,6 +88,7 @@ def test_a_view_that_breaks_on_the_data_fails_the_task_and_commits_nothing(airfl
     output = result.stdout + result.stderr
     assert result.returncode != 0 or "failed" in output.lower()
     assert "'given' got 2 values" in output and '"collection": true' in output
+    assert "Patient/p1: column 'given'" in output  # the failure names the resource and the column
     views = tmp_path / "data" / "views"
     # Neither view of the failed pass is marked complete, and no half-written part is left visible.
     assert not list(views.rglob("_SUCCESS"))

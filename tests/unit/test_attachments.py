@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -158,14 +158,21 @@ def test_operators_check_the_option_when_the_dag_is_parsed() -> None:
     assert "attachments" in FhirSearchOperator.template_fields
 
 
+class _Raw:
+    """The raw stream of an answer, read as the body reader reads it (``read1``)."""
+
+    def __init__(self, body: bytes) -> None:
+        self.stream = io.BytesIO(body)
+
+    def read1(self, size: int, decode_content: bool = False) -> bytes:
+        return self.stream.read1(size)
+
+
 class _Answer:
     def __init__(self, body: bytes, content_type: str = "text/plain") -> None:
         self.status_code = 200
         self.headers = {"Content-Type": content_type, "Content-Length": str(len(body))}
-        self.body = body
-
-    def iter_content(self, size: int) -> Iterator[bytes]:
-        yield self.body
+        self.raw = _Raw(body)
 
     def close(self) -> None:
         pass
@@ -231,3 +238,38 @@ def test_a_rerun_after_rewrite_urls_does_not_fetch_the_stored_blobs(tmp_path: Pa
     again = _Client()
     summary = land_attachments(again, [ObjectStoragePath(f"file://{source}")], destination, settings)
     assert again.asked == [] and summary["landed"] == 2 and summary["failed"] == 0
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 64, 1 << 20])
+def test_a_wrapped_binary_unwraps_the_same_in_any_pieces(step: int) -> None:
+    from airflow_provider_smart.fhir.attachments import BinaryUnwrapper
+
+    data = bytes(range(256)) * 5 + b"\xff\xfe"
+    resource = {
+        "meta": {"tag": [{"code": "data", "display": 'a "data" key: "x"'}]},  # a nested "data" is not it
+        "data": base64.b64encode(data).decode(),
+        "contentType": "application/pdf",
+        "resourceType": "Binary",
+    }
+    bodies = [
+        json.dumps(resource).encode(),
+        json.dumps(resource, indent=2).encode(),
+        json.dumps(resource).encode().replace(b"/", b"\\/"),  # JSON may escape the slashes of base64
+    ]
+    for body in bodies:
+        unwrapper = BinaryUnwrapper()
+        pieces = [body[i : i + step] for i in range(0, len(body), step)]
+        assert b"".join(unwrapper.unwrap(pieces)) == data
+        assert unwrapper.content_type == "application/pdf"
+
+
+def test_a_wrapped_binary_with_a_big_envelope_or_a_cut_body_is_refused() -> None:
+    from airflow_provider_smart.fhir.attachments import BinaryUnwrapper
+
+    padded = json.dumps({"resourceType": "Binary", "text": "x" * 100_000, "data": "aGk="}).encode()
+    with pytest.raises(AttachmentError, match="more than 65536 bytes besides its data"):
+        list(BinaryUnwrapper().unwrap([padded]))
+    with pytest.raises(AttachmentError, match="ended before its JSON did"):
+        list(BinaryUnwrapper().unwrap([b'{"resourceType":"Binary","data":"aGk']))
+    with pytest.raises(AttachmentError, match="escape base64 never needs"):
+        list(BinaryUnwrapper().unwrap([b'{"resourceType":"Binary","data":"aG\\tk="}']))

@@ -172,8 +172,10 @@ def test_410_twice_fails_with_a_clear_message(tmp_path: Path) -> None:
         land_files(FakeFhirClient(BASE), layout_for(tmp_path), m, refresh_manifest=lambda: m)
 
 
+@pytest.mark.parametrize("listed_under", ["error", "output"])
 @responses.activate
-def test_error_files_fatal_fail_after_data_kept(tmp_path: Path) -> None:
+def test_outcome_files_fatal_fail_after_data_kept(tmp_path: Path, listed_under: str) -> None:
+    """OperationOutcomes count the same whether the manifest lists them under error[] or output[]."""
     outcome = {
         "resourceType": "OperationOutcome",
         "issue": [{"severity": "fatal", "code": "exception", "diagnostics": "lost Observation 7"}],
@@ -185,13 +187,10 @@ def test_error_files_fatal_fail_after_data_kept(tmp_path: Path) -> None:
     body = (json.dumps(info) + "\n" + json.dumps(outcome) + "\n").encode()
     responses.get(f"{BASE}/files/p0", body=ndjson("Patient", 3))
     responses.get(f"{BASE}/files/e0", body=body)
-    m = parse_manifest(
-        {
-            "transactionTime": "T",
-            "output": [{"type": "Patient", "url": f"{BASE}/files/p0"}],
-            "error": [{"type": "OperationOutcome", "url": f"{BASE}/files/e0"}],
-        }
-    )
+    data: dict[str, list[dict[str, str]]] = {"output": [{"type": "Patient", "url": f"{BASE}/files/p0"}], "error": []}
+    data[listed_under].append({"type": "OperationOutcome", "url": f"{BASE}/files/e0"})
+    m = parse_manifest({"transactionTime": "T", **data})
+    outcomes_dir = "errors" if listed_under == "error" else "OperationOutcome"
     layout = layout_for(tmp_path)
     land_files(FakeFhirClient(BASE), layout, m)
     from airflow_provider_smart.storage.export_landing import ExportOutcomeError
@@ -200,13 +199,15 @@ def test_error_files_fatal_fail_after_data_kept(tmp_path: Path) -> None:
         finalize(layout, m)
     # Kept, but unpublished: a reader of Patient/ sees nothing of an export with missing resources.
     assert (tmp_path / "_exports/run1/staging/Patient/Patient.00000.ndjson").exists()
-    assert (tmp_path / "_exports/run1/staging/errors/OperationOutcome.00000.ndjson").exists()
-    assert not (tmp_path / "Patient").exists() and not (tmp_path / "errors").exists()
+    assert (tmp_path / f"_exports/run1/staging/{outcomes_dir}/OperationOutcome.00000.ndjson").exists()
+    assert not (tmp_path / "Patient").exists() and not (tmp_path / outcomes_dir).exists()
     assert not (tmp_path / "_exports/run1/_SUCCESS").exists()
     summary = finalize(layout, m, fail_on_severity="none")
     assert (tmp_path / "Patient/run1/Patient.00000.ndjson").exists()
     assert summary["errors"]["counts"]["fatal"] == 1
     assert summary["warnings"] == ["[information] information/informational: skipped drafts"]
+    if listed_under == "output":  # still data of the export: counted as lines of its type as well
+        assert summary["counts"]["OperationOutcome"] == 2
 
 
 def test_progress_rate_and_eta() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import responses
 
@@ -30,14 +32,35 @@ def test_throttled_polls_wait_at_most_the_clients_max_retry_after() -> None:
 
 
 @responses.activate
-def test_an_oversized_manifest_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    from airflow_provider_smart.fhir.bulk import sync
+def test_an_oversized_manifest_is_refused() -> None:
+    from airflow_provider_smart.fhir.bulk.body import StreamLimits
 
-    monkeypatch.setattr(sync, "MAX_MANIFEST_BODY", 1024)
     huge = dict(MANIFEST, output=[{"type": "Patient", "url": f"{BASE}/f{n}"} for n in range(100)])
     responses.get(STATUS, json=huge)
     responses.get(STATUS, json=MANIFEST)
     client = FhirHttpClient(None, BASE)
-    refused = poll_once(client, STATUS)
-    assert isinstance(refused, ExportFailed) and "manifest larger than 1024 bytes" in refused.message
-    assert poll_once(client, STATUS).manifest == MANIFEST  # a small one is read
+    refused = poll_once(client, STATUS, limits=StreamLimits(max_manifest_bytes=1024))
+    assert isinstance(refused, ExportFailed)
+    assert "larger than max_manifest_bytes=1024 bytes" in refused.message and "download_limits" in refused.message
+    assert poll_once(client, STATUS, limits=StreamLimits(max_manifest_bytes=1024)).manifest == MANIFEST
+
+
+@responses.activate
+def test_a_manifest_listing_too_many_files_over_its_pages_is_refused() -> None:
+    from airflow_provider_smart.fhir.bulk.body import StreamLimits
+    from airflow_provider_smart.fhir.bulk.manifest import ManifestError
+    from airflow_provider_smart.fhir.bulk.sync import fetch_manifest
+
+    def page(n: int, next_page: int | None) -> dict[str, Any]:
+        files = [{"type": "Patient", "url": f"{BASE}/p{n}-{i}"} for i in range(40)]
+        link = [{"relation": "next", "url": f"{STATUS}?page={next_page}"}] if next_page else []
+        return dict(MANIFEST, output=files, link=link)
+
+    for n in (2, 3):
+        responses.get(f"{STATUS}?page={n}", json=page(n, n + 1 if n < 3 else None))
+    client = FhirHttpClient(None, BASE)
+    limits = StreamLimits(max_manifest_files=100)
+    with pytest.raises(ManifestError, match=r"more than max_manifest_files=100 files.*download_limits"):
+        fetch_manifest(client, page(1, 2), STATUS, limits=limits, sleep=lambda _s: None)
+    assert len(responses.calls) == 2  # refused at the third page, before its entries were parsed
+    assert len(fetch_manifest(client, page(1, 2), STATUS, sleep=lambda _s: None).output) == 120

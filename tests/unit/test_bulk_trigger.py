@@ -193,3 +193,18 @@ def test_a_server_echoing_the_token_never_gets_it_into_the_event(monkeypatch: py
     event = asyncio.run(first_event(trigger))
     assert event["status"] == "error" and "bad credentials" in event["message"]
     assert opaque not in json.dumps(event)
+
+
+def test_a_manifest_over_the_triggers_cap_completes_and_leaves_it_to_the_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from airflow_provider_smart.fhir.bulk import sync
+
+    # The trigger reads no more than the default cap; the worker reads the page under its own
+    # download_limits (max_manifest_bytes), which may be higher, and refuses it naming the setting if not.
+    monkeypatch.setattr("airflow_provider_smart.triggers.bulk_export.MAX_MANIFEST_BODY", 1024)
+    huge = dict(MANIFEST, output=[{"type": "Patient", "url": f"{BASE}/f{n}"} for n in range(100)])
+    script = Script([(200, {"Expires": "later"}, huge)])
+    event = asyncio.run(first_event(make_trigger(script, monkeypatch)))
+    assert event == {"status": "complete", "status_url": STATUS, "expires": "later"}
+    assert sync.MAX_MANIFEST_BODY == 32 << 20

@@ -62,5 +62,11 @@ def test_bulk_faults_counters_and_json():
         faults.apply_json({"explode": True})
     with pytest.raises(ValueError, match="JSON object"):
         faults.apply_json(["fail_exports"])
+    faults.apply_json({"endless_files": "1024", "strip_ids": 2, "errors_in_output": True})
+    assert (faults.endless_files, faults.strip_ids, faults.to_json()["errors_in_output"]) == (1024, 2, True)
+    manifest = {"output": [{"type": "Patient", "url": "u", "count": 3}], "error": [{"type": "OperationOutcome"}]}
+    assert faults.rewrite_manifest(manifest) == {
+        "output": [{"type": "Patient", "url": "u"}, {"type": "OperationOutcome"}]
+    }
     faults.reset()
     assert faults.to_json() == BulkFaults().to_json()

@@ -6,7 +6,8 @@
   Concatenated gzip members are one valid gzip stream; a stream that ends early is an error.
 - No bytes for ``stall_timeout`` seconds fails the attempt (the socket's read timeout); fewer than
   ``min_bytes_per_second`` on average over any ``rate_window`` seconds fails it too (a trickle of one
-  line every few seconds would never stall); more than ``max_file_bytes`` of content fails the file.
+  line every few seconds would never stall), and so does taking more than ``max_seconds`` in all (when
+  set); more than ``max_file_bytes`` of content fails the file.
 
 No Airflow here.
 """
@@ -30,25 +31,41 @@ class StreamLimits:
 
     :param chunk_size: bytes read, and inflated, per step (the unit of memory per worker).
     :param max_line_bytes: the longest NDJSON line accepted (64 MiB).
-    :param max_file_bytes: the most content one file may have once inflated (64 GiB); None for no cap.
+    :param max_file_bytes: the most content one file may have once inflated (16 GiB); None for no cap.
+    :param max_export_bytes: the most content all files of one download step may have together once
+        inflated (1 TiB); None for no cap.
     :param stall_timeout: seconds without a single byte before the attempt fails (120 s).
     :param min_bytes_per_second: the least average rate over each ``rate_window`` (1 KiB/s); 0 turns
         the check off.
     :param rate_window: seconds over which the rate is averaged (300 s).
+    :param max_seconds: seconds one attempt may take from its first byte to its last; None (the default
+        for export files, whose size the rate checks already tie to time) for no cap.
+    :param max_manifest_bytes: the largest manifest page read (32 MiB, about 100,000 files with
+        presigned URLs); a larger one fails naming this setting.
+    :param max_manifest_files: the most files (output, error and deleted, over all pages) one manifest
+        may list (100,000); more fails naming this setting.
     """
 
     chunk_size: int = 1 << 20
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
-    max_file_bytes: int | None = 64 << 30
+    max_file_bytes: int | None = 16 << 30
+    max_export_bytes: int | None = 1 << 40
     stall_timeout: float = 120.0
     min_bytes_per_second: float = 1024.0
     rate_window: float = 300.0
+    max_seconds: float | None = None
+    max_manifest_bytes: int = 32 << 20
+    max_manifest_files: int = 100_000
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or self.max_line_bytes < 1:
             raise ValueError("chunk_size and max_line_bytes must be positive")
-        if self.max_file_bytes is not None and self.max_file_bytes < 1:
-            raise ValueError("max_file_bytes must be positive (or None for no cap)")
+        for name in ("max_file_bytes", "max_export_bytes", "max_seconds"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive (or None for no cap), got {value!r}")
+        if self.max_manifest_bytes < 1 or self.max_manifest_files < 1:
+            raise ValueError("max_manifest_bytes and max_manifest_files must be positive")
         if self.stall_timeout <= 0 or self.rate_window <= 0 or self.min_bytes_per_second < 0:
             raise ValueError("stall_timeout and rate_window must be positive, min_bytes_per_second not negative")
 
@@ -74,12 +91,23 @@ class BodyTooSlowError(BodyError):
     """The server sent too little for too long (a trickle): worth another attempt."""
 
 
-def iter_body(response: Any, limits: StreamLimits, *, clock: Callable[[], float] = time.monotonic) -> Iterator[bytes]:
-    """The decoded content of a streamed ``requests`` response, in pieces of at most ``chunk_size``."""
+def iter_body(
+    response: Any,
+    limits: StreamLimits,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    gzip_body: bool = True,
+) -> Iterator[bytes]:
+    """The decoded content of a streamed ``requests`` response, in pieces of at most ``chunk_size``.
+
+    ``gzip_body``: inflate a body that is itself gzip (export files); off for bytes kept as they are
+    (an attachment that is a ``.gz`` file). ``Content-Encoding`` is always undone.
+    """
     chunks: Iterable[bytes] = raw_chunks(response.raw, limits, clock)
     for coding in reversed(_codings(response.headers.get("Content-Encoding"))):
         chunks = inflate(chunks, coding, limits.chunk_size)
-    chunks = _inflate_gzip_body(chunks, limits.chunk_size)
+    if gzip_body:
+        chunks = _inflate_gzip_body(chunks, limits.chunk_size)
     total = 0
     for chunk in chunks:
         total += len(chunk)
@@ -92,8 +120,9 @@ def iter_body(response: Any, limits: StreamLimits, *, clock: Callable[[], float]
 
 
 def raw_chunks(raw: Any, limits: StreamLimits, clock: Callable[[], float] = time.monotonic) -> Iterator[bytes]:
-    """Bytes as they arrive on the wire (still content-encoded), checking the average rate."""
-    window_start = clock()
+    """Bytes as they arrive on the wire (still content-encoded), checking the average rate and the
+    total time."""
+    started = window_start = clock()
     window_bytes = 0
     while True:
         data = raw.read1(limits.chunk_size, decode_content=False)
@@ -101,6 +130,11 @@ def raw_chunks(raw: Any, limits: StreamLimits, clock: Callable[[], float] = time
             return
         window_bytes += len(data)
         now = clock()
+        if limits.max_seconds is not None and now - started > limits.max_seconds:
+            raise BodyTooSlowError(
+                f"the body took more than max_seconds={limits.max_seconds:g} to arrive; raise it for a slow "
+                "server or a large file"
+            )
         elapsed = now - window_start
         if elapsed >= limits.rate_window:
             if window_bytes < limits.min_bytes_per_second * elapsed:

@@ -16,6 +16,7 @@ KINDS: tuple[FileKind, ...] = ("output", "error", "deleted")
 #: Directories for error and deleted files; lowercase so they never collide with a resource type.
 ERRORS_DIR = "errors"
 DELETED_DIR = "deleted"
+OUTCOME_TYPE = "OperationOutcome"
 
 
 class ManifestError(ValueError):
@@ -174,6 +175,13 @@ class PlannedFile:
     count: int | None
     resource_type: str | None
 
+    @property
+    def holds_outcomes(self) -> bool:
+        """Whether the file's OperationOutcomes are read for severity: every ``error[]`` file, and an
+        ``output[]`` file of type OperationOutcome (a server may list its errors there; they are errors
+        all the same, so both lists take the one path: counted in the summary, failing the run)."""
+        return self.kind == "error" or (self.kind == "output" and self.expected_type == OUTCOME_TYPE)
+
 
 def plan_files(manifest: Manifest) -> list[PlannedFile]:
     """Deterministic names for every file, so a resumed or re-fetched manifest maps to the same paths.
@@ -190,7 +198,7 @@ def plan_files(manifest: Manifest) -> list[PlannedFile]:
     planned: list[PlannedFile] = []
     for f in manifest.files():
         if f.kind == "error":
-            directory, stem, expected = ERRORS_DIR, "OperationOutcome", "OperationOutcome"
+            directory, stem, expected = ERRORS_DIR, OUTCOME_TYPE, OUTCOME_TYPE
         elif f.kind == "deleted":
             directory, stem, expected = DELETED_DIR, "Bundle", "Bundle"
         elif manifest.output_organized_by:

@@ -12,6 +12,7 @@ from typing import Any
 
 import requests
 
+from airflow_provider_smart.fhir.bulk.body import StreamLimits
 from airflow_provider_smart.fhir.bulk.kickoff import ExportRequest, build_kickoff
 from airflow_provider_smart.fhir.bulk.manifest import Manifest, ManifestError, merge_pages, parse_manifest
 from airflow_provider_smart.fhir.bulk.status import (
@@ -42,8 +43,9 @@ MAX_MANIFEST_PAGES = 10_000
 #: The Bulk Data code takes the one client interface (kept under its old name for existing imports).
 RequestClient = FhirClient
 
-#: A completed manifest page is read up to this size (a 100,000-file manifest is about 31 MB).
-MAX_MANIFEST_BODY = 256 * 1024 * 1024
+#: A completed manifest page is read up to this size unless ``download_limits`` says otherwise
+#: (``max_manifest_bytes``; a 100,000-file manifest with presigned URLs is about 31 MB).
+MAX_MANIFEST_BODY = StreamLimits().max_manifest_bytes
 
 
 class ExportFailedError(FhirError):
@@ -89,14 +91,19 @@ def kick_off(client: RequestClient, request: ExportRequest, *, max_retry_after: 
 
 
 def poll_once(
-    client: RequestClient, status_url: str, *, max_retry_after: float = DEFAULT_MAX_RETRY_AFTER
+    client: RequestClient,
+    status_url: str,
+    *,
+    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
+    limits: StreamLimits | None = None,
 ) -> ExportStatus:
     """One status request, classified. Transport errors count as transient.
 
     The client does not retry here (``retries=0``): the polling loop is the one place that waits, so a
     429 costs one wait, not the client's retries times the loop's. Bodies are read up to a cap: a 202
-    or error body to 64 KiB, a completed manifest page to :data:`MAX_MANIFEST_BODY`.
+    or error body to 64 KiB, a completed manifest page to ``limits.max_manifest_bytes``.
     """
+    max_manifest_bytes = (limits or StreamLimits()).max_manifest_bytes
     try:
         response = client.request(
             "GET",
@@ -107,7 +114,7 @@ def poll_once(
             stream=True,
         )
         with response:
-            limit = MAX_MANIFEST_BODY if response.status_code == 200 else MAX_ERROR_BODY
+            limit = max_manifest_bytes if response.status_code == 200 else MAX_ERROR_BODY
             body, too_big = read_bounded(response, limit)
     except FhirError as exc:
         if not exc.retryable:
@@ -117,8 +124,9 @@ def poll_once(
         return ExportTransientError(f"status request failed: {type(exc).__name__}", 0, None)
     if too_big and response.status_code == 200:
         return ExportFailed(
-            f"status {redact_url(status_url)} answered with a manifest larger than {limit} bytes; refusing to "
-            "read it (is this a Bulk Data status URL?)",
+            f"status {redact_url(status_url)} answered with a manifest page larger than max_manifest_bytes={limit} "
+            "bytes; refusing to read it. Raise download_limits={'max_manifest_bytes': ...} if the server's "
+            "manifests are this big (memory grows with it: about 20 times the page's size)",
             response.status_code,
         )
     return interpret_status(
@@ -138,6 +146,7 @@ def wait_for_export(
     deadline: float | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.time,
+    limits: StreamLimits | None = None,
 ) -> ExportComplete:
     """Poll in-process until the export completes, fails, or ``deadline`` (epoch seconds) passes.
 
@@ -148,7 +157,7 @@ def wait_for_export(
     errors = 0
     last_progress: str | None = None
     while True:
-        result = poll_once(client, status_url, max_retry_after=policy.max_interval)
+        result = poll_once(client, status_url, max_retry_after=policy.max_interval, limits=limits)
         if isinstance(result, ExportComplete):
             return result
         if isinstance(result, ExportFailed):
@@ -179,9 +188,17 @@ def fetch_manifest(
     *,
     policy: PollPolicy | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    limits: StreamLimits | None = None,
 ) -> Manifest:
-    """The whole manifest: the first page plus every ``link`` next page, merged."""
+    """The whole manifest: the first page plus every ``link`` next page, merged.
+
+    Bounded: each page is read up to ``limits.max_manifest_bytes``, and the pages together may list at
+    most ``limits.max_manifest_files`` files (counted before a page's entries are parsed), so memory
+    follows the caps whatever the server lists.
+    """
     policy = policy or PollPolicy()
+    limits = limits or StreamLimits()
+    listed = _count_files(first_page, 0, limits)
     pages = [parse_manifest(first_page, base_url=status_url)]
     seen = {status_url}
     while pages[-1].next_url:
@@ -189,9 +206,23 @@ def fetch_manifest(
         if url in seen or len(pages) >= MAX_MANIFEST_PAGES:
             raise ManifestError(f"manifest paging loops or never ends (at {redact_url(url)})")
         seen.add(url)
-        page = _fetch_page(client, url, policy, sleep)
+        page = _fetch_page(client, url, policy, sleep, limits)
+        listed = _count_files(page, listed, limits)
         pages.append(parse_manifest(page, base_url=url))
     return merge_pages(pages)
+
+
+def _count_files(page: Any, listed: int, limits: StreamLimits) -> int:
+    """Files listed so far plus this page's, refused past ``max_manifest_files``."""
+    if isinstance(page, dict):
+        listed += sum(len(v) for k in ("output", "error", "outcome", "deleted") if isinstance(v := page.get(k), list))
+    if listed > limits.max_manifest_files:
+        raise ManifestError(
+            f"the manifest lists more than max_manifest_files={limits.max_manifest_files} files; refusing it before "
+            "reading them all. Raise download_limits={'max_manifest_files': ...} if the server's exports are "
+            "this big, or export fewer types or a shorter _since window per run"
+        )
+    return listed
 
 
 def fetch_completed_page(
@@ -200,13 +231,14 @@ def fetch_completed_page(
     *,
     policy: PollPolicy | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    limits: StreamLimits | None = None,
 ) -> dict[str, Any]:
     """The first manifest page of a completed export, fetched from its status URL.
 
     The trigger's event carries only the status URL (never the manifest or its presigned URLs); the
     worker reads the manifest from the server with this.
     """
-    return _fetch_page(client, status_url, policy or PollPolicy(), sleep)
+    return _fetch_page(client, status_url, policy or PollPolicy(), sleep, limits)
 
 
 def poll_reason(result: ExportStatus) -> str:
@@ -216,10 +248,16 @@ def poll_reason(result: ExportStatus) -> str:
     return getattr(result, "message", type(result).__name__)
 
 
-def _fetch_page(client: RequestClient, url: str, policy: PollPolicy, sleep: Callable[[float], None]) -> dict[str, Any]:
+def _fetch_page(
+    client: RequestClient,
+    url: str,
+    policy: PollPolicy,
+    sleep: Callable[[float], None],
+    limits: StreamLimits | None = None,
+) -> dict[str, Any]:
     errors = 0
     while True:
-        result = poll_once(client, url, max_retry_after=policy.max_interval)
+        result = poll_once(client, url, max_retry_after=policy.max_interval, limits=limits)
         if isinstance(result, ExportComplete):
             return result.manifest
         if isinstance(result, ExportFailed):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -237,7 +238,71 @@ def _string_test(name: str, test: Callable[[str, str], bool]) -> None:
 _string_test("startsWith", str.startswith)
 _string_test("endsWith", str.endswith)
 _string_test("contains", lambda value, part: part in value)
-_string_test("matches", lambda value, pattern: re.search(pattern, value) is not None)
+
+
+#: RE2 refuses to build a pattern whose program would need more memory than this (e.g. ``a{1000}{1000}``).
+_REGEX_MAX_MEM = 8 << 20
+
+
+@functools.lru_cache(maxsize=256)
+def _regex(pattern: str, function: str) -> Any:
+    """``pattern`` compiled by RE2, which matches in time linear in the text whatever the pattern.
+
+    Patterns may come from the data (a constant or a resource value), so a backtracking engine could
+    spend minutes on one resource (``^(a+)+$``). RE2 has no lookaround and no backreferences; such a
+    pattern is a :class:`ViewError` naming the pattern and the fix.
+    """
+    import re2  # here, not at the top: views are imported when a DAG file is parsed
+
+    options = re2.Options()
+    options.log_errors = False  # the error is raised below; RE2 would also print it to stderr
+    options.max_mem = _REGEX_MAX_MEM
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as exc:
+        reason = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ViewError(
+            f"{function}(): pattern {shown(pattern)} cannot run ({shown(reason)}); patterns run on RE2, which "
+            "matches in linear time and has no lookaround, backreferences or possessive repeats: rewrite the "
+            "pattern without them"
+        ) from None
+
+
+_string_test("matches", lambda value, pattern: _regex(pattern, "matches").search(value) is not None)
+
+
+#: ``$1`` in a replaceMatches() substitution (a fixed pattern of ours, so Python's engine is fine here).
+_GROUP_REFERENCE = re.compile(r"\$(\d+)")
+
+
+@_function("replaceMatches", 2, 2)
+def _replace_matches(compiler: Compiler, node: Node, source: Compiled) -> Compiled:
+    """FHIRPath ``replaceMatches(regex, substitution)``: ``$1`` in the substitution is the first group."""
+    pattern_arg = compiler.compile(node.args[0])
+    substitution_arg = compiler.compile(node.args[1])
+
+    def replace_matches(focus: list[Any], env: Env) -> list[Any]:
+        value = values.singleton(source(focus, env), "replaceMatches()")
+        pattern = values.singleton(pattern_arg(focus, env), "replaceMatches()")
+        substitution = values.singleton(substitution_arg(focus, env), "replaceMatches()")
+        if value is None or pattern is None or substitution is None:
+            return []
+        if not all(isinstance(v, str) for v in (value, pattern, substitution)):
+            raise ViewError(
+                f"replaceMatches() applies to strings, got {shown(value)}, {shown(pattern)} and {shown(substitution)}"
+            )
+        regex = _regex(pattern, "replaceMatches")
+
+        def expand(match: Any) -> str:
+            def group(ref: Any) -> str:
+                number = int(ref.group(1))
+                return (match.group(number) or "") if number <= regex.groups else ref.group(0)
+
+            return _GROUP_REFERENCE.sub(group, substitution)
+
+        return [regex.sub(expand, value)]
+
+    return replace_matches
 
 
 @_function("extension", 1, 1)

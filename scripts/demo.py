@@ -100,12 +100,12 @@ def show_tables(root: Path, updated: str, deleted: str) -> None:
     """What the current-state tables hold after the second export: counts, one updated, one deleted."""
     from deltalake import DeltaTable
 
+    from airflow_provider_smart.tables.read import read_table
+
     for table_dir in sorted(p for p in root.iterdir() if not p.name.startswith("_")):
         table = DeltaTable(str(table_dir))
         print(f"  {table_dir.relative_to(REPO)}: {table.count()} rows, version {table.version()}")
-    observations = DeltaTable(str(root / "Observation")).to_pyarrow_table(
-        columns=["id", "status", "meta", "_fhir_source"]
-    )
+    observations = read_table(DeltaTable(str(root / "Observation")), ["id", "status", "meta", "_fhir_source"])
     by_id = {row["id"]: row for row in observations.to_pylist()}
     row = by_id[updated]
     print(

@@ -37,6 +37,7 @@ from airflow_provider_smart.parquet.schema import SchemaRecord
 from airflow_provider_smart.storage.atomic import atomic_write_json, read_json
 from airflow_provider_smart.tables.deleted import Deletion, read_deletions
 from airflow_provider_smart.tables.location import SCHEMAS_DIR, delta_uri, schema_path
+from airflow_provider_smart.tables.read import read_table
 from airflow_provider_smart.tables.runs import LandedRun
 from airflow_provider_smart.tables.versions import (
     LAST_UPDATED,
@@ -430,7 +431,7 @@ class _Plan:
 
     @staticmethod
     def make(table: Any, parts: list[str], deletions: list[Deletion], when: Any) -> _Plan:
-        target = table.to_pyarrow_table(columns=_KEY_COLUMNS)
+        target = read_table(table, _KEY_COLUMNS)  # not to_pyarrow_table: see tables/read.py
         target = pa.table(
             {
                 "id": target.column("id").cast(pa.string()),

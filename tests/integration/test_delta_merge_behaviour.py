@@ -43,7 +43,9 @@ def write_ndjson(path: Path, resources: list[dict[str, Any]]) -> Path:
 def rows(root: Path, rtype: str = "Observation") -> dict[str, str]:
     from deltalake import DeltaTable
 
-    table = DeltaTable(str(root / rtype)).to_pyarrow_table(columns=["id", "meta"]).to_pylist()
+    from airflow_provider_smart.tables.read import read_table
+
+    table = read_table(DeltaTable(str(root / rtype)), ["id", "meta"]).to_pylist()
     return {r["id"]: r["meta"]["versionId"] for r in table}
 
 
@@ -147,6 +149,8 @@ def test_two_merges_at_once_serialize_or_fail_clearly(tmp_path: Path, monkeypatc
 def test_schema_grows_when_a_later_run_brings_a_new_field(tmp_path: Path) -> None:
     from deltalake import DeltaTable
 
+    from airflow_provider_smart.tables.read import read_table
+
     root = tmp_path / "tables"
     first = write_ndjson(tmp_path / "in/1.ndjson", [observation(i) for i in range(10)])
     tables(root).merge([first], source="export:1", transaction_time=TT1)
@@ -155,7 +159,7 @@ def test_schema_grows_when_a_later_run_brings_a_new_field(tmp_path: Path) -> Non
     later = [observation(3, 2, issued="2024-01-02T10:00:00Z", interpretation=[{"text": "high"}])]
     second = write_ndjson(tmp_path / "in/2.ndjson", later)
     tables(root).merge([second], source="export:2", transaction_time=TT2)
-    table = DeltaTable(str(root / "Observation")).to_pyarrow_table().sort_by("id").to_pylist()
+    table = read_table(DeltaTable(str(root / "Observation"))).sort_by("id").to_pylist()
     assert len(table) == 10
     by_id = {r["id"]: r for r in table}
     assert by_id["obs-3"]["issued"] == "2024-01-02T10:00:00Z"
@@ -188,12 +192,14 @@ def test_duckdb_reads_the_same_rows(tmp_path: Path) -> None:
     import duckdb
     from deltalake import DeltaTable
 
+    from airflow_provider_smart.tables.read import read_table
+
     root = tmp_path / "tables"
     src = write_ndjson(tmp_path / "in/1.ndjson", [observation(i) for i in range(50)])
     tables(root).merge([src], source="export:1", transaction_time=TT1)
-    dataset = DeltaTable(str(root / "Observation")).to_pyarrow_dataset()
+    observations = read_table(DeltaTable(str(root / "Observation")))
     con = duckdb.connect()
-    con.register("observations", dataset)
+    con.register("observations", observations)
     got = con.sql("SELECT id, status, valueQuantity.value AS v FROM observations ORDER BY id").fetchall()
     want = sorted((f"obs-{i}", "final", 5.0 + i % 30 / 10) for i in range(50))
     assert got == want

@@ -41,11 +41,13 @@ def table_view(base: Path) -> dict[str, dict[str, str | None]]:
     """resourceType -> id -> meta.versionId, as the tables hold them now."""
     from deltalake import DeltaTable
 
+    from airflow_provider_smart.tables.read import read_table
+
     out: dict[str, dict[str, str | None]] = {}
     for child in sorted((base / "tables").iterdir()):
         if child.name.startswith("_"):
             continue
-        rows = DeltaTable(str(child)).to_pyarrow_table(columns=["id", "meta"]).to_pylist()
+        rows = read_table(DeltaTable(str(child)), ["id", "meta"]).to_pylist()
         ids = [r["id"] for r in rows]
         assert len(ids) == len(set(ids)), f"{child.name}: an id appears twice"
         if rows:

@@ -140,7 +140,7 @@ def test_an_expired_lease_is_free(tmp_path: Path) -> None:
 
 def test_a_lease_held_until_a_deadline(tmp_path: Path) -> None:
     directory = root(tmp_path) / "_exports" / "label"
-    ExportLease(directory, "deferred", timeout=0.05).heartbeat(until=time.time() + 60)
+    ExportLease(directory, "deferred", timeout=0.05).acquire(until=time.time() + 60)
     time.sleep(0.1)
     with pytest.raises(LeaseHeldError, match="deferred"):
         ExportLease(directory, "other").acquire()

@@ -86,7 +86,8 @@ def test_a_view_that_breaks_on_the_data_fails_the_task_and_commits_nothing(airfl
         env={"AIRFLOW__CORE__DAGS_FOLDER": str(dags)},
     )
     output = result.stdout + result.stderr
-    assert result.returncode != 0 or "failed" in output.lower()
+    assert result.returncode == 1, output[-3000:]
+    assert "Task failed with exception" in output and "state=failed" in output
     assert "'given' got 2 values" in output and '"collection": true' in output
     views = tmp_path / "data" / "views"
     # Neither view of the failed pass is marked complete, and no half-written part is left visible.

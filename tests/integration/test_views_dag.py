@@ -15,7 +15,8 @@ from tests.conftest import run_airflow
 from tests.integration.bulk_helpers import landed
 from tests.sandbox_fixtures import SmartClient
 
-pytestmark = pytest.mark.integration
+# Each test runs `airflow dags test` (minutes on a busy machine).
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 
 def test_example_dag_exports_then_writes_typed_view_tables(

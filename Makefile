@@ -47,8 +47,11 @@ chromium:
 test-ui: setup chromium
 	$(BIN)/pytest tests/ui
 
+# Workers: twice the CPUs (most integration tests wait on subprocesses and loopback servers, not the CPU);
+# worksteal moves queued tests to idle workers so one slow file does not leave the others waiting.
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc) * 2 )))
 test: setup lint docs chromium
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal --durations=25
 
 demo: setup
 	$(BIN)/python scripts/demo.py

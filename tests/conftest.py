@@ -1,8 +1,25 @@
-"""Test-wide setup: an isolated AIRFLOW_HOME with a SQLite metadata DB, made once per session."""
+"""Test-wide setup: an isolated AIRFLOW_HOME with a SQLite metadata DB, made once per test process.
+
+``make test`` runs the suite on several pytest-xdist workers (processes) at once. A test is parallel-safe when
+it follows these rules:
+
+* Files go under ``tmp_path`` (or ``tmp_path_factory``), never a fixed path, the repo or the home directory.
+* Servers listen on 127.0.0.1 port 0 (``tests/loopback.py``, the ``sandbox*`` fixtures, ``moto_s3``); a fixed
+  port is a defect. Subprocesses that serve get ``--port 0`` and report the port they got.
+* Environment variables are set with ``monkeypatch.setenv`` (undone after the test), never ``os.environ[...]``.
+* The Airflow metadata DB comes from the ``airflow_db`` fixture: each worker has its own AIRFLOW_HOME (made
+  below with ``tempfile`` when the worker starts) and its own SQLite file, copied from one migrated template.
+* Process-wide caches (tokens, discovery) are cleared after every test by ``_restore_secret_masker``.
+
+Each worker runs a share of the tests in one process, so module- and session-scoped fixtures are made once
+per worker, and a test never sees another worker's servers, files or environment.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -11,8 +28,9 @@ from pathlib import Path
 
 import pytest
 
+# Always a home of our own: `make` exports AIRFLOW_HOME (the demo's), and parallel workers must not share one.
 _HOME = Path(tempfile.mkdtemp(prefix="smart-airflow-home-"))
-os.environ.setdefault("AIRFLOW_HOME", str(_HOME))
+os.environ["AIRFLOW_HOME"] = str(_HOME)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 
@@ -50,12 +68,30 @@ def run_airflow(
     )
 
 
+def _migrated_template(shared: Path) -> Path:
+    """One ``airflow db migrate`` for the whole run, into a template home all workers copy from (under a lock:
+    the first worker to ask migrates, the others wait and copy)."""
+    template = shared / "airflow-db-template"
+    with (shared / "airflow-db-template.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (template / "done").exists():
+            shutil.rmtree(template, ignore_errors=True)
+            template.mkdir()
+            result = run_airflow("db", "migrate", env={"AIRFLOW_HOME": str(template)})
+            assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+            (template / "done").touch()
+    return template / "airflow.db"
+
+
 @pytest.fixture(scope="session")
-def airflow_db() -> Iterator[Path]:
-    """A migrated SQLite metadata DB in the session's AIRFLOW_HOME (for `airflow dags test` and friends)."""
-    result = run_airflow("db", "migrate")
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    yield Path(os.environ["AIRFLOW_HOME"])
+def airflow_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A migrated SQLite metadata DB in this worker's AIRFLOW_HOME (for `airflow dags test` and friends)."""
+    # Under xdist each worker's basetemp is a child of one directory shared by the run; alone, it is its own.
+    basetemp = tmp_path_factory.getbasetemp()
+    shared = basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
+    home = Path(os.environ["AIRFLOW_HOME"])
+    shutil.copyfile(_migrated_template(shared), home / "airflow.db")
+    yield home
 
 
 @pytest.fixture(autouse=True)
@@ -74,6 +110,29 @@ def _restore_secret_masker() -> Iterator[None]:
     from airflow_provider_smart.auth import cache
 
     cache.clear()
+
+
+#: The user property each SQL on FHIR conformance case records (True: passed); tallied below.
+CONFORMANCE_PROPERTY = "sql_on_fhir_conformance"
+_conformance: dict[str, bool] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Collect conformance outcomes where reports arrive: in a serial run's only process, and in the xdist
+    controller (which receives every worker's reports but runs no test itself)."""
+    for name, value in report.user_properties:
+        if name == CONFORMANCE_PROPERTY:
+            _conformance[report.nodeid] = bool(value)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _conformance:
+        return
+    from tests.unit.views import conformance
+
+    total = len(conformance.load_cases()) if conformance.suite_missing() is None else len(_conformance)
+    terminalreporter.write_sep("=", "SQL on FHIR v2")
+    terminalreporter.write_line(f"SQL on FHIR v2 conformance: {sum(_conformance.values())}/{total} passed")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -16,6 +16,11 @@ from typing import Any
 Answer = Callable[[BaseHTTPRequestHandler], None]
 
 
+class ByteBudgetSpent(Exception):
+    """Raised by an answer that has sent its byte budget (``tests.bounds.SERVER_BYTE_BUDGET``): the server
+    hangs up, so an endless answer ends even when the client under test no longer stops reading."""
+
+
 @contextmanager
 def serve(app: Any) -> Iterator[str]:
     """Yield the server's base URL (``http://127.0.0.1:<port>``); stop the server on exit."""
@@ -70,7 +75,7 @@ class _AnswerHandler(BaseHTTPRequestHandler):
     server: AnswerServer
 
     def do_GET(self) -> None:
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, ByteBudgetSpent):
             self.server.answer(self)
 
     def log_message(self, format: str, *args: Any) -> None:

@@ -93,7 +93,8 @@ def landed(root: Path, label: str, directory: str | None = None) -> dict[str, di
     """resourceType -> id -> resource, from every landed data file of an export label."""
     found: dict[str, dict[str, dict[str, Any]]] = {}
     for path in sorted(root.glob(f"*/{label}/*.ndjson")):
-        if path.parent.parent.name in ("errors", "deleted") or (directory and path.parent.parent.name != directory):
+        kind = path.parent.parent.name  # errors/, deleted/ and attachments/ are not resource types
+        if kind in ("errors", "deleted", "attachments") or (directory and kind != directory):
             continue
         for line in path.read_text().splitlines():
             resource = json.loads(line)

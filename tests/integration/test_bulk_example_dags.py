@@ -10,9 +10,11 @@ import pytest
 from airflow_provider_smart.sandbox.server import SandboxServer
 from tests.conftest import run_airflow
 from tests.integration.bulk_helpers import landed, store_view
+from tests.integration.test_attachments_operators import _generated_notes, _index
 from tests.sandbox_fixtures import SmartClient
 
-pytestmark = pytest.mark.integration
+# Two `airflow dags test` runs in one test take minutes when the machine is busy.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 
 def _run(dag_id: str, conf: dict[str, str], date: str) -> None:
@@ -28,11 +30,21 @@ def _labels(root: Path, directory: str) -> list[str]:
 def test_nightly_dag_exports_then_exports_only_changes(
     airflow_db: Path, sandbox: SandboxServer, smart_client: SmartClient, tmp_path: Path
 ) -> None:
+    """Also the example DAG's ``attachments`` switch: the first night turns it on (one ``airflow dags test``
+    fewer than a run of its own; attachments leave the landed NDJSON as it is, so nothing else changes)."""
     out = tmp_path / "nightly"
-    _run("fhir_bulk_export_nightly", {"output": str(out)}, "2026-01-01")
+    _run("fhir_bulk_export_nightly", {"output": str(out), "attachments": True}, "2026-01-01")
     (label,) = _labels(out, "Patient")
     assert landed(out, label) == store_view(sandbox)
     assert (out / "_exports" / label / "_SUCCESS").exists()
+    # The switch turned attachments on: every generated note landed, each attachment has its index line.
+    assert _labels(out, "attachments") == [label]
+    counts = json.loads((out / "_exports" / label / "state.json").read_text())["summary"]["attachments"]
+    assert counts["landed"] == len(_generated_notes(sandbox)) > 0 and counts["failed"] == 0
+    assert (out / "attachments" / label / "_SUCCESS").exists()
+    assert len(_index(out, label)) == sum(
+        len(d.get("content", [])) for d in sandbox.state.store.iter_type("DocumentReference")
+    )
     (watermark,) = list((out / "_watermarks").glob("*.json"))
     first_tt = json.loads(watermark.read_text())["transaction_time"]
 

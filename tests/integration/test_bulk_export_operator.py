@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 import signal
 import threading
 import time
@@ -30,6 +31,8 @@ from airflow_provider_smart.sandbox.bulk_runtime import (
 from airflow_provider_smart.sandbox.faults import FaultRule
 from airflow_provider_smart.sandbox.server import SandboxServer
 from airflow_provider_smart.storage.atomic import temp_sibling
+from airflow_provider_smart.storage.export_landing import ExportOutcomeError
+from airflow_provider_smart.storage.export_state import ExportStateError
 from tests.integration.bulk_helpers import (
     committed_records,
     context,
@@ -206,9 +209,17 @@ def test_failed_export_fails_with_the_servers_message(
 ) -> None:
     server, _ = bulk_server()
     server.state.bulk.faults.fail_exports = True
-    with pytest.raises(Exception, match=r"(?i)export") as info:
+    # The deferred path fails in execute_complete with the trigger's text; the synchronous one raises the
+    # poller's error itself. Both carry the server's OperationOutcome.
+    expected, prefix = (RuntimeError, "Bulk Data export failed: ") if deferrable else (ExportFailedError, "")
+    with pytest.raises(expected) as info:
         run_deferred(export_op(tmp_path, types=["Patient"], deferrable=deferrable), context())
-    assert "fatal" in str(info.value) or "500" in str(info.value)
+    assert info.type is expected
+    assert re.fullmatch(
+        rf"{prefix}status http://127\.0\.0\.1:\d+/fhir/\$bulk-status/\w+ answered HTTP 500: fatal/exception: "
+        r"the export failed in the sandbox \(fault fail_exports\)",
+        str(info.value),
+    ), str(info.value)
     state = json.loads((tmp_path / "out/_exports/manual__run1/state.json").read_text())
     assert state["phase"] == "failed"
     # A retry starts a new export (the failed one is over on the server).
@@ -221,9 +232,13 @@ def test_failed_export_fails_with_the_servers_message(
 def test_fatal_error_file_fails_after_the_data_landed(bulk_server: Callable[..., Any], tmp_path: Path) -> None:
     server, _ = bulk_server()
     server.state.bulk.faults.error_file = True
-    with pytest.raises(Exception, match="fatal") as info:
+    with pytest.raises(
+        ExportOutcomeError, match=r"^the export's error files report 1 issue\(s\) at severity 'error' or worse"
+    ) as info:
         run_deferred(export_op(tmp_path, types=["Patient", "Condition"]), context())
-    assert "kept" in str(info.value)
+    assert "[fatal] fatal/exception: export " in str(info.value)
+    assert "a storage node failed while writing part of the export" in str(info.value)
+    assert "landed files are kept, unpublished, under file://" in str(info.value)
     out = tmp_path / "out"
     # Every file landed, unpublished: readers of <output>/<Type> see nothing of this export.
     staging = out / "_exports/manual__run1/staging"
@@ -485,8 +500,9 @@ def test_on_kill_cancels_the_pending_export(bulk_server: Callable[..., Any], tmp
 def test_scope_mismatch_under_one_label_is_refused(bulk_server: Callable[..., Any], tmp_path: Path) -> None:
     bulk_server()
     run_deferred(export_op(tmp_path, types=["Patient"]), context())
-    with pytest.raises(Exception, match="different export"):
+    with pytest.raises(ExportStateError, match=r"/_exports/manual__run1 already holds a different export \(") as info:
         export_op(tmp_path, types=["Condition"]).execute(context())
+    assert str(info.value).endswith("use another output location or export_label")
 
 
 def test_completed_export_is_not_repeated(bulk_server: Callable[..., Any], tmp_path: Path) -> None:
@@ -497,7 +513,9 @@ def test_completed_export_is_not_repeated(bulk_server: Callable[..., Any], tmp_p
 
 
 def test_unknown_connection_fails_clearly(tmp_path: Path) -> None:
-    with pytest.raises(Exception, match="nope"):
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    with pytest.raises(AirflowNotFoundException, match=r"^The conn_id `nope` isn't defined$"):
         export_op(tmp_path, smart_fhir_conn_id="nope").execute(context())
 
 

@@ -61,8 +61,9 @@ def test_watermark_on_s3_moves_only_after_a_complete_export(
 
     # An export that fails on the server commits nothing and leaves the watermark where it was.
     server.state.bulk.faults.fail_exports = True
-    with pytest.raises(Exception, match="fail_exports"):
+    with pytest.raises(RuntimeError, match=r"answered HTTP 500: fatal/exception: .* \(fault fail_exports\)$") as info:
         export("scheduled__2")
+    assert info.type is RuntimeError and str(info.value).startswith("Bulk Data export failed: status http://")
     server.state.bulk.faults.fail_exports = False
     assert landed_on_s3(moto_s3, "scheduled__2") == {}
     assert watermarks(moto_s3) == [mark]

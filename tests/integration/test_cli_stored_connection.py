@@ -30,7 +30,7 @@ def fernet_key(monkeypatch: pytest.MonkeyPatch) -> str:
 def test_token_for_a_connection_in_the_metadata_db(airflow_db, fernet_key, sandbox, smart_client, monkeypatch):
     conn_id = "smart_fhir_in_db"
     monkeypatch.delenv(f"AIRFLOW_CONN_{conn_id.upper()}", raising=False)
-    run_airflow("connections", "delete", conn_id)
+    # The worker's metadata DB is a fresh copy (airflow_db) with no such connection: no delete beforehand.
     added = run_airflow(
         "connections",
         "add",
@@ -51,7 +51,16 @@ def test_token_for_a_connection_in_the_metadata_db(airflow_db, fernet_key, sandb
         for line in smart_client.private_key_pem.splitlines()[1:-1]:
             assert line not in result.stdout + result.stderr
     finally:
-        run_airflow("connections", "delete", conn_id)
+        # In-process (the worker shares this DB): a second `airflow` process would cost seconds.
+        _delete_connection(conn_id)
+
+
+def _delete_connection(conn_id: str) -> None:
+    from airflow.models.connection import Connection
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        session.query(Connection).filter(Connection.conn_id == conn_id).delete(synchronize_session=False)
 
 
 def test_token_for_a_connection_defined_nowhere(airflow_db, monkeypatch):

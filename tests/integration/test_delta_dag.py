@@ -14,7 +14,8 @@ from tests.integration.bulk_helpers import store_view
 from tests.integration.test_delta_tables import server_view, table_view
 from tests.sandbox_fixtures import SmartClient
 
-pytestmark = pytest.mark.integration
+# Each test runs `airflow dags test` (minutes on a busy machine).
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 
 def _run(conf: dict[str, str], date: str) -> None:

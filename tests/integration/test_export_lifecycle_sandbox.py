@@ -11,11 +11,13 @@ from typing import Any
 import pytest
 
 from airflow_provider_smart.fhir.bulk.manifest import ManifestError
+from airflow_provider_smart.fhir.download import DownloadError
 from airflow_provider_smart.fhir.instants import WatermarkError
 from airflow_provider_smart.operators.bulk_export import FhirBulkExportOperator
 from airflow_provider_smart.operators.search import FhirSearchOperator
 from airflow_provider_smart.sandbox.bulk_runtime import FHIR_FILE_PATHS
 from airflow_provider_smart.sandbox.server import SandboxServer
+from airflow_provider_smart.storage.export_landing import ExportOutcomeError
 from airflow_provider_smart.storage.export_state import ExportStateError
 from airflow_provider_smart.storage.lease import LeaseHeldError
 from airflow_provider_smart.storage.preflight import OutputNotWritableError
@@ -61,9 +63,13 @@ def test_error_issues_fail_after_landing_unpublished_and_keep_the_watermark(
     first, _ = run_deferred(export_op(out, since="watermark"), context("scheduled__1"))
     faults = server.state.bulk.faults
     faults.error_file, faults.error_file_severity, faults.error_counts_from_data = True, "error", True
-    with pytest.raises(Exception, match="storage node failed") as info:
+    with pytest.raises(
+        ExportOutcomeError, match=r"^the export's error files report 1 issue\(s\) at severity 'error' or worse"
+    ) as info:
         run_deferred(export_op(out), context("scheduled__2"))  # a full export of the same scope
-    assert "error" in str(info.value) and "watermark did not move" in str(info.value)
+    assert "[error] error/exception: export " in str(info.value)
+    assert "a storage node failed while writing part of the export" in str(info.value)
+    assert "and the watermark did not move" in str(info.value)
     # Every file landed (the copied error count did not trip the check), but none is published.
     staged = list((out / "_exports/scheduled__2/staging").rglob("*.ndjson"))
     assert any(p.parent.name == "errors" for p in staged) and any(p.parent.name == "Patient" for p in staged)
@@ -240,7 +246,11 @@ def test_only_the_last_try_deletes_the_export(
     server.state.faults.fail(FHIR_FILE_PATHS, status=404, times=None)
     ti = FakeTI()
     ti.try_number, ti.max_tries = try_number, max_tries  # type: ignore[attr-defined]
-    with pytest.raises(Exception, match="404"):
+    with pytest.raises(
+        DownloadError,
+        match=r"^5 of 5 files failed; first: Patient\.00000 \(http://\S+\) answered HTTP 404: error/exception: "
+        r"sandbox fault: status 404 made on purpose$",
+    ):
         run_deferred(export_op(tmp_path / "out", retries=2), {"run_id": "manual__run1", "ti": ti})
     state = state_of(tmp_path / "out")
     assert gone(client, state["status_url"]) is not kept

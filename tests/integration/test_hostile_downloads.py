@@ -5,6 +5,9 @@ line that never ends, a stream of valid lines that never ends, a file longer tha
 a trickle, a stall, an endless error body, a truncated gzip stream. Requests go through the real
 ``FhirHttpClient`` over loopback. Memory is the peak of Python allocations while the download runs
 (``tracemalloc``: every byte buffer the downloader holds is one), compared with a stated bound.
+
+The tests themselves are bounded too (``tests/bounds.py``): a server stops after a byte budget and the
+download runs under a memory limit, so a lost cap fails its test in seconds instead of filling the machine.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from airflow_provider_smart.storage.atomic import TMP_PREFIX
 from airflow_provider_smart.storage.export_landing import DownloadSettings, land_files
 from airflow_provider_smart.storage.export_state import ExportLayout
 from airflow_provider_smart.storage.paths import resolve_output
-from tests.loopback import Answer, AnswerServer, answering
+from tests.bounds import SERVER_BYTE_BUDGET, memory_limit
+from tests.loopback import Answer, AnswerServer, ByteBudgetSpent, answering
 
 LINE = b'{"resourceType":"Patient","id":"p","name":[{"family":"Hostile","given":["Server"]}]}\n'
 MiB = 1 << 20
@@ -45,6 +49,8 @@ def send(req: BaseHTTPRequestHandler, status: int = 200, headers: dict[str, str]
 
 
 def write(req: BaseHTTPRequestHandler, data: bytes) -> None:
+    if req.server.sent + len(data) > SERVER_BYTE_BUDGET:  # type: ignore[attr-defined]
+        raise ByteBudgetSpent(f"{SERVER_BYTE_BUDGET} bytes sent: hanging up")
     req.wfile.write(data)
     req.server.sent += len(data)  # type: ignore[attr-defined]
 
@@ -104,6 +110,7 @@ def failed_download(
         answering(answer) as server,
         file_sink(tmp_path) as sink,
         peak_python_memory() as peak,
+        memory_limit(),
         pytest.raises(DownloadError, match=match),
     ):
         downloader(server, limits).download(planned(server, count), sink)
@@ -302,7 +309,7 @@ def test_land_files_leaves_nothing_visible_when_a_bound_trips(tmp_path: Path) ->
         layout = ExportLayout(resolve_output(str(tmp_path)), "run1")
         client = FhirHttpClient(None, base(server), max_retries=0)
         settings = DownloadSettings(max_attempts=1, limits=StreamLimits(max_file_bytes=8 * MiB))
-        with pytest.raises(DownloadError, match="max_file_bytes"):
+        with memory_limit(), pytest.raises(DownloadError, match="max_file_bytes"):
             land_files(client, layout, manifest, settings=settings)
     assert layout.read_record("Patient.00000") is None
     assert not [p for p in tmp_path.rglob("*.ndjson")]

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_smart.auth.client import SmartAuthClient
 from airflow_provider_smart.auth.errors import DiscoveryError
 from airflow_provider_smart.fhir.download import DownloadError
 from airflow_provider_smart.hooks.smart import SmartFhirHook
@@ -80,19 +81,22 @@ def test_trigger_and_resumed_operator_reuse_discovery_and_the_token(
 
 
 def test_the_token_is_still_renewed_before_it_expires_when_shared(
-    bulk_server: Callable[..., Any], tmp_path: Path
+    bulk_server: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server, _ = bulk_server(seconds_to_complete=0)
-    server.state.faults.expire_tokens_after(2)  # the refresh margin (at most half the lifetime) is 1 s
-    hook = SmartFhirHook()
-    first = hook.get_token()
+    # The clients read the sandbox's clock, so time is moved, not waited for: no assertion on machine speed.
+    monkeypatch.setitem(SmartAuthClient.__init__.__kwdefaults__, "clock", server.state.clock.time)
+    server.state.faults.expire_tokens_after(60)  # the refresh margin is 30 s: fresh for the first 30 s
+    first = SmartFhirHook().get_token()
     again = SmartFhirHook().get_token()
-    assert again is first  # shared while fresh
-    import time
-
-    time.sleep(1.2)
+    assert again is first  # shared while fresh (a slow machine has 30 s for the two calls)
+    assert seen(server, TOKEN_PATH) == 1
+    # 31 s on: inside the margin, still valid on the server (and the assertion's iat stays within the
+    # sandbox's 60 s clock skew, which is checked against real time).
+    server.state.clock.advance(31)
     renewed = SmartFhirHook().get_token()
-    assert renewed.value != first.value and seen(server, TOKEN_PATH) == 2
+    assert renewed.value != first.value
+    assert seen(server, TOKEN_PATH) == 2
 
 
 # --- an https FHIR server that advertises an http token endpoint -----------------------------------

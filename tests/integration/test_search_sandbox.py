@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_smart.fhir.errors import FhirError
 from airflow_provider_smart.fhir.search import parse_instant
 from airflow_provider_smart.operators.search import FhirSearchOperator, interval_label
 from airflow_provider_smart.sandbox.server import SandboxServer
@@ -169,8 +170,12 @@ def test_a_lasting_outage_fails_the_run_and_commits_nothing(
     sandbox.state.faults.fail("/fhir/Observation*", status=503, times=None)
     op = operator(tmp_path, page_retries=1)
     op.get_http = lambda: _quick(op)  # type: ignore[method-assign]
-    with pytest.raises(Exception, match="503"):
+    with pytest.raises(
+        FhirError,
+        match=r"^search page 1 \(http://\S+/fhir/Observation\) failed 2 times .* answered HTTP 503 \(gave up: ",
+    ) as info:
         op.execute(ctx())
+    assert str(info.value).endswith("error/transient: sandbox fault: status 503 made on purpose")
     assert not (tmp_path / "out" / "Observation" / "run").exists()
 
 
@@ -185,7 +190,11 @@ def _quick(op: FhirSearchOperator, max_retries: int = 1) -> Any:
 def test_unknown_parameter_stops_with_the_operation_outcome_text(
     sandbox: SandboxServer, smart_client: SmartClient, tmp_path: Path
 ) -> None:
-    with pytest.raises(Exception, match="colour") as info:
+    with pytest.raises(
+        FhirError,
+        match=r"^search page 1 of Observation\?colour=… failed: GET http://\S+/fhir/Observation answered HTTP 400: "
+        r"error/not-supported: unknown search parameter 'colour' for Observation",
+    ) as info:
         operator(tmp_path, search_params={"colour": "red"}).execute(ctx())
     assert "Bearer" not in str(info.value)
     assert not (tmp_path / "out" / "Observation").exists()
@@ -363,8 +372,12 @@ def test_watermark_on_s3_stays_put_after_a_failed_run(
 
     fresh_sandbox.state.faults.fail("/fhir/Observation*", status=503, times=None)
     op.get_http = lambda: _quick(op)  # type: ignore[method-assign]
-    with pytest.raises(Exception, match="503"):
+    with pytest.raises(
+        FhirError,
+        match=r"^search page 1 \(http://\S+/fhir/Observation\) failed 2 times .* answered HTTP 503 \(gave up: ",
+    ) as info:
         op.execute(ctx("r2"))
+    assert str(info.value).endswith("error/transient: sandbox fault: status 503 made on purpose")
     assert not [key for key in moto_s3.keys("wm/") if "/r2/" in key]  # nothing of the failed run committed
     fresh_sandbox.state.faults.reset()
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from airflow_provider_smart.views import ViewError, run_view
+from tests.conftest import CONFORMANCE_PROPERTY
 from tests.unit.views import conformance
-from tests.unit.views.conftest import RESULTS
 
 _MISSING = conformance.suite_missing()
 _CASES = [] if _MISSING else conformance.load_cases()
@@ -30,9 +32,9 @@ def _outcome(case: conformance.Case) -> tuple[bool, str]:
 
 @pytest.mark.skipif(bool(_MISSING), reason=_MISSING or "")
 @pytest.mark.parametrize("case", _CASES, ids=[c.id for c in _CASES])
-def test_conformance(case: conformance.Case) -> None:
+def test_conformance(case: conformance.Case, record_property: Callable[[str, object], None]) -> None:
     ok, why = _outcome(case)
-    RESULTS[case.id] = ok
+    record_property(CONFORMANCE_PROPERTY, ok)  # tallied by tests/conftest.py, across xdist workers too
     if not ok:
         if "shareable" in case.tags:
             pytest.fail(why)

@@ -1,0 +1,115 @@
+"""Running compiled views in DuckDB (imported here, inside task code only: DAG parsing never loads it).
+
+One connection per run: ``memory_limit`` bounds DuckDB's memory and ``temp_directory`` (the task's temp
+dir) is where it spills. Without the ICU extension DuckDB reads a dateTime without a zone as UTC, as
+``views/arrow.py`` does. Errors DuckDB raises while a view runs (a column with two values, a value that does
+not fit its declared type) become :class:`ViewError` with DuckDB's text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_smart.views.errors import ViewError
+from airflow_provider_smart.views.sql.compiler import CompiledView, compile_sql
+from airflow_provider_smart.views.sql.expressions import literal
+
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
+
+DEFAULT_MEMORY_LIMIT = "1GB"
+BATCH_ROWS = 65536
+
+
+def connect(
+    temp_directory: str | None = None, memory_limit: str = DEFAULT_MEMORY_LIMIT, threads: int | None = None
+) -> duckdb.DuckDBPyConnection:
+    import duckdb
+
+    config: dict[str, Any] = {"memory_limit": memory_limit}
+    if temp_directory is not None:
+        config["temp_directory"] = temp_directory
+    if threads is not None:
+        config["threads"] = threads
+    return duckdb.connect(":memory:", config=config)
+
+
+def ndjson_source(files: Sequence[str], compiled: CompiledView) -> str:
+    """``read_json`` over NDJSON files (plain or gzipped) reading only the elements the view uses."""
+    if not files:
+        raise ValueError("no NDJSON files to read")
+    paths = "[" + ", ".join(literal(str(f)) for f in files) + "]"
+    columns = "{" + ", ".join(f"{literal(k)}: {literal(v)}" for k, v in compiled.columns_spec.items()) + "}"
+    return f"read_json({paths}, format = 'newline_delimited', columns = {columns})"
+
+
+def view_sql(compiled: CompiledView, files: Sequence[str]) -> str:
+    """The whole query over ``files``: what ``smart-fhir view-sql`` prints."""
+    return compiled.query(ndjson_source(files, compiled))
+
+
+def _view_error(exc: Exception, compiled: CompiledView) -> ViewError:
+    from airflow_provider_smart.fhir.sanitize import safe_text
+
+    return ViewError(f"view {compiled.plan.name!r} failed in DuckDB: {safe_text(str(exc), limit=400)}")
+
+
+def run_rows(view: Any, resources: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``run_view`` on DuckDB: the rows of ``view`` over in-memory resources, values as the evaluator gives them.
+
+    Raises :class:`~airflow_provider_smart.views.sql.ViewCompileError` when the view cannot be compiled.
+    """
+    import duckdb
+
+    compiled = compile_sql(view, values="json")
+    wanted = compiled.plan.resource
+    names = compiled.plan.column_names
+    with tempfile.TemporaryDirectory(prefix="fhir-view-") as scratch:
+        path = os.path.join(scratch, "resources.ndjson")
+        count = 0
+        with open(path, "w", encoding="utf-8") as out:
+            for resource in resources:
+                if isinstance(resource, dict) and resource.get("resourceType") == wanted:
+                    out.write(json.dumps(resource) + "\n")
+                    count += 1
+        if not count:
+            return []
+        con = connect(scratch)
+        try:
+            result = con.execute(view_sql(compiled, [path])).fetchall()
+        except duckdb.Error as exc:
+            raise _view_error(exc, compiled) from None
+        finally:
+            con.close()
+    return [{n: _plain(v) for n, v in zip(names, row, strict=True)} for row in result]
+
+
+def _plain(value: Any) -> Any:
+    """A json-mode value (JSON text, or a list of JSON texts for a collection) as the evaluator gives it."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [json.loads(v) for v in value if v is not None]
+    return json.loads(value)
+
+
+def iter_batches(
+    compiled: CompiledView, files: Sequence[str], con: duckdb.DuckDBPyConnection, schema: pa.Schema
+) -> Iterator[pa.RecordBatch]:
+    """The view's rows over NDJSON ``files`` as Arrow batches of the table ``schema`` (bounded by BATCH_ROWS)."""
+    import duckdb
+    import pyarrow as pa
+
+    try:
+        reader = con.sql(view_sql(compiled, files)).to_arrow_reader(BATCH_ROWS)
+        for batch in reader:
+            if batch.num_rows:
+                arrays = [col.cast(field.type) for col, field in zip(batch.columns, schema, strict=True)]
+                yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+    except duckdb.Error as exc:
+        raise _view_error(exc, compiled) from None

@@ -134,16 +134,16 @@ class _ViewCompiler:
             return f"list_transform({as_list(e)}, lambda {x}: {inner})"
         if e.sql == "NULL":
             return f"CAST(NULL AS {self._sql_type(spec)})"
-        many_message = (
-            f'column {spec.name!r} got more than one value for one row; set "collection": true on the column '
-            "to keep them as a list, or narrow the path (e.g. with first() or where())"
+        if not e.many:
+            return self._value(e.sql, e.type, spec)
+        # The evaluator's message, with the count DuckDB computes.
+        head = literal(f"column {spec.name!r} got ")
+        tail = literal(
+            ' values for one row; set "collection": true on the column to keep them as a list, '
+            "or narrow the path (e.g. with first() or where())"
         )
-        one = as_one(e, many_message) if not e.many else self._single(e, many_message)
+        one = f"(CASE WHEN len({e.sql}) > 1 THEN error(concat({head}, len({e.sql}), {tail})) ELSE ({e.sql})[1] END)"
         return self._value(one, e.type, spec)
-
-    @staticmethod
-    def _single(e: Expr, message: str) -> str:
-        return f"(CASE WHEN len({e.sql}) > 1 THEN error({literal(message)}) ELSE ({e.sql})[1] END)"
 
     def _value(self, value: str, kind: str | None, spec: ColumnSpec) -> str:
         if self.values == "json":

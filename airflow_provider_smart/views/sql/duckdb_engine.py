@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_smart.views.errors import ViewError
 from airflow_provider_smart.views.sql.compiler import CompiledView, compile_sql
-from airflow_provider_smart.views.sql.expressions import literal
+from airflow_provider_smart.views.sql.expressions import literal, quote
 
 if TYPE_CHECKING:
     import duckdb
@@ -48,8 +48,41 @@ def ndjson_source(files: Sequence[str], compiled: CompiledView) -> str:
     return f"read_json({paths}, format = 'newline_delimited', columns = {columns})"
 
 
-def view_sql(compiled: CompiledView, files: Sequence[str]) -> str:
-    """The whole query over ``files``: what ``smart-fhir view-sql`` prints."""
+def parquet_source(files: Sequence[str], compiled: CompiledView, present: Sequence[str] | None = None) -> str:
+    """This package's typed Parquet, each element the view reads cast to the NDJSON reader's type.
+
+    The Parquet schema is as wide as the data (an element that never appeared has no column) and as
+    typed as FHIR R4, so a cast by field name fits it to the view's spec: fields the files lack read as
+    NULL. ``present`` lists the files' top-level columns (None: assume all are there).
+    """
+    if not files:
+        raise ValueError("no Parquet files to read")
+    paths = "[" + ", ".join(literal(str(f)) for f in files) + "]"
+    columns = []
+    for name, sql_type in compiled.columns_spec.items():
+        value = f"p.{quote(name)}" if present is None or name in present else "NULL"
+        columns.append(f"CAST({value} AS {sql_type}) AS {quote(name)}")
+    # Every path is a quoted literal and every name a quoted identifier: nothing is spliced in raw.
+    return f"(SELECT {', '.join(columns)} FROM read_parquet({paths}, union_by_name = true) AS p)"  # noqa: S608
+
+
+def is_parquet(files: Sequence[str]) -> bool:
+    kinds = {str(f).endswith(".parquet") for f in files}
+    if len(kinds) > 1:
+        raise ValueError("the source mixes NDJSON and Parquet files; point the view at one or the other")
+    return kinds == {True}
+
+
+def parquet_columns(con: duckdb.DuckDBPyConnection, files: Sequence[str]) -> list[str]:
+    paths = "[" + ", ".join(literal(str(f)) for f in files) + "]"
+    query = f"DESCRIBE SELECT * FROM read_parquet({paths}, union_by_name = true)"  # noqa: S608 (quoted literals)
+    return [row[0] for row in con.sql(query).fetchall()]
+
+
+def view_sql(compiled: CompiledView, files: Sequence[str], present: Sequence[str] | None = None) -> str:
+    """The whole query over NDJSON or Parquet ``files``: what ``smart-fhir view-sql`` prints."""
+    if is_parquet(files):
+        return compiled.query(parquet_source(files, compiled, present))
     return compiled.query(ndjson_source(files, compiled))
 
 
@@ -106,7 +139,8 @@ def iter_batches(
     import pyarrow as pa
 
     try:
-        reader = con.sql(view_sql(compiled, files)).to_arrow_reader(BATCH_ROWS)
+        present = parquet_columns(con, files) if is_parquet(files) else None
+        reader = con.sql(view_sql(compiled, files, present)).to_arrow_reader(BATCH_ROWS)
         for batch in reader:
             if batch.num_rows:
                 arrays = [col.cast(field.type) for col, field in zip(batch.columns, schema, strict=True)]

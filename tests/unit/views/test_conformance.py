@@ -21,7 +21,7 @@ def _outcome(case: conformance.Case, engine: str = "python") -> tuple[bool, str]
 
             rows = run_rows(case.view, case.resources)
         else:
-            rows = run_view(case.view, case.resources)
+            rows = run_view(case.view, case.resources, engine="python")
     except ViewCompileError:
         raise
     except ViewError as exc:

@@ -182,12 +182,14 @@ class FhirViewRunOperator(BaseOperator):
             except ViewCompileError as exc:
                 reason = f"the SQL compiler refused it: {exc}"
         if reason is None and files:
-            from airflow_provider_smart.views.sql.duckdb_engine import is_parquet
+            from airflow_provider_smart.views.sql.duckdb_engine import files_of_type, is_parquet
 
             try:
                 is_parquet([f.path for f in files])
             except ValueError as exc:
                 reason = str(exc)
+            if reason is None and not files_of_type(files, plan.resource):
+                reason = f"not every source file is named for {plan.resource} (e.g. {plan.resource}.000.ndjson)"
         if reason is None:
             self.log.info("view %s: engine duckdb (SQL compiled from the ViewDefinition)", plan.name)
             return compiled

@@ -163,3 +163,38 @@ def test_a_failing_duckdb_view_commits_nothing_of_its_resource_type(tmp_path: Pa
     out = tmp_path / "out"
     assert not list(out.rglob("_SUCCESS"))
     assert not [p for p in out.rglob("*.parquet") if not p.name.startswith("_")]
+
+
+def test_view_sql_command_prints_sql_that_duckdb_runs_as_the_view(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import duckdb
+
+    from airflow_provider_smart.cli import main
+
+    _source(tmp_path)
+    (tmp_path / "src" / "Patient" / "Observation.000.ndjson").write_text(json.dumps({"resourceType": "Observation"}))
+    assert main(["view-sql", "patient_demographics", "--source", str(tmp_path / "src")]) == 0
+    sql = capsys.readouterr().out
+    assert "Patient.000.ndjson" in sql and "Observation.000.ndjson" not in sql
+    rows = duckdb.connect().execute(sql).fetchall()
+    assert sorted(r[0] for r in rows) == ["p1", "p2"]
+    expected = run_view(library.load("patient_demographics"), [PATIENT], engine="python")[0]
+    assert rows[0][6] == expected["given"] == "A B"
+
+    assert main(["view-sql", "no_such_view"]) == 1
+    assert "neither a shipped view" in capsys.readouterr().err
+    assert main(["view-sql", "patient_demographics", "--source", str(tmp_path / "src" / "nothing")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_source_not_named_for_the_type_runs_on_the_evaluator(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = tmp_path / "src"
+    directory.mkdir()
+    lines = [json.dumps(PATIENT), json.dumps({"resourceType": "Observation", "id": "o1", "code": {"text": "x"}})]
+    (directory / "everything.ndjson").write_text("\n".join(lines))
+    result = _operator(tmp_path, ["patient_demographics"], "auto").execute({})  # type: ignore[arg-type]
+    assert result["views"]["patient_demographics"]["engine"] == "python"
+    assert "not every source file is named for Patient" in capsys.readouterr().out

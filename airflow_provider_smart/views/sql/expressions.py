@@ -380,10 +380,7 @@ class SqlExpressions:
             key = reference_key_sql(x, wanted)
             mapped = f"list_transform({reference.sql}, lambda {x}: {key})"
             return Expr(f"list_filter({mapped}, lambda {x}: {x} IS NOT NULL)", True, "string")
-        x = fresh()
-        return Expr(
-            f"(list_transform([{reference.sql}], lambda {x}: {reference_key_sql(x, wanted)}))[1]", False, "string"
-        )
+        return Expr(reference_key_sql(reference.sql, wanted), False, "string")
 
     # -- operators --------------------------------------------------------------------------------------
     def boolean(self, e: Expr, what: str) -> str:
@@ -444,21 +441,21 @@ class SqlExpressions:
 
 
 def reference_key_sql(ref: str, wanted: str | None) -> str:
-    """SQL for ``reference_id``: the id a reference string points at (see views.fhirpath.functions)."""
-    p = fresh("p")
-    q = fresh("q")
-    typed = f"WHEN {q}[-2] <> {literal(wanted)} THEN NULL " if wanted is not None else ""
-    strip_history = (
-        f"list_transform([string_split({ref}, '/')], lambda {p}: "
-        f"CASE WHEN len({p}) >= 4 AND {p}[-2] = '_history' THEN list_slice({p}, 1, len({p}) - 2) ELSE {p} END)[1]"
-    )
-    by_parts = (
-        f"list_transform([{strip_history}], lambda {q}: "
-        f"CASE WHEN len({q}) < 2 OR {q}[-1] = '' THEN NULL {typed}ELSE {q}[-1] END)[1]"
-    )
+    """SQL for ``reference_id`` (views.fhirpath.functions): the id a reference string points at.
+
+    Written with string functions, no lambdas: ``ref`` is a cheap field access, repeated rather than bound.
+    ``Type/id``, ``.../Type/id/_history/v`` and ``urn:uuid:id`` give ``id``; with ``wanted``, a typed
+    reference of another type gives NULL.
+    """
+    if wanted is not None and not wanted.isalnum():
+        raise ViewCompileError(f"getReferenceKey({wanted}): not a resource type name")
+    # Drop a trailing /_history/<version> when at least Type/id is left before it.
+    plain = f"regexp_replace({ref}, '^(.*/.*)/_history/[^/]*$', '\\1')"
+    typed = f"WHEN NOT regexp_matches({plain}, '(^|/){wanted}/[^/]*$') THEN NULL " if wanted is not None else ""
     return (
         f"(CASE WHEN {ref} IS NULL OR {ref} = '' THEN NULL "
         f"WHEN starts_with({ref}, 'urn:uuid:') THEN substr({ref}, 10) "
         f"WHEN starts_with({ref}, 'urn:oid:') THEN substr({ref}, 9) "
-        f"ELSE {by_parts} END)"
+        f"WHEN NOT contains({plain}, '/') OR ends_with({plain}, '/') THEN NULL "
+        f"{typed}ELSE regexp_extract({plain}, '[^/]*$') END)"
     )

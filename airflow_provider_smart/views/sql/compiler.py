@@ -312,9 +312,9 @@ class _ViewCompiler:
         names = self.plan.column_names
         selects = []
         for joins, columns in branches:
-            listed = ", ".join(f"{columns[n]} AS {quote(n)}" for n in names)
+            listed = ",\n  ".join(f"{columns[n]} AS {quote(n)}" for n in names)
             selects.append(
-                f"SELECT {listed}\nFROM {SOURCE} AS src\n"
+                f"SELECT\n  {listed}\nFROM {SOURCE} AS src\n"
                 + "".join(f"{j}\n" for j in joins)
                 + f"WHERE {' AND '.join(wheres)}"
             )

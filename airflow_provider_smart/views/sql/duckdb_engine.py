@@ -61,8 +61,8 @@ def ndjson_source(files: Sequence[str], compiled: CompiledView) -> str:
     if not files:
         raise ValueError("no NDJSON files to read")
     paths = "[" + ", ".join(literal(str(f)) for f in files) + "]"
-    columns = "{" + ", ".join(f"{literal(k)}: {literal(v)}" for k, v in compiled.columns_spec.items()) + "}"
-    return f"read_json({paths}, format = 'newline_delimited', columns = {columns})"
+    columns = ",\n    ".join(f"{literal(k)}: {literal(v)}" for k, v in compiled.columns_spec.items())
+    return f"read_json({paths}, format = 'newline_delimited', columns = {{\n    {columns}\n  }})"
 
 
 def parquet_source(files: Sequence[str], compiled: CompiledView, present: Sequence[str] | None = None) -> str:

@@ -27,6 +27,7 @@ from airflow_provider_smart.views.sql.expressions import (
     as_one,
     fresh,
     literal,
+    model_elements,
     quote,
 )
 
@@ -306,6 +307,11 @@ class _ViewCompiler:
                 e = SqlExpressions(text).compile(scope)
             except ViewCompileError as exc:
                 raise ViewCompileError(f"where[{i}]: {exc}") from None
+            if (e.type in LEAF_SQL and e.type != "boolean") or model_type(e.type):
+                raise ViewError(
+                    f"where path {text!r} must give true or false, not {e.type} values; "
+                    "compare or test it, e.g. 'name.family.exists()'"
+                )
             if e.type != "boolean":
                 raise ViewCompileError(f"where[{i}]: a path that does not give a boolean cannot be compiled to SQL")
             wheres.append(f"coalesce({as_one(e, f'where path {text!r}')}, false)")
@@ -333,6 +339,11 @@ class _ViewCompiler:
             base = LEAF_SQL.get(child, "JSON") if isinstance(child, str) else child.sql_type()
             spec[name] = f"{base}{'[]' if self.needs.arrays[name] else ''}"
         return spec
+
+
+def model_type(name: str | None) -> bool:
+    """Whether ``name`` is a complex type or resource of the R4 model (not a primitive)."""
+    return name is not None and name not in LEAF_SQL and bool(model_elements(name))
 
 
 def _without_union(select: SelectPlan) -> SelectPlan:

@@ -1,4 +1,4 @@
-"""The ``smart-fhir`` command: key generation, public JWKS, a token check, and the local sandbox server."""
+"""The ``smart-fhir`` command: key generation, public JWKS, a token check, a view's SQL, and the local sandbox."""
 
 from __future__ import annotations
 
@@ -123,6 +123,48 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _view_sql(args: argparse.Namespace) -> int:
+    from airflow_provider_smart.views import library
+    from airflow_provider_smart.views.sql import compile_sql
+    from airflow_provider_smart.views.sql.duckdb_engine import files_of_type, is_parquet, view_sql
+
+    if args.view in library.names():
+        view = library.load(args.view)
+    else:
+        path = Path(args.view)
+        if not path.is_file():
+            raise ValueError(f"{args.view!r} is neither a shipped view ({', '.join(library.names())}) nor a JSON file")
+        view = json.loads(path.read_text(encoding="utf-8"))
+    compiled = compile_sql(view)
+    present = None
+    if args.source is None:
+        files = [f"{compiled.plan.resource}.ndjson"]
+    else:
+        with contextlib.redirect_stdout(sys.stderr):  # Airflow's logging must not mix into the SQL
+            from airflow.sdk import ObjectStoragePath
+
+            from airflow_provider_smart.views.sources import source_files
+
+            found = source_files(ObjectStoragePath(Path(args.source).resolve().as_uri()), compiled.plan.resource)
+        # Only the files whose name tells the view's type (see duckdb_engine.files_of_type).
+        files = [f.path for f in found if files_of_type([f], compiled.plan.resource)]
+        if not files:
+            raise ValueError(
+                f"no NDJSON or Parquet file named for {compiled.plan.resource} under {args.source} "
+                f"(e.g. {compiled.plan.resource}.000.ndjson or {compiled.plan.resource}/<run>/part-00000.parquet)"
+            )
+        if is_parquet(files):
+            from airflow_provider_smart.views.sql.duckdb_engine import connect, parquet_columns
+
+            con = connect()
+            try:
+                present = parquet_columns(con, files)
+            finally:
+                con.close()
+    print(view_sql(compiled, files, present) + ";")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smart-fhir", description="SMART Backend Services helpers for airflow-provider-smart."
@@ -146,6 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--scope", help="scopes to request instead of the connection's")
     token.add_argument("--show-token", action="store_true", help="also print the access token (a secret!)")
     token.set_defaults(func=_token)
+
+    sql = sub.add_parser("view-sql", help="print the DuckDB SQL of a ViewDefinition over NDJSON or Parquet files")
+    sql.add_argument("view", help="a shipped view name (e.g. observations) or a ViewDefinition JSON file")
+    sql.add_argument(
+        "--source",
+        help="a local file or directory (<root>/<ResourceType>/...) of NDJSON or this package's Parquet "
+        "(default: <ResourceType>.ndjson in the current directory)",
+    )
+    sql.set_defaults(func=_view_sql)
 
     sub.add_parser("sandbox", help="run the local SMART/FHIR sandbox server (see: smart-fhir sandbox --help)")
     return parser

@@ -112,27 +112,45 @@ def _restore_secret_masker() -> Iterator[None]:
     cache.clear()
 
 
-#: The user property each SQL on FHIR conformance case records (True: passed); tallied below.
-CONFORMANCE_PROPERTY = "sql_on_fhir_conformance"
-_conformance: dict[str, bool] = {}
+#: The user properties each SQL on FHIR conformance case records; tallied below.
+CONFORMANCE_PROPERTY = "sql_on_fhir_conformance"  # the Python evaluator: True when the case passed
+CONFORMANCE_SQL_PROPERTY = "sql_on_fhir_conformance_duckdb"  # the SQL compiler on DuckDB: True when passed
+CONFORMANCE_REFUSED_PROPERTY = "sql_on_fhir_conformance_refused"  # "<shareable>|<why the compiler refused>"
+_conformance: dict[str, dict[str, object]] = {
+    CONFORMANCE_PROPERTY: {},
+    CONFORMANCE_SQL_PROPERTY: {},
+    CONFORMANCE_REFUSED_PROPERTY: {},
+}
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """Collect conformance outcomes where reports arrive: in a serial run's only process, and in the xdist
     controller (which receives every worker's reports but runs no test itself)."""
     for name, value in report.user_properties:
-        if name == CONFORMANCE_PROPERTY:
-            _conformance[report.nodeid] = bool(value)
+        if name in _conformance:
+            _conformance[name][report.nodeid] = value
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not _conformance:
+    python, sql, refused = (_conformance[k] for k in _conformance)
+    if not (python or sql or refused):
         return
     from tests.unit.views import conformance
 
-    total = len(conformance.load_cases()) if conformance.suite_missing() is None else len(_conformance)
+    total = len(conformance.load_cases()) if conformance.suite_missing() is None else len(python)
     terminalreporter.write_sep("=", "SQL on FHIR v2")
-    terminalreporter.write_line(f"SQL on FHIR v2 conformance: {sum(_conformance.values())}/{total} passed")
+    if python:
+        passed = sum(bool(v) for v in python.values())
+        terminalreporter.write_line(f"SQL on FHIR v2 conformance (Python evaluator): {passed}/{total} passed")
+    if sql or refused:
+        passed = sum(bool(v) for v in sql.values())
+        shareable = sum(str(v).startswith("True|") for v in refused.values())
+        terminalreporter.write_line(
+            f"SQL on FHIR v2 conformance (DuckDB SQL): {passed}/{total} passed, "
+            f"{len(refused)} refused at compile time ({shareable} of them shareable)"
+        )
+        for nodeid, why in sorted(refused.items()):
+            terminalreporter.write_line(f"  refused: {nodeid.rsplit('[', 1)[-1].rstrip(']')}: {str(why).split('|', 1)[-1]}")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -14,11 +14,20 @@ from airflow_provider_smart.storage.paths import safe_segment
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
-    from airflow_provider_smart.views import ViewPlan
+    from airflow_provider_smart.views import ViewPlan, ViewRunner
+    from airflow_provider_smart.views.sql import CompiledView
+    from airflow_provider_smart.views.writer import ViewTableWriter
+
+
+ENGINES = ("auto", "duckdb", "python")
 
 
 def _storage_uri(path: ObjectStoragePath) -> str:
     return f"{path.protocol or 'file'}://{path.path}".rstrip("/")
+
+
+def _is_local(path: ObjectStoragePath) -> bool:
+    return (path.protocol or "file") in ("file", "local")
 
 
 class FhirViewRunOperator(BaseOperator):
@@ -47,6 +56,11 @@ class FhirViewRunOperator(BaseOperator):
     :param destination_conn_id: Airflow connection for the destination store. (templated)
     :param asset_alias: name of the ``AssetAlias`` each view table is attached to (default
         ``fhir-views/<dag_id>/<task_id>``).
+    :param engine: ``"auto"`` (default) runs a view as SQL in DuckDB when the SQL compiler accepts it, the
+        source is on the local filesystem and DuckDB is installed (the ``views`` extra), and on the Python
+        evaluator otherwise; ``"duckdb"`` requires DuckDB (an error names why it cannot run);
+        ``"python"`` always uses the evaluator. The task log says which engine ran each view.
+    :param duckdb_memory_limit: DuckDB's ``memory_limit``; past it DuckDB spills to the task's temp dir.
     """
 
     template_fields: Sequence[str] = (
@@ -72,9 +86,15 @@ class FhirViewRunOperator(BaseOperator):
         source_conn_id: str | None = None,
         destination_conn_id: str | None = None,
         asset_alias: str | None = None,
+        engine: str = "auto",
+        duckdb_memory_limit: str = "1GB",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        self.engine = engine
+        self.duckdb_memory_limit = duckdb_memory_limit
         self.views = views
         self.source = source
         self.destination = destination
@@ -122,9 +142,7 @@ class FhirViewRunOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_smart.storage.paths import resolve_output
-        from airflow_provider_smart.views import ViewRunner
-        from airflow_provider_smart.views.sources import iter_file, source_files
-        from airflow_provider_smart.views.writer import ViewTableWriter
+        from airflow_provider_smart.views.sources import source_files
 
         plans = self._load_views()
         run = safe_segment(str(self.run or context.get("run_id") or "manual"))
@@ -136,31 +154,124 @@ class FhirViewRunOperator(BaseOperator):
         results: dict[str, dict[str, Any]] = {}
         for resource_type, group in by_type.items():
             files = source_files(source, resource_type, self.source_label)
-            runners = [(ViewRunner(p), ViewTableWriter(p, destination, run)) for p in group]
-            for _, writer in runners:
-                writer.start()
-            resources = 0
-            try:
-                for path in files:
-                    for resource in iter_file(path):
-                        if resource.get("resourceType") != resource_type:
-                            continue
-                        resources += 1
-                        for runner, writer in runners:
-                            writer.add(runner.rows(resource))
-                for _, writer in runners:
-                    summary = {"run": run, "resources_read": resources, "files": len(files)}
-                    results[writer.plan.name] = writer.commit(summary)
-                    results[writer.plan.name]["directory"] = _storage_uri(writer.directory)
-            except BaseException as exc:
-                for _, writer in runners:
-                    writer.abort(exc)
-                raise
-            self.log.info("%s: %d resources from %d files", resource_type, resources, len(files))
+            engines = {plan.name: self._sql_engine(plan, files) for plan in group}
+            results.update(self._run_group(resource_type, group, engines, files, destination, run))
         self._emit_asset_events(context, destination, results)
         for name, result in results.items():
             self.log.info("view %s: %d rows -> %s", name, result["rows"], result["directory"])
         return {"run": run, "views": results}
+
+    def _sql_engine(self, plan: ViewPlan, files: list[ObjectStoragePath]) -> CompiledView | None:
+        """The compiled view when it runs on DuckDB; None (logged with the reason) when the evaluator runs it."""
+        if self.engine == "python":
+            self.log.info("view %s: engine python (engine='python')", plan.name)
+            return None
+        reason = None
+        compiled = None
+        try:
+            import duckdb  # noqa: F401
+        except ImportError:
+            reason = "DuckDB is not installed: pip install 'airflow-provider-smart[views]'"
+        if reason is None and any(not _is_local(f) for f in files):
+            reason = "DuckDB reads local files only; the source is on remote storage"
+        if reason is None:
+            from airflow_provider_smart.views.sql import ViewCompileError, compile_sql
+
+            try:
+                compiled = compile_sql(plan)
+            except ViewCompileError as exc:
+                reason = f"the SQL compiler refused it: {exc}"
+        if reason is None and files:
+            from airflow_provider_smart.views.sql.duckdb_engine import files_of_type, is_parquet
+
+            try:
+                is_parquet([f.path for f in files])
+            except ValueError as exc:
+                reason = str(exc)
+            if reason is None and not files_of_type(files, plan.resource):
+                reason = f"not every source file is named for {plan.resource} (e.g. {plan.resource}.000.ndjson)"
+        if reason is None:
+            self.log.info("view %s: engine duckdb (SQL compiled from the ViewDefinition)", plan.name)
+            return compiled
+        if self.engine == "duckdb":
+            raise ValueError(f"view {plan.name!r} cannot run on DuckDB (engine='duckdb'): {reason}")
+        self.log.info("view %s: engine python (%s)", plan.name, reason)
+        return None
+
+    def _run_group(
+        self,
+        resource_type: str,
+        plans: list[ViewPlan],
+        engines: dict[str, CompiledView | None],
+        files: list[ObjectStoragePath],
+        destination: ObjectStoragePath,
+        run: str,
+    ) -> dict[str, dict[str, Any]]:
+        """Every view over one resource type; all are committed together or, on an error, none is."""
+        from airflow_provider_smart.views import ViewRunner
+        from airflow_provider_smart.views.writer import ViewTableWriter
+
+        writers = {p.name: ViewTableWriter(p, destination, run) for p in plans}
+        for writer in writers.values():
+            writer.start()
+        summaries: dict[str, dict[str, Any]] = {}
+        try:
+            for plan in plans:
+                compiled = engines[plan.name]
+                if compiled is not None:
+                    self._run_duckdb(compiled, files, writers[plan.name])
+                    summaries[plan.name] = {"run": run, "files": len(files), "engine": "duckdb"}
+            evaluated = [(ViewRunner(p), writers[p.name]) for p in plans if engines[p.name] is None]
+            if evaluated:
+                resources = self._run_python(evaluated, resource_type, files)
+                for runner, _ in evaluated:
+                    summaries[runner.plan.name] = {
+                        "run": run,
+                        "resources_read": resources,
+                        "files": len(files),
+                        "engine": "python",
+                    }
+            results = {}
+            for name, writer in writers.items():
+                results[name] = writer.commit(summaries[name])
+                results[name]["directory"] = _storage_uri(writer.directory)
+        except BaseException as exc:
+            for writer in writers.values():
+                writer.abort(exc)
+            raise
+        return results
+
+    def _run_duckdb(self, compiled: CompiledView, files: list[ObjectStoragePath], writer: ViewTableWriter) -> None:
+        import tempfile
+
+        from airflow_provider_smart.views.sql.duckdb_engine import connect, iter_batches
+
+        if not files:
+            return
+        # DuckDB spills past its memory limit into the task's own temp dir, removed when the view is done.
+        with tempfile.TemporaryDirectory(prefix="fhir-view-duckdb-") as spill:
+            con = connect(spill, memory_limit=self.duckdb_memory_limit)
+            try:
+                for batch in iter_batches(compiled, [f.path for f in files], con, writer.builder.schema):
+                    writer.add_batch(batch)
+            finally:
+                con.close()
+
+    def _run_python(
+        self, runners: list[tuple[ViewRunner, ViewTableWriter]], resource_type: str, files: list[ObjectStoragePath]
+    ) -> int:
+        from airflow_provider_smart.views.sources import iter_file
+
+        resources = 0
+        for path in files:
+            for resource in iter_file(path):
+                if resource.get("resourceType") != resource_type:
+                    continue
+                resources += 1
+                for runner, writer in runners:
+                    writer.add(runner.rows(resource))
+        self.log.info("%s: %d resources from %d files (Python evaluator)", resource_type, resources, len(files))
+        return resources
 
     def _emit_asset_events(self, context: Context, destination: ObjectStoragePath, results: dict[str, Any]) -> None:
         outlet_events = context.get("outlet_events")

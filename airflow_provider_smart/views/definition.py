@@ -29,6 +29,7 @@ class SelectPlan:
     where: str
     columns: list[tuple[ColumnSpec, Compiled]] = field(default_factory=list)
     for_each: Compiled | None = None
+    for_each_text: str | None = None  # the forEach/forEachOrNull path as written (the SQL compiler reads it)
     or_null: bool = False
     repeat: list[Compiled] | None = None
     selects: list[SelectPlan] = field(default_factory=list)
@@ -91,8 +92,10 @@ class _Builder:
             raise ViewError(f"{where}: use only one of forEach, forEachOrNull and repeat, found {iterators}")
         if "forEach" in node:
             plan.for_each = self.expression(node["forEach"], f"{where}.forEach")
+            plan.for_each_text = node["forEach"]
         elif "forEachOrNull" in node:
             plan.for_each = self.expression(node["forEachOrNull"], f"{where}.forEachOrNull")
+            plan.for_each_text = node["forEachOrNull"]
             plan.or_null = True
         elif "repeat" in node:
             paths = node["repeat"]

@@ -51,6 +51,12 @@ class ViewTableWriter:
         if len(self._pending) >= BATCH_ROWS:
             self._flush()
 
+    def add_batch(self, batch: Any) -> None:
+        """Write an Arrow record batch already in the table's schema (rows computed by the SQL engine)."""
+        self._flush()
+        self._writer.write_batch(batch)
+        self.rows += batch.num_rows
+
     def _flush(self) -> None:
         if self._pending:
             self._writer.write_batch(self.builder.batch(self._pending))

@@ -45,6 +45,10 @@ def test_example_dag_exports_then_writes_typed_view_tables(
     for name in ("conditions", "encounters", "medication_requests"):
         marker = out / "views" / name / label / "_SUCCESS"
         assert json.loads(marker.read_text())["rows"] > 0, name
+    # Every shipped view compiles to SQL: the example DAG runs them all on DuckDB, and the log says so.
+    for name in ("patient_demographics", "observations", "conditions", "encounters", "medication_requests"):
+        assert json.loads((out / "views" / name / label / "_SUCCESS").read_text())["engine"] == "duckdb", name
+    assert "view observations: engine duckdb" in result.stdout + result.stderr
 
 
 BAD_VIEW_DAG = """

@@ -1,4 +1,5 @@
-"""Every official SQL on FHIR v2 test runs through ``run_view``; shareable ones must pass."""
+"""Every official SQL on FHIR v2 test runs through ``run_view`` and through the DuckDB SQL compiler; shareable
+ones must pass on both (a view the compiler refuses at compile time is counted and listed as refused)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,24 @@ from collections.abc import Callable
 import pytest
 
 from airflow_provider_smart.views import ViewError, run_view
-from tests.conftest import CONFORMANCE_PROPERTY
+from airflow_provider_smart.views.sql import ViewCompileError
+from tests.conftest import CONFORMANCE_PROPERTY, CONFORMANCE_REFUSED_PROPERTY, CONFORMANCE_SQL_PROPERTY
 from tests.unit.views import conformance
 
 _MISSING = conformance.suite_missing()
 _CASES = [] if _MISSING else conformance.load_cases()
 
 
-def _outcome(case: conformance.Case) -> tuple[bool, str]:
+def _outcome(case: conformance.Case, engine: str = "python") -> tuple[bool, str]:
     try:
-        rows = run_view(case.view, case.resources)
+        if engine == "duckdb":
+            from airflow_provider_smart.views.sql.duckdb_engine import run_rows
+
+            rows = run_rows(case.view, case.resources)
+        else:
+            rows = run_view(case.view, case.resources, engine="python")
+    except ViewCompileError:
+        raise
     except ViewError as exc:
         if case.expect_error:
             return True, ""
@@ -35,6 +44,22 @@ def _outcome(case: conformance.Case) -> tuple[bool, str]:
 def test_conformance(case: conformance.Case, record_property: Callable[[str, object], None]) -> None:
     ok, why = _outcome(case)
     record_property(CONFORMANCE_PROPERTY, ok)  # tallied by tests/conftest.py, across xdist workers too
+    if not ok:
+        if "shareable" in case.tags:
+            pytest.fail(why)
+        pytest.xfail(f"not shareable ({', '.join(case.tags)}): {why}")
+
+
+@pytest.mark.skipif(bool(_MISSING), reason=_MISSING or "")
+@pytest.mark.parametrize("case", _CASES, ids=[c.id for c in _CASES])
+def test_conformance_duckdb(case: conformance.Case, record_property: Callable[[str, object], None]) -> None:
+    """The same test through the SQL compiler and DuckDB; a compile-time refusal is listed, never wrong rows."""
+    try:
+        ok, why = _outcome(case, "duckdb")
+    except ViewCompileError as exc:
+        record_property(CONFORMANCE_REFUSED_PROPERTY, f"{'shareable' in case.tags}|{exc}")
+        pytest.skip(f"refused by the SQL compiler: {exc}")
+    record_property(CONFORMANCE_SQL_PROPERTY, ok)
     if not ok:
         if "shareable" in case.tags:
             pytest.fail(why)

@@ -1,0 +1,200 @@
+"""The SQL compiler and its DuckDB runs: same rows as the evaluator, refusals named at compile time."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from airflow_provider_smart.operators.views import FhirViewRunOperator
+from airflow_provider_smart.parquet.convert import convert_ndjson_to_parquet
+from airflow_provider_smart.views import ViewError, compile_view, iter_rows, library, run_view
+from airflow_provider_smart.views.arrow import BatchBuilder, arrow_schema
+from airflow_provider_smart.views.sql import ViewCompileError, compile_sql
+from airflow_provider_smart.views.sql.duckdb_engine import connect, iter_batches, run_rows
+from tests.conftest import SHARED_FIXTURES
+
+SYNTHEA = SHARED_FIXTURES / "synthea-100"
+PATIENT = {
+    "resourceType": "Patient",
+    "id": "p1",
+    "name": [{"use": "official", "family": "F", "given": ["A", "B"]}],
+    "birthDate": "1970-06",
+}
+
+
+def _view(*columns: tuple[str, str], **extra: Any) -> dict[str, Any]:
+    select = [{"column": [{"name": n, "path": p} for n, p in columns]}]
+    return {"resource": "Patient", "select": select, **extra}
+
+
+def _sorted_rows(table: pa.Table) -> list[str]:
+    return sorted(map(repr, table.to_pylist()))
+
+
+@pytest.mark.parametrize("name", library.names())
+def test_shipped_views_give_the_evaluators_typed_rows_from_ndjson_and_parquet(name: str, tmp_path: Path) -> None:
+    plan = compile_view(library.load(name))
+    ndjson = SYNTHEA / f"{plan.resource}.ndjson.gz"
+    with gzip.open(ndjson) as lines:
+        resources = [json.loads(line) for line in lines]
+    expected = pa.Table.from_batches([BatchBuilder(plan).batch(list(iter_rows(plan, resources)))])
+    assert expected.num_rows > 0
+    compiled = compile_sql(plan)
+    convert_ndjson_to_parquet(str(ndjson), str(tmp_path / "pq"), "r1")
+    parquet = sorted(str(p) for p in (tmp_path / "pq" / plan.resource / "r1").glob("*.parquet"))
+    for files in ([str(ndjson)], parquet):
+        con = connect(str(tmp_path))
+        got = pa.Table.from_batches(list(iter_batches(compiled, files, con, arrow_schema(plan))), arrow_schema(plan))
+        assert got.schema == expected.schema
+        assert _sorted_rows(got) == _sorted_rows(expected), files
+
+
+@pytest.mark.parametrize(
+    ("path", "refused"),
+    [
+        ("birthDate.lowBoundary()", "function lowBoundary()"),
+        ("name.family.matches('F')", "function matches()"),
+        ("deceased", "'deceased' (a choice element) without ofType()"),
+        ("nickname", "'nickname', which FHIR R4 Patient does not define"),
+    ],
+)
+def test_what_the_compiler_cannot_express_is_refused_naming_it(path: str, refused: str) -> None:
+    with pytest.raises(ViewCompileError, match=refused.replace("(", r"\(").replace(")", r"\)")) as caught:
+        compile_sql(_view(("x", path)))
+    assert "column[0] (x)" in str(caught.value)
+    # The evaluator still runs what the compiler refuses; "auto" falls back to it, "duckdb" does not.
+    if path != "nickname":
+        assert run_view(_view(("x", path)), [PATIENT], engine="auto") == run_view(
+            _view(("x", path)), [PATIENT], engine="python"
+        )
+    with pytest.raises(ViewCompileError):
+        run_view(_view(("x", path)), [PATIENT], engine="duckdb")
+
+
+def test_repeat_and_unknown_dialects_are_refused() -> None:
+    view = {"resource": "Questionnaire", "select": [{"repeat": ["item"], "column": [{"name": "l", "path": "linkId"}]}]}
+    with pytest.raises(ViewCompileError, match="'repeat' cannot be compiled"):
+        compile_sql(view)
+    with pytest.raises(ViewCompileError, match="dialect 'tsql' is not supported"):
+        compile_sql(_view(("id", "id")), dialect="tsql")
+
+
+def test_run_time_rules_fail_with_the_evaluators_message() -> None:
+    with pytest.raises(ViewError, match=r"column 'given' got 2 values for one row; set \"collection\": true"):
+        run_rows(_view(("given", "name.given")), [PATIENT])
+    with pytest.raises(ViewError, match="complex element"):
+        compile_sql(_view(("name", "name")))
+    typed = {"resource": "Patient", "select": [{"column": [{"name": "b", "path": "gender", "type": "integer"}]}]}
+    with pytest.raises(ViewCompileError, match="column 'b': a string value declared integer"):
+        compile_sql(typed)
+
+
+def test_partial_dates_are_stored_as_their_first_day(tmp_path: Path) -> None:
+    source = tmp_path / "Patient.ndjson"
+    source.write_text(json.dumps(PATIENT) + "\n")
+    view = {"resource": "Patient", "select": [{"column": [{"name": "b", "path": "birthDate", "type": "date"}]}]}
+    plan = compile_view(view)
+    batches = list(iter_batches(compile_sql(plan), [str(source)], connect(str(tmp_path)), arrow_schema(plan)))
+    assert pa.Table.from_batches(batches).column("b").to_pylist() == [__import__("datetime").date(1970, 6, 1)]
+
+
+def _operator(tmp_path: Path, views: list[Any], engine: str) -> FhirViewRunOperator:
+    return FhirViewRunOperator(
+        task_id="v",
+        views=views,
+        source=str(tmp_path / "src"),
+        destination=str(tmp_path / "out"),
+        run="r1",
+        engine=engine,
+    )
+
+
+def _source(tmp_path: Path) -> None:
+    directory = tmp_path / "src" / "Patient"
+    directory.mkdir(parents=True)
+    (directory / "Patient.000.ndjson").write_text(json.dumps(PATIENT) + "\n" + json.dumps({**PATIENT, "id": "p2"}))
+
+
+def test_operator_runs_compiled_views_on_duckdb_and_refused_ones_on_the_evaluator(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _source(tmp_path)
+    boundary = {"name": "low", "resource": "Patient"} | {
+        "select": [{"column": [{"name": "b", "path": "birthDate.lowBoundary()", "type": "string"}]}]
+    }
+    result = _operator(tmp_path, ["patient_demographics", boundary], "auto").execute({})  # type: ignore[arg-type]
+    log = capsys.readouterr().out
+    views = result["views"]
+    assert views["patient_demographics"]["engine"] == "duckdb"
+    assert views["low"]["engine"] == "python"
+    assert "view low: engine python (the SQL compiler refused it" in log
+    assert "view patient_demographics: engine duckdb" in log
+    table = pq.read_table(tmp_path / "out" / "patient_demographics" / "r1" / "part-00000.parquet")
+    assert sorted(table.column("patient_id").to_pylist()) == ["p1", "p2"]
+    assert table.column("given").to_pylist() == ["A B", "A B"]
+    marker = json.loads((tmp_path / "out" / "patient_demographics" / "r1" / "_SUCCESS").read_text())
+    assert marker["rows"] == 2 and marker["engine"] == "duckdb"
+
+
+def test_operator_engine_choice_is_explicit(tmp_path: Path) -> None:
+    _source(tmp_path)
+    result = _operator(tmp_path, ["patient_demographics"], "python").execute({})  # type: ignore[arg-type]
+    assert result["views"]["patient_demographics"]["engine"] == "python"
+    boundary = {"name": "low", "resource": "Patient"} | {
+        "select": [{"column": [{"name": "b", "path": "birthDate.lowBoundary()"}]}]
+    }
+    with pytest.raises(ValueError, match="cannot run on DuckDB \\(engine='duckdb'\\): the SQL compiler refused"):
+        _operator(tmp_path, [boundary], "duckdb").execute({})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="engine must be one of auto, duckdb, python"):
+        _operator(tmp_path, [boundary], "spark")
+
+
+def test_a_failing_duckdb_view_commits_nothing_of_its_resource_type(tmp_path: Path) -> None:
+    _source(tmp_path)
+    bad = {"name": "bad", "resource": "Patient", "select": [{"column": [{"name": "given", "path": "name.given"}]}]}
+    with pytest.raises(ViewError, match="'given' got 2 values"):
+        _operator(tmp_path, ["patient_demographics", bad], "duckdb").execute({})  # type: ignore[arg-type]
+    out = tmp_path / "out"
+    assert not list(out.rglob("_SUCCESS"))
+    assert not [p for p in out.rglob("*.parquet") if not p.name.startswith("_")]
+
+
+def test_view_sql_command_prints_sql_that_duckdb_runs_as_the_view(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import duckdb
+
+    from airflow_provider_smart.cli import main
+
+    _source(tmp_path)
+    (tmp_path / "src" / "Patient" / "Observation.000.ndjson").write_text(json.dumps({"resourceType": "Observation"}))
+    assert main(["view-sql", "patient_demographics", "--source", str(tmp_path / "src")]) == 0
+    sql = capsys.readouterr().out
+    assert "Patient.000.ndjson" in sql and "Observation.000.ndjson" not in sql
+    rows = duckdb.connect().execute(sql).fetchall()
+    assert sorted(r[0] for r in rows) == ["p1", "p2"]
+    expected = run_view(library.load("patient_demographics"), [PATIENT], engine="python")[0]
+    assert rows[0][6] == expected["given"] == "A B"
+
+    assert main(["view-sql", "no_such_view"]) == 1
+    assert "neither a shipped view" in capsys.readouterr().err
+    assert main(["view-sql", "patient_demographics", "--source", str(tmp_path / "src" / "nothing")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_source_not_named_for_the_type_runs_on_the_evaluator(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = tmp_path / "src"
+    directory.mkdir()
+    lines = [json.dumps(PATIENT), json.dumps({"resourceType": "Observation", "id": "o1", "code": {"text": "x"}})]
+    (directory / "everything.ndjson").write_text("\n".join(lines))
+    result = _operator(tmp_path, ["patient_demographics"], "auto").execute({})  # type: ignore[arg-type]
+    assert result["views"]["patient_demographics"]["engine"] == "python"
+    assert "not every source file is named for Patient" in capsys.readouterr().out

@@ -150,7 +150,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             f"{len(refused)} refused at compile time ({shareable} of them shareable)"
         )
         for nodeid, why in sorted(refused.items()):
-            terminalreporter.write_line(f"  refused: {nodeid.rsplit('[', 1)[-1].rstrip(']')}: {str(why).split('|', 1)[-1]}")
+            case_id = nodeid.rsplit("[", 1)[-1].rstrip("]")
+            terminalreporter.write_line(f"  refused: {case_id}: {str(why).split('|', 1)[-1]}")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from airflow_provider_smart.fhir.sanitize import safe_text
+from airflow_provider_smart.transport.sanitize import safe_text
 from airflow_provider_smart.views.definition import SelectPlan, ViewPlan
 from airflow_provider_smart.views.errors import ViewError, shown
 from airflow_provider_smart.views.fhirpath import Env

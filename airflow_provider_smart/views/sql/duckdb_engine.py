@@ -104,7 +104,7 @@ def view_sql(compiled: CompiledView, files: Sequence[str], present: Sequence[str
 
 
 def _view_error(exc: Exception, compiled: CompiledView) -> ViewError:
-    from airflow_provider_smart.fhir.sanitize import safe_text
+    from airflow_provider_smart.transport.sanitize import safe_text
 
     return ViewError(f"view {compiled.plan.name!r} failed in DuckDB: {safe_text(str(exc), limit=400)}")
 

@@ -28,27 +28,8 @@ BASE = "http://fhir.test/fhir"
 
 
 # -- attachments: bytes that differ from Attachment.hash never land ----------------------------------------
-class _Answer:
-    status_code = 200
-
-    def __init__(self, body: bytes) -> None:
-        self.headers = {"Content-Type": "application/pdf", "Content-Length": str(len(body))}
-        self.body = body
-
-    def iter_content(self, size: int) -> Any:
-        yield self.body
-
-    def close(self) -> None:
-        pass
-
-
-class _Client:
-    """Answers ``Binary/<name>`` with the bytes ``<name>``."""
-
-    base_url = "https://fhir.example.org/r4"
-
-    def request(self, method: str, url: str, **_: Any) -> _Answer:
-        return _Answer(url.rsplit("/", 1)[-1].encode())
+# The attachments tests' fake FHIR client: it answers ``Binary/<name>`` with the bytes ``<name>``.
+from tests.unit.test_attachments import _Client  # noqa: E402
 
 
 def _sha1(data: bytes) -> str:

@@ -1,9 +1,14 @@
 """The row semantics of a ViewDefinition, tested without the official suite (which skips when
 ``../shared/fixtures/sql-on-fhir-v2`` is absent, so ``make unit`` alone must still see them): ``where``,
-``forEach`` / ``forEachOrNull``, nested ``select``, ``unionAll``, ``%rowIndex`` and ``collection``."""
+``forEach`` / ``forEachOrNull``, nested ``select``, ``unionAll``, ``%rowIndex`` and ``collection``.
+
+Each view runs on both engines: the Python evaluator (the reference: its rows, their order and its messages
+are what the assertions read) and the SQL compiler on DuckDB, which must give the same rows (SQL promises no
+row order, so they are compared as multisets) or the same ``ViewError``."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -30,7 +35,18 @@ def _rows(*select: dict[str, Any], where: list[str] | None = None) -> list[dict[
     view: dict[str, Any] = {"resource": "Patient", "select": list(select)}
     if where is not None:
         view["where"] = [{"path": path} for path in where]
-    return run_view(view, PEOPLE)
+    try:
+        rows = run_view(view, PEOPLE, engine="python")
+    except ViewError:
+        with pytest.raises(ViewError):
+            run_view(view, PEOPLE, engine="duckdb")
+        raise
+    assert _multiset(run_view(view, PEOPLE, engine="duckdb")) == _multiset(rows), "DuckDB rows differ"
+    return rows
+
+
+def _multiset(rows: list[dict[str, Any]]) -> list[str]:
+    return sorted(json.dumps(row, sort_keys=True, default=str) for row in rows)
 
 
 # -- where -----------------------------------------------------------------------------------------------
@@ -51,7 +67,9 @@ def test_every_where_must_hold() -> None:
 
 
 def test_where_of_several_values_is_an_error_naming_the_fix() -> None:
-    with pytest.raises(ViewError, match=r"^where path 'name.family' must give true or false, got .*'Smith'"):
+    with pytest.raises(
+        ViewError, match=r"^Patient/ann: where path 'name.family' must give true or false, got .*'Smith'"
+    ):
         _rows(_columns(("id", "id")), where=["name.family"])
 
 

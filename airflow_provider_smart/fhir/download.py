@@ -87,12 +87,14 @@ class _ExportBytes:
     def __init__(self, cap: int | None) -> None:
         self.cap = cap
         self.used = 0
+        self.exceeded = False  # once over, every file stops (bytes given back do not reopen the cap)
         self._lock = threading.Lock()
 
     def take(self, nbytes: int) -> None:
         with self._lock:
             self.used += nbytes
-            over = self.cap is not None and self.used > self.cap
+            self.exceeded = self.exceeded or (self.cap is not None and self.used > self.cap)
+            over = self.exceeded
         if over:
             raise ExportTooLargeError(
                 f"the export's files hold more than max_export_bytes={self.cap} bytes of content; raise that "

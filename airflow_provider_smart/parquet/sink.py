@@ -96,13 +96,12 @@ class ParquetRunSink:
 
     def write(self, resource: Mapping[str, Any], *, deduplicate: bool = False) -> bool:
         """Add one resource; with ``deduplicate``, one already added (same type and id) is skipped."""
-        if deduplicate:
-            key = f"{resource.get('resourceType')}/{resource.get('id')}"
-            if key in self._seen:
+        rid = resource.get("id")
+        if rid:  # a resource without an id is never "the same" as another: none is dropped as a repeat
+            key = f"{resource.get('resourceType')}/{rid}"
+            if deduplicate and key in self._seen:
                 return False
             self._seen.add(key)
-        elif resource.get("id") is not None:
-            self._seen.add(f"{resource.get('resourceType')}/{resource.get('id')}")
         line = json.dumps(resource, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         self._lines.setdefault(str(resource.get("resourceType")), []).append(line)
         self._size += len(line) + 1

@@ -45,7 +45,9 @@ CHILD = textwrap.dedent(
             print("REFUSED", type(exc).__name__, exc)
     else:
         print("REFUSED", type(result).__name__, result.message)
-    print("PEAK_KIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    # VmHWM: this process's own peak (ru_maxrss would keep the parent's peak across exec on Linux).
+    hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print("PEAK_KIB", int(hwm.split()[1]))
     """
 )
 

@@ -9,6 +9,7 @@ import requests
 import responses
 
 from airflow_provider_smart.fhir.bulk import parse_manifest
+from airflow_provider_smart.fhir.bulk.manifest import plan_files
 from airflow_provider_smart.fhir.download import BulkDownloader, DownloadError, Progress
 from airflow_provider_smart.storage.atomic import TMP_PREFIX
 from airflow_provider_smart.storage.export_landing import DownloadSettings, finalize, land_files, summarize
@@ -225,3 +226,24 @@ def test_downloader_never_authorises_foreign_origins() -> None:
     assert not d.should_authorize("http://fhir.test:8080/files/x")
     assert not d.should_authorize("https://fhir.test/fhir/files/x")
     assert not BulkDownloader(FakeFhirClient(BASE), requires_access_token=False).should_authorize(f"{BASE}/x")
+
+
+@responses.activate
+def test_an_outcome_file_committed_without_its_issues_read_fails_rather_than_passes(tmp_path: Path) -> None:
+    """A record from a version that read only error[] files: its OperationOutcomes were never counted."""
+    outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "exception"}]}
+    responses.get(f"{BASE}/files/o0", body=json.dumps(outcome) + "\n")
+    m = parse_manifest(
+        {"transactionTime": "T", "output": [{"type": "OperationOutcome", "url": f"{BASE}/files/o0"}], "error": []}
+    )
+    layout = layout_for(tmp_path)
+    land_files(FakeFhirClient(BASE), layout, m)
+    (planned,) = plan_files(m)
+    record = layout.read_record(planned.key)
+    assert record is not None and record["outcomes"]["counts"]["error"] == 1
+    record.pop("outcomes")
+    layout.write_record(planned, record)
+    from airflow_provider_smart.storage.export_landing import ExportOutcomeError
+
+    with pytest.raises(ExportOutcomeError, match="landed by an earlier version without their issues read"):
+        finalize(layout, m)

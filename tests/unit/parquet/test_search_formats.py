@@ -94,3 +94,18 @@ def test_unknown_formats_are_refused(tmp_path: Path) -> None:
         make(tmp_path, formats=("parquet", "orc"))
     with pytest.raises(ValueError, match="unsupported output format"):
         make(tmp_path, formats=())
+
+
+def test_includes_without_an_id_are_never_dropped_as_repeats(tmp_path: Path) -> None:
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_smart.parquet.sink import ParquetRunSink
+
+    no_id = [{"resourceType": "Patient", "name": [{"family": name}]} for name in ("A", "B")]
+    with ParquetRunSink(ObjectStoragePath(f"file://{tmp_path}"), "run1") as sink:
+        assert sink.write(resource("Patient", "p"), deduplicate=True)
+        assert not sink.write(resource("Patient", "p"), deduplicate=True)  # a real repeat
+        assert all(sink.write(r, deduplicate=True) for r in no_id)
+        sink.commit()
+    names = [r.get("name") for r in iter_resources(str(tmp_path / "Patient" / "run1" / "part-00000.parquet"))]
+    assert names == [None, [{"family": "A"}], [{"family": "B"}]]

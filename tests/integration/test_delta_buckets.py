@@ -88,9 +88,8 @@ def test_an_update_and_a_deletion_rewrite_only_the_files_holding_them(tmp_path: 
     deleted_file.write_text(json.dumps(bundle) + "\n")
     from airflow_provider_smart.tables.deleted import read_deletions
 
-    result = tables(root).merge(
-        [run], read_deletions([deleted_file]), source="export:run", transaction_time=TT2
-    )["Observation"]
+    deletions = read_deletions([deleted_file])
+    result = tables(root).merge([run], deletions, source="export:run", transaction_time=TT2)["Observation"]
     assert (result.inserted, result.updated, result.deleted) == (0, 1, 1)
     assert result.buckets_touched == len({bucket_of_id(updated, 8), bucket_of_id(deleted, 8)})
     removed = {a["path"] for a in last_commit_actions(root)["remove"]}

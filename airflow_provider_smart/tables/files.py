@@ -83,8 +83,11 @@ class TableFiles:
     def batches(self, path: str) -> Iterator[pa.RecordBatch]:
         yield from self.open(path).iter_batches(batch_size=READ_BATCH_ROWS)
 
-    def write(self, reader: pa.RecordBatchReader) -> Written:
+    def write(self, reader: pa.RecordBatchReader, *, grouped: bool = False) -> Written:
         """Write ``reader``'s rows (with a ``_fhir_bucket`` column) as new files, one directory per bucket.
+
+        ``grouped``: the rows come one bucket after the other, so one file is open at a time (memory
+        stays at one row group however many buckets there are).
 
         Nothing refers to the files until their ``add`` actions are committed: a process killed before
         that leaves files no version reads (``vacuum`` removes them).
@@ -109,6 +112,7 @@ class TableFiles:
             min_rows_per_group=MIN_ROWS_PER_GROUP,
             file_options=ds.ParquetFileFormat().make_write_options(compression="snappy"),
             file_visitor=visit,
+            max_open_files=2 if grouped else 1024,
             use_threads=False,
         )
         now = int(time.time() * 1000)

@@ -27,7 +27,6 @@ fails with :class:`TableBusyError`.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import shutil
 import tempfile
@@ -387,8 +386,11 @@ class DeltaTables:
                 buckets=buckets,
                 relaid_out=relaid_out,
             )
-        reader = plan.reader(parts, desired, source, when)
-        written = files.write(reader)
+        survived = files.write(plan.survivors(desired), grouped=True)
+        written = files.write(plan.reader(parts, desired, source, when))
+        written.adds.extend(survived.adds)
+        written.files += survived.files
+        written.bytes += survived.bytes
         removed = [listing_file for listing_file in listing if listing_file.path in plan.rewrite]
         claim = (table.transaction_version(MERGE_APP_ID) or 0) + 1
         table.create_write_transaction(
@@ -570,9 +572,12 @@ class _Plan:
         chosen_count = inserted = updated = delete_count = 0
         drops: dict[str, list[pa.Array]] = {}
         for bucket in touched:
-            # One bucket's keys at a time: memory follows the run and one bucket, not the table.
-            target = _target_keys(files, by_bucket.get(bucket, []))
             mine = winners.filter(pc.equal(winners.column("b"), bucket))
+            gone = deletes.filter(pc.equal(deletes.column("b"), bucket))
+            # Only the bucket's files are read, one file's keys at a time, and only the rows whose id the
+            # run names are kept: memory follows the run, never the table.
+            wanted = pa.concat_arrays([mine.column("id").combine_chunks(), gone.column("id").combine_chunks()])
+            target = _target_keys(files, by_bucket.get(bucket, []), wanted)
             if len(mine):
                 joined = mine.join(target, "id", join_type="left outer")
                 now = pa.repeat(pa.scalar(when, _TS), len(joined))
@@ -592,7 +597,6 @@ class _Plan:
                 updated += len(replaced)
                 inserted += len(chosen) - len(replaced)
                 _collect(drops, replaced)
-            gone = deletes.filter(pc.equal(deletes.column("b"), bucket))
             if len(gone) and len(target):
                 joined = gone.join(target, "id", join_type="inner")
                 if len(joined):
@@ -619,12 +623,14 @@ class _Plan:
         )
 
     def reader(self, parts: list[str], desired: pa.Schema, source: str, when: Any) -> pa.RecordBatchReader:
-        """The rows to write: the survivors of the rewritten files, then the run's kept rows."""
+        """The run's rows to write (new ids and newer versions), with their buckets."""
         schema = _with_bucket(desired)
-        return pa.RecordBatchReader.from_batches(
-            schema,
-            itertools.chain(self._survivors(desired, schema), self._batches(parts, desired, schema, source, when)),
-        )
+        return pa.RecordBatchReader.from_batches(schema, self._batches(parts, desired, schema, source, when))
+
+    def survivors(self, desired: pa.Schema) -> pa.RecordBatchReader:
+        """The rows of the files to rewrite that stay, one file (and one bucket) after the other."""
+        schema = _with_bucket(desired)
+        return pa.RecordBatchReader.from_batches(schema, self._survivors(desired, schema))
 
     def _survivors(self, desired: pa.Schema, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
         files = self.files
@@ -698,8 +704,8 @@ def _newest_per_id(keys: pa.Table) -> pa.Table:
     return ranked.filter(first)
 
 
-def _target_keys(files: TableFiles, bucket_files: list[DataFile]) -> pa.Table:
-    """id, versions and file of every row in ``bucket_files`` (key columns only)."""
+def _target_keys(files: TableFiles, bucket_files: list[DataFile], wanted: pa.Array) -> pa.Table:
+    """id, versions and file of the rows of ``bucket_files`` whose id is in ``wanted`` (key columns only)."""
     tables = [
         pa.table(
             {
@@ -713,6 +719,7 @@ def _target_keys(files: TableFiles, bucket_files: list[DataFile]) -> pa.Table:
     ]
     for data_file in bucket_files:
         keys = files.read_columns(data_file.path, _KEY_COLUMNS)
+        keys = keys.filter(pc.is_in(keys.column("id"), value_set=wanted))
         n = len(keys)
         tables.append(
             pa.table(

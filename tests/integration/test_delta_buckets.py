@@ -220,3 +220,48 @@ def test_a_relayout_killed_before_recording_its_count_is_recovered(
 def test_a_bucket_count_that_is_not_one_is_refused_clearly(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="buckets must be a whole number from 1 to 4096"):
         DeltaTables(tmp_path, buckets=-2)
+
+
+def test_the_merge_statement_for_other_engines_gives_the_same_table(tmp_path: Path) -> None:
+    """The MERGE the docs give Spark and Databricks, run by DuckDB on the same input, ends where we end."""
+    import duckdb
+
+    from airflow_provider_smart.tables.deleted import Deletion
+    from airflow_provider_smart.tables.spark import merge_statement
+
+    root = base_table(tmp_path, n=60, buckets=4)
+    before = delta(root).to_pyarrow_table()
+    newer = [observation(i, 2, status="amended") for i in range(10)]
+    same = [observation(i) for i in range(10, 15)]
+    new = [observation(i) for i in range(60, 70)]
+    run = write_ndjson(tmp_path / "in/run.ndjson", newer + same + new)
+    deletions = [Deletion("Observation", f"obs-{i}", None) for i in range(20, 25)]
+    deletions.append(Deletion("Observation", "obs-25", "2023-12-31T00:00:00Z"))  # before the row's copy
+    result = tables(root).merge([run], deletions, source="export:run", transaction_time=TT2)["Observation"]
+    assert (result.inserted, result.updated, result.deleted, result.unchanged) == (10, 10, 5, 5)
+
+    columns = ["id", "status", "_fhir_transaction_time", "_fhir_version_id", "_fhir_last_updated", BUCKET]
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    target = before.select(columns)  # noqa: F841 (read by DuckDB)
+    con.execute("CREATE TABLE t AS SELECT * FROM target")
+    upserts = [(r["id"], r["status"], int(r["meta"]["versionId"]), r["meta"]["lastUpdated"]) for r in newer + same + new]
+    con.execute(
+        "CREATE TABLE s (id VARCHAR, status VARCHAR, _fhir_transaction_time TIMESTAMPTZ, _fhir_version_id BIGINT, "
+        f"_fhir_last_updated TIMESTAMPTZ, _fhir_op VARCHAR, {BUCKET} INTEGER)"
+    )
+    for rid, status, v, lu in upserts:
+        con.execute(
+            "INSERT INTO s VALUES (?, ?, ?::TIMESTAMPTZ, ?, ?::TIMESTAMPTZ, 'upsert', ?)",
+            [rid, status, TT2, v, lu, bucket_of_id(rid, 4)],
+        )
+    for d in deletions:
+        con.execute(
+            "INSERT INTO s VALUES (?, NULL, ?::TIMESTAMPTZ, NULL, ?::TIMESTAMPTZ, 'delete', ?)",
+            [d.resource_id, TT2, d.deleted_at, bucket_of_id(d.resource_id, 4)],
+        )
+    con.execute(merge_statement("t", "s", columns))
+    theirs = con.execute(f"SELECT {', '.join(columns)} FROM t ORDER BY id").fetchall()
+    ours = delta(root).to_pyarrow_table(columns=columns).sort_by("id").to_pylist()
+    assert len(theirs) == len(ours) == 65
+    assert [tuple(r.values()) for r in ours] == theirs

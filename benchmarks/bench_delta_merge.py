@@ -96,6 +96,7 @@ def step(name: str, directory: Path, table_dir: Path, n: int) -> None:
     """One measured step, in this (child) process; prints one JSON line."""
     # Imports first (Airflow's take seconds): the time below is the work; the RSS peak includes them.
     import deltalake  # noqa: F401
+    import pyarrow
 
     import airflow_provider_smart.parquet.writer
     import airflow_provider_smart.tables.merge  # noqa: F401
@@ -138,6 +139,7 @@ def step(name: str, directory: Path, table_dir: Path, n: int) -> None:
                 "cpu_seconds": round(usage.ru_utime + usage.ru_stime - cpu0, 1),
                 "peak_rss_mib": round(usage.ru_maxrss / 1024),  # KiB on Linux
                 "baseline_mib": round(baseline),
+                "arrow_peak_mib": round(pyarrow.default_memory_pool().max_memory() / 2**20),
                 "inserted": sum(r.inserted for r in results),
                 "updated": sum(r.updated for r in results),
                 "deleted": sum(r.deleted for r in results),

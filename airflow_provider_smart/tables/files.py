@@ -56,7 +56,12 @@ class TableFiles:
         from deltalake.fs import DeltaStorageHandler
 
         self.uri = uri
-        self.fs = pafs.PyFileSystem(DeltaStorageHandler(uri, dict(storage_options)))
+        local = uri.removeprefix("file://")
+        if "://" not in local:
+            # Arrow's own local file system: reads land in Arrow's memory pool, not in Python bytes.
+            self.fs: pafs.FileSystem = pafs.SubTreeFileSystem(local, pafs.LocalFileSystem())
+        else:
+            self.fs = pafs.PyFileSystem(DeltaStorageHandler(uri, dict(storage_options)))
 
     @staticmethod
     def listing(table: Any) -> list[DataFile]:
@@ -83,11 +88,41 @@ class TableFiles:
     def batches(self, path: str) -> Iterator[pa.RecordBatch]:
         yield from self.open(path).iter_batches(batch_size=READ_BATCH_ROWS)
 
-    def write(self, reader: pa.RecordBatchReader, *, grouped: bool = False) -> Written:
-        """Write ``reader``'s rows (with a ``_fhir_bucket`` column) as new files, one directory per bucket.
+    def rewrite(self, old: DataFile, rows: Iterator[pa.Table], schema: pa.Schema, into: Written) -> None:
+        """Copy ``rows`` (what stays of the file ``old``) into one new file in the same bucket.
 
-        ``grouped``: the rows come one bucket after the other, so one file is open at a time (memory
-        stays at one row group however many buckets there are).
+        One row group is held at a time, so memory does not follow the file's or the table's size.
+        """
+        from deltalake.transaction import AddAction
+
+        directory = f"{BUCKET}={old.bucket}"
+        path = f"{directory}/part-{uuid.uuid4().hex}-rewrite.parquet"
+        self.fs.create_dir(directory)
+        count = 0
+        pending: list[pa.Table] = []
+        pending_rows = 0
+        with self.fs.open_output_stream(path) as sink, pq.ParquetWriter(sink, schema, compression="snappy") as writer:
+            for table in rows:
+                pending.append(table)
+                pending_rows += len(table)
+                if pending_rows >= MAX_ROWS_PER_GROUP:
+                    writer.write_table(pa.concat_tables(pending), row_group_size=MAX_ROWS_PER_GROUP)
+                    count += pending_rows
+                    pending, pending_rows = [], 0
+            if pending:
+                writer.write_table(pa.concat_tables(pending), row_group_size=MAX_ROWS_PER_GROUP)
+                count += pending_rows
+        if not count:
+            self.fs.delete_file(path)  # every row of the file was replaced or deleted
+            return
+        size = self.fs.get_file_info(path).size or 0
+        stats = json.dumps({"numRecords": count})
+        into.adds.append(AddAction(path, size, {BUCKET: str(old.bucket)}, int(time.time() * 1000), True, stats))
+        into.files += 1
+        into.bytes += size
+
+    def write(self, reader: pa.RecordBatchReader) -> Written:
+        """Write ``reader``'s rows (with a ``_fhir_bucket`` column) as new files, one directory per bucket.
 
         Nothing refers to the files until their ``add`` actions are committed: a process killed before
         that leaves files no version reads (``vacuum`` removes them).
@@ -112,7 +147,6 @@ class TableFiles:
             min_rows_per_group=MIN_ROWS_PER_GROUP,
             file_options=ds.ParquetFileFormat().make_write_options(compression="snappy"),
             file_visitor=visit,
-            max_open_files=2 if grouped else 1024,
             use_threads=False,
         )
         now = int(time.time() * 1000)

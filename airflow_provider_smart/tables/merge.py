@@ -52,7 +52,7 @@ from airflow_provider_smart.tables.buckets import (
     is_bucketed,
 )
 from airflow_provider_smart.tables.deleted import Deletion, read_deletions
-from airflow_provider_smart.tables.files import DataFile, TableFiles, remove_actions
+from airflow_provider_smart.tables.files import DataFile, TableFiles, Written, remove_actions
 from airflow_provider_smart.tables.location import SCHEMAS_DIR, delta_uri, schema_path
 from airflow_provider_smart.tables.runs import LandedRun
 from airflow_provider_smart.tables.versions import (
@@ -386,12 +386,16 @@ class DeltaTables:
                 buckets=buckets,
                 relaid_out=relaid_out,
             )
-        survived = files.write(plan.survivors(desired), grouped=True)
+        removed = [listing_file for listing_file in listing if listing_file.path in plan.rewrite]
+        # Each file holding a replaced or deleted row is copied without it, one file and one row group at
+        # a time; then the run's rows are written.
+        survived = Written(adds=[])
+        for old in removed:
+            files.rewrite(old, plan.survivors(old.path, desired), desired, survived)
         written = files.write(plan.reader(parts, desired, source, when))
         written.adds.extend(survived.adds)
         written.files += survived.files
         written.bytes += survived.bytes
-        removed = [listing_file for listing_file in listing if listing_file.path in plan.rewrite]
         claim = (table.transaction_version(MERGE_APP_ID) or 0) + 1
         table.create_write_transaction(
             [*written.adds, *remove_actions(removed)],
@@ -627,27 +631,14 @@ class _Plan:
         schema = _with_bucket(desired)
         return pa.RecordBatchReader.from_batches(schema, self._batches(parts, desired, schema, source, when))
 
-    def survivors(self, desired: pa.Schema) -> pa.RecordBatchReader:
-        """The rows of the files to rewrite that stay, one file (and one bucket) after the other."""
-        schema = _with_bucket(desired)
-        return pa.RecordBatchReader.from_batches(schema, self._survivors(desired, schema))
-
-    def _survivors(self, desired: pa.Schema, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
-        files = self.files
-        for path, drop in self.rewrite.items():
-            bucket = pa.scalar(self._bucket_of_path(path), pa.int32())
-            for batch in files.batches(path):
-                rows = pa.Table.from_batches([batch])
-                rows = rows.filter(pc.invert(pc.is_in(rows.column("id"), value_set=drop)))
-                if not len(rows):
-                    continue
-                rows = conform_table(rows, desired)
-                out = rows.append_column(BUCKET, pa.repeat(bucket, len(rows)))
-                yield from out.cast(schema).to_batches()
-
-    @staticmethod
-    def _bucket_of_path(path: str) -> int:
-        return int(path.split(f"{BUCKET}=", 1)[1].split("/", 1)[0])
+    def survivors(self, path: str, desired: pa.Schema) -> Iterator[pa.Table]:
+        """The rows of the file at ``path`` that stay (all but the replaced and deleted ids), as ``desired``."""
+        drop = self.rewrite[path]
+        for batch in self.files.batches(path):
+            rows = pa.Table.from_batches([batch])
+            rows = rows.filter(pc.invert(pc.is_in(rows.column("id"), value_set=drop)))
+            if len(rows):
+                yield conform_table(rows, desired)
 
     def _batches(
         self, parts: list[str], desired: pa.Schema, schema: pa.Schema, source: str, when: Any

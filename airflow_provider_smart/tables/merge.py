@@ -354,7 +354,7 @@ class DeltaTables:
             )
             table = DeltaTable(uri, storage_options=self.storage_options)
         elif not is_bucketed(table):
-            self.relayout(rtype)
+            self.relayout(rtype, buckets=self.buckets)
             relaid_out = True
             table = DeltaTable(uri, storage_options=self.storage_options)
         if _lacks(pa.struct(list(pa.schema(table.schema().to_arrow()))), pa.struct(list(desired))):

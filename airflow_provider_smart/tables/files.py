@@ -3,8 +3,9 @@
 A merge works on files, not on the whole table: it reads the key columns of the files in the buckets a
 run touches, streams the surviving rows of the few files that hold a changed or deleted row into new
 files, and commits the new files' ``add`` and the old files' ``remove`` actions in one Delta commit
-(``merge.py``). Reads and writes go through delta-rs' own object store (``DeltaStorageHandler``), so
-local disk, S3, GCS and Azure work with the same ``storage_options`` as the commit.
+(``merge.py``). Remote tables are read and written through delta-rs' own object store
+(``DeltaStorageHandler``), so S3, GCS and Azure work with the same ``storage_options`` as the commit;
+local tables through Arrow's local file system.
 """
 
 from __future__ import annotations

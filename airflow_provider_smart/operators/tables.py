@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 TABLES_SUBDIR = "tables"
 _DELTA_OPTIONS = frozenset(
-    {"output", "conn_id", "storage_options", "decimal", "compact", "vacuum_retention_hours", "max_attempts"}
+    {"output", "conn_id", "storage_options", "decimal", "compact", "vacuum_retention_hours", "max_attempts", "buckets"}
 )
 
 
@@ -94,7 +94,11 @@ def merge_landed_run(
 
     :param options: ``output`` (tables root, default ``<output>/tables``), ``conn_id`` (its connection,
         default ``output_conn_id``), ``storage_options``, ``decimal``, ``compact`` (bool),
-        ``vacuum_retention_hours``, ``max_attempts``.
+        ``vacuum_retention_hours``, ``max_attempts``, ``buckets`` (hash buckets of a table the merge
+        creates; default from the first run's size).
+
+    Each result carries what the merge rewrote: ``files_rewritten``/``bytes_rewritten`` (existing files
+    replaced because they held a replaced or deleted row) and ``files_added``/``bytes_added``.
     """
     _require_deltalake()
     from airflow_provider_smart.tables.merge import DeltaTables
@@ -108,6 +112,7 @@ def merge_landed_run(
         storage_options=storage_options_for(root, conn_id, opts.get("storage_options")),
         decimal=opts.get("decimal", "float64"),
         max_attempts=int(opts.get("max_attempts", 5)),
+        buckets=None if opts.get("buckets") is None else int(opts["buckets"]),
     )
     run = find_landed_run(output, label, transaction_time=transaction_time)
     results = tables.merge_run(run, resource_types=resource_types)
@@ -142,6 +147,18 @@ def merge_landed_run(
             summary["source"],
             {t: (r.inserted, r.updated, r.deleted) for t, r in sorted(results.items())},
         )
+        for rtype, result in sorted(results.items()):
+            if result.committed:
+                logger.info(
+                    "%s: %d of %d buckets touched; %d files (%d bytes) rewritten, %d files (%d bytes) added",
+                    rtype,
+                    result.buckets_touched,
+                    result.buckets or 0,
+                    result.files_rewritten,
+                    result.bytes_rewritten,
+                    result.files_added,
+                    result.bytes_added,
+                )
     return summary
 
 
@@ -168,6 +185,8 @@ class FhirDeltaMergeOperator(BaseOperator):
     :param vacuum_retention_hours: after a changing merge, delete files older versions needed beyond this
         many hours (time travel before that is lost); default no vacuum.
     :param max_attempts: plan-and-commit attempts per table when other merges commit in between.
+    :param buckets: hash buckets of a table this merge creates (default: from the first run's size); an
+        existing table keeps the count it was laid out with.
     :param asset_alias: name of the ``AssetAlias`` used when ``tables`` or ``resource_types`` is not known
         at parse time; with both static the operator declares ``Asset("<tables>/<Type>")`` per type.
     """
@@ -190,6 +209,7 @@ class FhirDeltaMergeOperator(BaseOperator):
         compact: bool = False,
         vacuum_retention_hours: int | None = None,
         max_attempts: int = 5,
+        buckets: int | None = None,
         asset_alias: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -211,6 +231,11 @@ class FhirDeltaMergeOperator(BaseOperator):
             raise ValueError(f"vacuum_retention_hours must be >= 0, not {vacuum_retention_hours}")
         self.vacuum_retention_hours = vacuum_retention_hours
         self.max_attempts = max_attempts
+        if buckets is not None:
+            from airflow_provider_smart.tables.buckets import check_bucket_count
+
+            check_bucket_count(buckets)
+        self.buckets = buckets
         self._declare_outlets(asset_alias)
 
     def _declare_outlets(self, asset_alias: str | None) -> None:
@@ -251,6 +276,7 @@ class FhirDeltaMergeOperator(BaseOperator):
             "compact": self.compact,
             "vacuum_retention_hours": self.vacuum_retention_hours,
             "max_attempts": self.max_attempts,
+            "buckets": self.buckets,
         }
         summary = merge_landed_run(
             output,
@@ -275,7 +301,11 @@ def emit_table_events(
     for rtype, result in summary["results"].items():
         if not result["committed"]:
             continue
-        extra = {k: result[k] for k in ("version", "inserted", "updated", "deleted")}
+        extra = {
+            k: result[k]
+            for k in ("version", "inserted", "updated", "deleted", "files_rewritten", "bytes_rewritten")
+            if k in result
+        }
         extra["source"] = summary["source"]
         if rtype in static:
             outlet_events[static[rtype]].extra = extra

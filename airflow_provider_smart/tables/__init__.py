@@ -18,6 +18,7 @@ _EXPORTS = {
     "find_landed_run": "airflow_provider_smart.tables.runs",
     "read_deletions": "airflow_provider_smart.tables.deleted",
     "Deletion": "airflow_provider_smart.tables.deleted",
+    "merge_statement": "airflow_provider_smart.tables.spark",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -6,14 +6,21 @@ columns are exactly the Parquet output's. Then, per resource type:
 
 1. the type's schema record grows by what the run brought, and is stored (``_schemas/<Type>.json``);
    a table missing those fields gets them first (a schema-only Delta commit: the schema only grows);
-2. the plan is made on keys only (ids and versions of the run and of the table, never whole rows): the
-   newest copy of each id within the run, kept only where it is newer than the table's row (see
-   ``versions.py``), and the deletions that apply;
-3. nothing to do means no commit at all (merging the same run again leaves the table's version as it
-   is); otherwise one Delta MERGE streams the kept rows and the deletions in a single atomic commit.
-   A process killed before that commit leaves the table at its previous version.
+2. the table is partitioned by a hash bucket of the id (``buckets.py``); a table laid out before that
+   is re-laid out once, in one commit (``relayout``);
+3. the plan is made on keys only, one bucket at a time: the newest copy of each id within the run, kept
+   only where it is newer than the table's row (see ``versions.py``), and the deletions that apply. Only
+   the buckets the run's ids fall in are read, and of them only the key columns;
+4. nothing to do means no commit at all (merging the same run again leaves the table's version as it
+   is); otherwise the kept rows are written as new files (an insert is an append), the files holding a
+   replaced or deleted row are rewritten without it, and one Delta commit adds the new files and removes
+   the rewritten ones. A process killed before that commit leaves the table at its previous version.
 
-Two merges into one table at once: Delta's optimistic commit lets one win; the other sees a commit
+Memory follows the run and one bucket's keys, never the table: rows stream from the staged run and from
+the rewritten files straight into new files.
+
+Two merges into one table at once: every merge commit carries the same Delta application transaction
+(``txn``), so of two merges planned against one version only the first commits; the other sees a commit
 conflict, plans again against the new version (the rules make that safe) and after ``max_attempts``
 fails with :class:`TableBusyError`.
 """
@@ -35,22 +42,28 @@ import pyarrow.parquet as pq
 from airflow_provider_smart.parquet.arrow import conform_table, table_schema
 from airflow_provider_smart.parquet.schema import SchemaRecord
 from airflow_provider_smart.storage.atomic import atomic_write_json, read_json
+from airflow_provider_smart.tables.buckets import (
+    BUCKET,
+    BUCKETS_PROPERTY,
+    bucket_count,
+    bucket_count_for,
+    buckets_of,
+    check_bucket_count,
+    is_bucketed,
+)
 from airflow_provider_smart.tables.deleted import Deletion, read_deletions
+from airflow_provider_smart.tables.files import DataFile, TableFiles, Written, remove_actions
 from airflow_provider_smart.tables.location import SCHEMAS_DIR, delta_uri, schema_path
-from airflow_provider_smart.tables.read import read_table
 from airflow_provider_smart.tables.runs import LandedRun
 from airflow_provider_smart.tables.versions import (
     LAST_UPDATED,
-    OPERATION,
     SOURCE,
     TRANSACTION_TIME,
     VERSION_ID,
     bookkeeping_fields,
     deletes_mask,
-    deletes_sql,
     instants,
     newer_mask,
-    newer_sql,
     parse_instant,
     version_ids,
 )
@@ -60,6 +73,10 @@ log = logging.getLogger(__name__)
 _STAGE_RUN = "stage"
 _KEY_COLUMNS = ["id", TRANSACTION_TIME, VERSION_ID, LAST_UPDATED]
 _TS = pa.timestamp("us", tz="UTC")
+#: The Delta application transaction every merge commit carries (see the module docstring).
+MERGE_APP_ID = "airflow-provider-smart.merge"
+#: A re-layout writes this many buckets per pass over the table (open files and their buffers).
+_RELAYOUT_BUCKETS_PER_PASS = 64
 
 
 class TableBusyError(RuntimeError):
@@ -83,6 +100,17 @@ class MergeResult:
     #: Rows of the run that were not newer than the table's copy (or lost to a newer copy in the run).
     unchanged: int = 0
     rows: int | None = None
+    #: The table's bucket count, and how many buckets the run's ids and deletions fall in.
+    buckets: int | None = None
+    buckets_touched: int = 0
+    #: New data files (the run's rows and the rewritten files' survivors) and their bytes.
+    files_added: int = 0
+    bytes_added: int = 0
+    #: Existing data files replaced because they held a replaced or deleted row, and their bytes.
+    files_rewritten: int = 0
+    bytes_rewritten: int = 0
+    #: True when this merge first laid an older, unbucketed table out in buckets.
+    relaid_out: bool = False
     #: Resources of the run without an ``id`` (absent or empty): a table keyed by id cannot hold them, so
     #: they are refused and counted here (they stay in the landed NDJSON/Parquet).
     without_id: int = 0
@@ -121,6 +149,8 @@ class DeltaTables:
     :param decimal: ``"float64"`` or ``"string"``, as for the Parquet writer; fixed per tables root.
     :param max_attempts: plans and commits tried per table when other merges commit in between.
     :param staging_dir: local directory for the staged Parquet (default: the system temp directory).
+    :param buckets: hash buckets of a table this merge creates (default: from the first run's size, see
+        ``buckets.py``); an existing table keeps its count (``relayout`` changes it).
     """
 
     def __init__(
@@ -131,12 +161,14 @@ class DeltaTables:
         decimal: str = "float64",
         max_attempts: int = 5,
         staging_dir: str | None = None,
+        buckets: int | None = None,
     ) -> None:
         self.root = root
         self.storage_options = dict(storage_options or {})
         self.decimal = decimal
         self.max_attempts = max(1, max_attempts)
         self.staging_dir = staging_dir
+        self.buckets = check_bucket_count(buckets) if buckets is not None else None
 
     # -- tables ----------------------------------------------------------------------------------
     def table_uri(self, resource_type: str) -> str:
@@ -286,9 +318,11 @@ class DeltaTables:
         )
 
     def _desired(self, record: SchemaRecord | None, table: Any) -> pa.Schema:
+        """The table's data and bookkeeping columns (without the bucket column)."""
         if record is not None:
             return pa.schema(list(_plain(table_schema(record))) + bookkeeping_fields())
-        return _plain(pa.schema(table.schema().to_arrow()))
+        current = _plain(pa.schema(table.schema().to_arrow()))
+        return pa.schema([f for f in current if f.name != BUCKET])
 
     def _attempt(
         self,
@@ -300,6 +334,7 @@ class DeltaTables:
         when: Any,
     ) -> MergeResult:
         from deltalake import CommitProperties, DeltaTable, write_deltalake
+        from deltalake.transaction import Transaction
 
         uri = self.table_uri(rtype)
         table = self.open(rtype)
@@ -307,21 +342,40 @@ class DeltaTables:
             # Deletions for a type never merged: nothing to delete.
             return MergeResult(rtype, uri, None, None, committed=False)
         desired = self._desired(record, table)
+        relaid_out = False
         if table is None:
-            table = DeltaTable.create(uri, desired, mode="ignore", name=rtype, storage_options=self.storage_options)
+            buckets = self.buckets or bucket_count_for(_staged_rows(parts))
+            DeltaTable.create(
+                uri,
+                _with_bucket(desired),
+                mode="ignore",
+                name=rtype,
+                partition_by=[BUCKET],
+                configuration={BUCKETS_PROPERTY: str(buckets)},
+                storage_options=self.storage_options,
+                raise_if_key_not_exists=False,
+            )
             table = DeltaTable(uri, storage_options=self.storage_options)
-        elif _lacks(pa.struct(list(pa.schema(table.schema().to_arrow()))), pa.struct(list(desired))):
+        elif not is_bucketed(table):
+            self.relayout(rtype, buckets=self.buckets)
+            relaid_out = True
+            table = DeltaTable(uri, storage_options=self.storage_options)
+        if _lacks(pa.struct(list(pa.schema(table.schema().to_arrow()))), pa.struct(list(desired))):
             write_deltalake(
                 uri,
-                desired.empty_table(),
+                _with_bucket(desired).empty_table(),
                 mode="append",
                 schema_mode="merge",
+                partition_by=[BUCKET],
                 storage_options=self.storage_options,
                 commit_properties=CommitProperties(custom_metadata={"fhir.operation": "grow schema"}),
             )
             table = DeltaTable(uri, storage_options=self.storage_options)
         before = table.version()
-        plan = _Plan.make(table, parts, deletions, when)
+        buckets = bucket_count(table)
+        files = TableFiles(uri, self.storage_options)
+        listing = TableFiles.listing(table)
+        plan = _Plan.make(files, listing, buckets, parts, deletions, when)
         if plan.without_id:
             log.warning(
                 "%s: %d resource(s) of %s have no id and are left out of the table (a table row is keyed by "
@@ -340,24 +394,31 @@ class DeltaTables:
                 committed=False,
                 unchanged=plan.unchanged,
                 rows=plan.target_rows,
+                buckets=buckets,
+                relaid_out=relaid_out,
                 without_id=plan.without_id,
             )
-        reader = plan.reader(parts, desired, source, when)
-        metrics = (
-            table.merge(
-                reader,
-                predicate="t.id = s.id",
-                source_alias="s",
-                target_alias="t",
-                streamed_exec=True,
-                commit_properties=CommitProperties(
-                    custom_metadata={"fhir.source": source, "fhir.transactionTime": when.isoformat()}
-                ),
-            )
-            .when_matched_update_all(predicate=f"s.{OPERATION} = 'upsert' AND {newer_sql()}", except_cols=[OPERATION])
-            .when_matched_delete(predicate=f"s.{OPERATION} = 'delete' AND {deletes_sql()}")
-            .when_not_matched_insert_all(predicate=f"s.{OPERATION} = 'upsert'", except_cols=[OPERATION])
-            .execute()
+        removed = [listing_file for listing_file in listing if listing_file.path in plan.rewrite]
+        # Each file holding a replaced or deleted row is copied without it, one file and one row group at
+        # a time; then the run's rows are written.
+        survived = Written(adds=[])
+        for old in removed:
+            files.rewrite(old, plan.survivors(old.path, desired), desired, survived)
+        written = files.write(plan.reader(parts, desired, source, when))
+        written.adds.extend(survived.adds)
+        written.files += survived.files
+        written.bytes += survived.bytes
+        claim = (table.transaction_version(MERGE_APP_ID) or 0) + 1
+        table.create_write_transaction(
+            [*written.adds, *remove_actions(removed)],
+            "append",
+            table.schema(),
+            partition_by=[BUCKET],
+            commit_properties=CommitProperties(
+                custom_metadata={"fhir.source": source, "fhir.transactionTime": when.isoformat()},
+                # Two merges planned against one version carry the same transaction: only one commits.
+                app_transactions=[Transaction(MERGE_APP_ID, claim)],
+            ),
         )
         table.update_incremental()
         result = MergeResult(
@@ -366,17 +427,23 @@ class DeltaTables:
             before,
             table.version(),
             committed=True,
-            inserted=int(metrics.get("num_target_rows_inserted", 0)),
-            updated=int(metrics.get("num_target_rows_updated", 0)),
-            deleted=int(metrics.get("num_target_rows_deleted", 0)),
+            inserted=plan.inserted,
+            updated=plan.updated,
+            deleted=plan.delete_count,
             unchanged=plan.unchanged,
-            rows=plan.target_rows
-            + int(metrics.get("num_target_rows_inserted", 0))
-            - int(metrics.get("num_target_rows_deleted", 0)),
+            rows=plan.target_rows + plan.inserted - plan.delete_count,
+            buckets=buckets,
+            buckets_touched=plan.buckets_touched,
+            files_added=written.files,
+            bytes_added=written.bytes,
+            files_rewritten=len(removed),
+            bytes_rewritten=sum(f.size for f in removed),
+            relaid_out=relaid_out,
             without_id=plan.without_id,
         )
         log.info(
-            "%s: merged %s into version %d (%d inserted, %d updated, %d deleted, %d unchanged)",
+            "%s: merged %s into version %d (%d inserted, %d updated, %d deleted, %d unchanged; %d of %d buckets "
+            "touched, %d files / %d bytes rewritten, %d files / %d bytes added)",
             rtype,
             source,
             result.version,
@@ -384,8 +451,76 @@ class DeltaTables:
             result.updated,
             result.deleted,
             result.unchanged,
+            result.buckets_touched,
+            buckets,
+            result.files_rewritten,
+            result.bytes_rewritten,
+            result.files_added,
+            result.bytes_added,
         )
         return result
+
+    # -- layout ----------------------------------------------------------------------------------
+    def relayout(self, resource_type: str, *, buckets: int | None = None) -> dict[str, Any]:
+        """Lay the type's table out in hash buckets (or change its bucket count), in one commit.
+
+        Tables written before the bucketed layout are re-laid out by their next merge automatically; call
+        this to do it ahead (e.g. in a maintenance window) or to change ``buckets`` of a grown table.
+        Run it while no merge writes to the table: a merge committing meanwhile is overwritten.
+        Memory stays bounded (rows stream file by file); the table is read once per 64 buckets.
+        """
+        from deltalake import CommitProperties, DeltaTable, Schema
+        from deltalake.transaction import create_table_with_add_actions
+
+        table = self.open(resource_type)
+        if table is None:
+            return {}
+        listing = TableFiles.listing(table)
+        count = check_bucket_count(buckets) if buckets is not None else bucket_count_for(sum(f.rows for f in listing))
+        uri = self.table_uri(resource_type)
+        files = TableFiles(uri, self.storage_options)
+        data = self._desired(None, table)
+        schema = _with_bucket(data)
+        adds: list[Any] = []
+        written_bytes = 0
+        for first in range(0, count, _RELAYOUT_BUCKETS_PER_PASS):
+            wanted = pa.array(range(first, min(count, first + _RELAYOUT_BUCKETS_PER_PASS)), pa.int32())
+            batches = _relayout_batches(files, listing, data, schema, count, wanted)
+            written = files.write(pa.RecordBatchReader.from_batches(schema, batches))
+            adds.extend(written.adds)
+            written_bytes += written.bytes
+        create_table_with_add_actions(
+            uri,
+            Schema.from_arrow(schema),
+            adds,
+            mode="overwrite",
+            partition_by=[BUCKET],
+            name=resource_type,
+            storage_options=self.storage_options,
+            commit_properties=CommitProperties(
+                custom_metadata={"fhir.operation": "relayout", BUCKETS_PROPERTY: str(count)}
+            ),
+        )
+        # The property cannot ride on that commit (delta-rs refuses unknown keys there); a process killed
+        # in between is recovered from the commit's metadata by ``bucket_count``.
+        relaid = DeltaTable(uri, storage_options=self.storage_options)
+        relaid.alter.set_table_properties({BUCKETS_PROPERTY: str(count)}, raise_if_not_exists=False)
+        log.info(
+            "%s: laid out in %d buckets (%d files / %d bytes rewritten into %d files / %d bytes)",
+            resource_type,
+            count,
+            len(listing),
+            sum(f.size for f in listing),
+            len(adds),
+            written_bytes,
+        )
+        return {
+            "buckets": count,
+            "files_removed": len(listing),
+            "bytes_removed": sum(f.size for f in listing),
+            "files_added": len(adds),
+            "bytes_added": written_bytes,
+        }
 
     # -- maintenance -----------------------------------------------------------------------------
     def compact(self, resource_type: str, *, target_size: int | None = None) -> dict[str, Any]:
@@ -419,82 +554,107 @@ def _local(path: Path) -> Any:
 
 @dataclass
 class _Plan:
-    """Which rows of the staged run to send, by global row position, and which deletions apply."""
+    """Which rows of the staged run to write (by global row position), and which table rows to drop.
 
-    keep: bytearray  # 1 per staged row to send
+    ``rewrite`` maps each file holding a replaced or deleted row to the ids to drop from it.
+    """
+
+    keep: bytearray  # 1 per staged row to write
     keep_count: int
     unchanged: int
-    deletes: pa.Table  # id, LAST_UPDATED (when deleted)
+    inserted: int
+    updated: int
     delete_count: int
+    rewrite: dict[str, pa.Array]
+    buckets: int
+    buckets_touched: int
     target_rows: int
+    files: TableFiles
     without_id: int = 0
 
     @staticmethod
-    def make(table: Any, parts: list[str], deletions: list[Deletion], when: Any) -> _Plan:
-        target = read_table(table, _KEY_COLUMNS)  # not to_pyarrow_table: see tables/read.py
-        target = pa.table(
-            {
-                "id": target.column("id").cast(pa.string()),
-                "t_tt": target.column(TRANSACTION_TIME).cast(_TS),
-                "t_v": target.column(VERSION_ID).cast(pa.int64()),
-                "t_lu": target.column(LAST_UPDATED).cast(_TS),
-            }
-        )
+    def make(
+        files: TableFiles, listing: list[DataFile], buckets: int, parts: list[str], deletions: list[Deletion], when: Any
+    ) -> _Plan:
         keys = _source_keys(parts)
         total = len(keys)
+        winners = _newest_per_id(keys)
+        without_id = total - int(pc.sum(_has_id(keys.column("id"))).as_py() or 0) if total else 0
+        winners = winners.append_column("b", buckets_of(winners.column("id"), buckets))
+        deletes = _deletion_table(deletions, winners.column("id").combine_chunks())
+        deletes = deletes.append_column("b", buckets_of(deletes.column("id"), buckets))
+        touched = sorted(set(winners.column("b").to_pylist()) | set(deletes.column("b").to_pylist()))
+        by_bucket: dict[int, list[DataFile]] = {}
+        for data_file in listing:
+            by_bucket.setdefault(data_file.bucket or 0, []).append(data_file)
         keep = bytearray(total)
-        unchanged = 0
-        winner_ids = pa.array([], pa.string())
-        without_id = 0
-        if total:
-            has_id = pc.fill_null(pc.greater(pc.utf8_length(keys.column("id")), 0), False)
-            with_id = keys.filter(has_id)
-            without_id = total - len(with_id)
-            order = pc.sort_indices(
-                with_id,
-                sort_keys=[
-                    ("id", "ascending", "at_end"),
-                    ("v", "descending", "at_end"),
-                    ("lu", "descending", "at_end"),
-                    ("pos", "descending", "at_end"),
-                ],
-            )
-            ranked = with_id.take(order)
-            ids = ranked.column("id").combine_chunks()
-            first = pa.concat_arrays([pa.array([True] * min(1, len(ids))), pc.not_equal(ids[1:], ids[:-1])])
-            winners = ranked.filter(first)
-            winner_ids = winners.column("id").combine_chunks()
-            joined = winners.join(target, "id", join_type="left outer")
-            now = pa.repeat(pa.scalar(when, _TS), len(joined))
-            newer = newer_mask(
-                joined.column("v"),
-                joined.column("lu"),
-                now,
-                joined.column("t_v"),
-                joined.column("t_lu"),
-                joined.column("t_tt"),
-            )
-            chosen = joined.filter(newer).column("pos").to_pylist()
-            for position in chosen:
-                keep[position] = 1
-            unchanged = len(with_id) - len(chosen)
-        deletes = _deletion_table(deletions, winner_ids)
-        delete_count = 0
-        if len(deletes):
-            joined = deletes.join(target, "id", join_type="inner")
-            if len(joined):
+        chosen_count = inserted = updated = delete_count = 0
+        drops: dict[str, list[pa.Array]] = {}
+        for bucket in touched:
+            mine = winners.filter(pc.equal(winners.column("b"), bucket))
+            gone = deletes.filter(pc.equal(deletes.column("b"), bucket))
+            # Only the bucket's files are read, one file's keys at a time, and only the rows whose id the
+            # run names are kept: memory follows the run, never the table.
+            wanted = pa.concat_arrays([mine.column("id").combine_chunks(), gone.column("id").combine_chunks()])
+            target = _target_keys(files, by_bucket.get(bucket, []), wanted)
+            if len(mine):
+                joined = mine.join(target, "id", join_type="left outer")
                 now = pa.repeat(pa.scalar(when, _TS), len(joined))
-                applies = deletes_mask(now, joined.column(LAST_UPDATED), joined.column("t_tt"), joined.column("t_lu"))
-                deletes = joined.filter(applies).select(["id", LAST_UPDATED])
-                delete_count = len(deletes)
-            else:
-                deletes = deletes.slice(0, 0)
-        keep_count = total - unchanged - without_id
-        return _Plan(keep, keep_count, unchanged, deletes, delete_count, len(target), without_id)
+                newer = newer_mask(
+                    joined.column("v"),
+                    joined.column("lu"),
+                    now,
+                    joined.column("t_v"),
+                    joined.column("t_lu"),
+                    joined.column("t_tt"),
+                )
+                chosen = joined.filter(newer)
+                for position in chosen.column("pos").to_pylist():
+                    keep[position] = 1
+                chosen_count += len(chosen)
+                replaced = chosen.filter(pc.is_valid(chosen.column("t_file")))
+                updated += len(replaced)
+                inserted += len(chosen) - len(replaced)
+                _collect(drops, replaced)
+            if len(gone) and len(target):
+                joined = gone.join(target, "id", join_type="inner")
+                if len(joined):
+                    now = pa.repeat(pa.scalar(when, _TS), len(joined))
+                    applies = deletes_mask(
+                        now, joined.column(LAST_UPDATED), joined.column("t_tt"), joined.column("t_lu")
+                    )
+                    applied = joined.filter(applies)
+                    delete_count += len(applied)
+                    _collect(drops, applied)
+        rewrite = {path: pa.concat_arrays(ids) for path, ids in drops.items()}
+        return _Plan(
+            keep,
+            chosen_count,
+            total - chosen_count - without_id,
+            inserted,
+            updated,
+            delete_count,
+            rewrite,
+            buckets,
+            len(touched),
+            sum(f.rows for f in listing),
+            files,
+            without_id,
+        )
 
     def reader(self, parts: list[str], desired: pa.Schema, source: str, when: Any) -> pa.RecordBatchReader:
-        schema = desired.append(pa.field(OPERATION, pa.string()))
+        """The run's rows to write (new ids and newer versions), with their buckets."""
+        schema = _with_bucket(desired)
         return pa.RecordBatchReader.from_batches(schema, self._batches(parts, desired, schema, source, when))
+
+    def survivors(self, path: str, desired: pa.Schema) -> Iterator[pa.Table]:
+        """The rows of the file at ``path`` that stay (all but the replaced and deleted ids), as ``desired``."""
+        drop = self.rewrite[path]
+        for batch in self.files.batches(path):
+            rows = pa.Table.from_batches([batch])
+            rows = rows.filter(pc.invert(pc.is_in(rows.column("id"), value_set=drop)))
+            if len(rows):
+                yield conform_table(rows, desired)
 
     def _batches(
         self, parts: list[str], desired: pa.Schema, schema: pa.Schema, source: str, when: Any
@@ -517,25 +677,95 @@ class _Plan:
                 out = rows.append_column(SOURCE, pa.array([source] * count, pa.string()))
                 out = out.append_column(TRANSACTION_TIME, pa.array([when] * count, _TS))
                 out = out.append_column(VERSION_ID, version).append_column(LAST_UPDATED, updated)
-                out = out.append_column(OPERATION, pa.array(["upsert"] * count, pa.string()))
+                out = out.append_column(BUCKET, buckets_of(rows.column("id"), self.buckets))
                 yield from out.cast(schema).to_batches()
-        if self.delete_count:
-            n = self.delete_count
-            columns = []
-            for f in schema:
-                if f.name == "id":
-                    columns.append(self.deletes.column("id").cast(f.type))
-                elif f.name == TRANSACTION_TIME:
-                    columns.append(pa.chunked_array([pa.array([when] * n, _TS)]))
-                elif f.name == LAST_UPDATED:
-                    columns.append(self.deletes.column(LAST_UPDATED).cast(_TS))
-                elif f.name == OPERATION:
-                    columns.append(pa.chunked_array([pa.array(["delete"] * n, pa.string())]))
-                elif f.name == SOURCE:
-                    columns.append(pa.chunked_array([pa.array([source] * n, pa.string())]))
-                else:
-                    columns.append(pa.chunked_array([pa.nulls(n, f.type)]))
-            yield from pa.Table.from_arrays(columns, schema=schema).to_batches()
+
+
+def _collect(drops: dict[str, list[pa.Array]], rows: pa.Table) -> None:
+    """Group the ids of ``rows`` by the table file (``t_file``) that holds them."""
+    if not len(rows):
+        return
+    paths = rows.column("t_file").combine_chunks()
+    ids = rows.column("id").combine_chunks()
+    for path in pc.unique(paths).to_pylist():
+        drops.setdefault(path, []).append(ids.filter(pc.equal(paths, path)))
+
+
+def _newest_per_id(keys: pa.Table) -> pa.Table:
+    """The newest copy of each id within the run (rows without an id, absent or empty, are left out)."""
+    with_id = keys.filter(_has_id(keys.column("id")))
+    if not len(with_id):
+        return with_id
+    order = pc.sort_indices(
+        with_id,
+        sort_keys=[
+            ("id", "ascending", "at_end"),
+            ("v", "descending", "at_end"),
+            ("lu", "descending", "at_end"),
+            ("pos", "descending", "at_end"),
+        ],
+    )
+    ranked = with_id.take(order)
+    ids = ranked.column("id").combine_chunks()
+    first = pa.concat_arrays([pa.array([True] * min(1, len(ids))), pc.not_equal(ids[1:], ids[:-1])])
+    return ranked.filter(first)
+
+
+def _has_id(ids: pa.ChunkedArray) -> pa.ChunkedArray:
+    """True where a row has an id: neither absent nor empty."""
+    return pc.fill_null(pc.greater(pc.utf8_length(ids), 0), False)
+
+
+def _target_keys(files: TableFiles, bucket_files: list[DataFile], wanted: pa.Array) -> pa.Table:
+    """id, versions and file of the rows of ``bucket_files`` whose id is in ``wanted`` (key columns only)."""
+    tables = [
+        pa.table(
+            {
+                "id": pa.array([], pa.string()),
+                "t_tt": pa.array([], _TS),
+                "t_v": pa.array([], pa.int64()),
+                "t_lu": pa.array([], _TS),
+                "t_file": pa.array([], pa.string()),
+            }
+        )
+    ]
+    for data_file in bucket_files:
+        keys = files.read_columns(data_file.path, _KEY_COLUMNS)
+        keys = keys.filter(pc.is_in(keys.column("id"), value_set=wanted))
+        n = len(keys)
+        tables.append(
+            pa.table(
+                {
+                    "id": keys.column("id").cast(pa.string()),
+                    "t_tt": keys.column(TRANSACTION_TIME).cast(_TS),
+                    "t_v": keys.column(VERSION_ID).cast(pa.int64()),
+                    "t_lu": keys.column(LAST_UPDATED).cast(_TS),
+                    "t_file": pa.repeat(pa.scalar(data_file.path, pa.string()), n),
+                }
+            )
+        )
+    return pa.concat_tables(tables).combine_chunks()
+
+
+def _with_bucket(schema: pa.Schema) -> pa.Schema:
+    return schema.append(pa.field(BUCKET, pa.int32()))
+
+
+def _staged_rows(parts: list[str]) -> int:
+    return sum(pq.ParquetFile(part).metadata.num_rows for part in parts)
+
+
+def _relayout_batches(
+    files: TableFiles, listing: list[DataFile], data: pa.Schema, schema: pa.Schema, count: int, wanted: pa.Array
+) -> Iterator[pa.RecordBatch]:
+    """Every row of the table whose new bucket is in ``wanted``, with that bucket."""
+    for data_file in listing:
+        for batch in files.batches(data_file.path):
+            rows = conform_table(pa.Table.from_batches([batch]), data)
+            rows = rows.append_column(BUCKET, buckets_of(rows.column("id"), count))
+            rows = rows.filter(pc.is_in(rows.column(BUCKET), value_set=wanted))
+            if len(rows):
+                yield from rows.cast(schema).to_batches()
 
 
 def _versions(rows: pa.Table) -> tuple[pa.Array, pa.Array]:

@@ -57,8 +57,15 @@ def test_merge_operator_writes_delta_tables_to_s3(moto_s3: MotoS3, tmp_path: Pat
 
     first = merge("run1")
     assert first["tables"]["Observation"] == f"s3://{moto_s3.bucket}/fhir/tables/Observation"
+    created = first["results"]["Observation"]
+    assert (created["files_rewritten"], created["bytes_rewritten"]) == (0, 0) and created["files_added"] == 1
     second = merge("run2")
     assert second["results"]["Observation"]["updated"] == 1 and second["results"]["Observation"]["deleted"] == 2
+    # 20 rows make one bucket and one file: the update and the deletions rewrite exactly that file.
+    changed = second["results"]["Observation"]
+    assert (changed["buckets"], changed["files_rewritten"]) == (1, 1)
+    assert changed["bytes_rewritten"] == created["bytes_added"]
+    assert any(k.startswith("fhir/tables/Observation/_fhir_bucket=0/") for k in moto_s3.keys("fhir/tables/"))
     assert any(k.startswith("fhir/tables/Observation/_delta_log/") for k in moto_s3.keys("fhir/tables/"))
     options = storage_options_for(root, moto_s3.conn_id)
     assert options["AWS_ENDPOINT_URL"] == moto_s3.endpoint_url and options["AWS_ALLOW_HTTP"] == "true"

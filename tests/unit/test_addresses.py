@@ -23,7 +23,7 @@ from airflow_provider_smart.transport.addresses import (
     internal_kind,
     parse_allowed_entry,
 )
-from tests.loopback import AnswerServer, answering
+from tests.loopback import AnswerServer, Seen, answering, recording
 
 FHIR = "http://fhir.example.org/r4"
 
@@ -166,21 +166,12 @@ def test_every_address_refused_names_the_first_and_the_setting() -> None:
 
 
 @pytest.fixture
-def listener() -> Iterator[tuple[AnswerServer, list[str]]]:
-    hits: list[str] = []
-
-    def answer(request: BaseHTTPRequestHandler) -> None:
-        hits.append(request.path)
-        request.send_response(200)
-        request.send_header("Content-Length", "2")
-        request.end_headers()
-        request.wfile.write(b"ok")
-
-    with answering(answer) as server:
-        yield server, hits
+def listener() -> Iterator[tuple[AnswerServer, Seen]]:
+    with recording() as started:
+        yield started
 
 
-def test_a_guarded_session_refuses_loopback_unless_allowed(listener: tuple[AnswerServer, list[str]]) -> None:
+def test_a_guarded_session_refuses_loopback_unless_allowed(listener: tuple[AnswerServer, Seen]) -> None:
     server, hits = listener
     session = requests.Session()
     guard_session(session, AddressPolicy.for_server(FHIR))
@@ -189,11 +180,11 @@ def test_a_guarded_session_refuses_loopback_unless_allowed(listener: tuple[Answe
     assert hits == []
     guard_session(session, AddressPolicy.for_server(FHIR, [server.url]))
     assert session.get(server.url + "/admin", timeout=5).text == "ok"
-    assert hits == ["/admin"]
+    assert [path for path, _ in hits] == ["/admin"]
 
 
 def test_a_proxied_request_checks_the_target_before_sending(
-    listener: tuple[AnswerServer, list[str]], no_connect: list[Any]
+    listener: tuple[AnswerServer, Seen], no_connect: list[Any]
 ) -> None:
     """Through a proxy the socket goes to the proxy: the target's resolved addresses are checked first."""
     server, hits = listener

@@ -92,6 +92,28 @@ def answering(answer: Answer) -> Iterator[AnswerServer]:
         server.close()
 
 
+#: What a recording server saw: (path, headers) of each request, in order.
+Seen = list[tuple[str, dict[str, str]]]
+
+
+@contextmanager
+def recording(body: bytes = b"ok", content_type: str = "text/plain") -> Iterator[tuple[AnswerServer, Seen]]:
+    """An :class:`AnswerServer` that answers every GET with ``body`` and records each request's path and
+    headers: a host that must (or must not) be reached."""
+    seen: Seen = []
+
+    def answer(request: BaseHTTPRequestHandler) -> None:
+        seen.append((request.path, dict(request.headers.items())))
+        request.send_response(200)
+        request.send_header("Content-Type", content_type)
+        request.send_header("Content-Length", str(len(body)))
+        request.end_headers()
+        request.wfile.write(body)
+
+    with answering(answer) as server:
+        yield server, seen
+
+
 def send_json(
     request: BaseHTTPRequestHandler, body: Any, status: int = 200, content_type: str = "application/json"
 ) -> None:

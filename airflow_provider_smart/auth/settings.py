@@ -6,7 +6,7 @@ Shared by the hook, the ``smart-fhir`` command and the JWKS plugin so all three 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from airflow_provider_smart.auth.errors import KeyLoadError
 from airflow_provider_smart.auth.keys import KeySet, key_file_within, load_key_file, load_keys
 from airflow_provider_smart.transport.addresses import ALLOWED_INTERNAL_EXTRA, parse_allowed_entry
 from airflow_provider_smart.transport.retry import DEFAULT_MAX_RETRY_AFTER
-from airflow_provider_smart.transport.urls import UnsafeUrlError, check_url, fhir_base
+from airflow_provider_smart.transport.urls import check_url, fhir_base
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -282,21 +282,21 @@ def _entries(conn_id: str, name: str, value: Any) -> list[str]:
 
 def _allowed_internal_hosts(conn_id: str, value: Any) -> tuple[str, ...]:
     """Origins (``https://minio.internal:9000``) and networks (``10.1.0.0/16``), each checked."""
-    entries = _entries(conn_id, ALLOWED_INTERNAL_EXTRA, value)
-    for entry in entries:
-        try:
-            parse_allowed_entry(entry)
-        except ValueError as exc:
-            raise ConnectionSettingsError(f"connection {conn_id!r}: {exc}") from None
-    return tuple(entries)
+    return _checked_entries(conn_id, ALLOWED_INTERNAL_EXTRA, value, parse_allowed_entry)
 
 
 def _header_origins(conn_id: str, value: Any) -> tuple[str, ...]:
     """Origins (``https://gateway.example.org``) that receive the headers extra too."""
-    entries = _entries(conn_id, "header_origins", value)
+    return _checked_entries(conn_id, "header_origins", value, check_url)
+
+
+def _checked_entries(conn_id: str, name: str, value: Any, check: Callable[[str], object]) -> tuple[str, ...]:
+    """The entries of a list extra, each passed through ``check`` (a ValueError names the problem)."""
+    entries = _entries(conn_id, name, value)
     for entry in entries:
         try:
-            check_url(entry)
-        except UnsafeUrlError as exc:
-            raise ConnectionSettingsError(f"connection {conn_id!r}: header_origins: {exc}") from None
+            check(entry)
+        except ValueError as exc:
+            detail = str(exc) if str(exc).startswith(name) else f"{name}: {exc}"
+            raise ConnectionSettingsError(f"connection {conn_id!r}: {detail}") from None
     return tuple(entries)

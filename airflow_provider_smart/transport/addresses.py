@@ -311,12 +311,13 @@ class GuardedAsyncBackend:
         await self._inner.sleep(seconds)
 
 
-def guarded_async_transport(policy: AddressPolicy, **kwargs: Any) -> Any:
-    """An ``httpx.AsyncHTTPTransport`` whose connections obey ``policy``."""
-    import httpx
+def guard_async_client(client: Any, policy: AddressPolicy) -> Any:
+    """Make the direct connections of an ``httpx.AsyncClient`` obey ``policy``; returns the client.
 
-    transport = httpx.AsyncHTTPTransport(**kwargs)
-    pool: Any = transport._pool
-    # httpx has no public way to pass a network backend; its pool keeps the one it uses here.
+    Only the client's own transport is guarded: requests that the environment's proxy settings send to a
+    proxy connect to the proxy, and their caller judges the target first (see the module text).
+    """
+    # httpx has no public way to pass a network backend; its default transport's pool keeps the one it uses.
+    pool: Any = client._transport._pool
     pool._network_backend = GuardedAsyncBackend(pool._network_backend, policy)
-    return transport
+    return client

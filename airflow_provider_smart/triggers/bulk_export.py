@@ -19,7 +19,7 @@ from airflow_provider_smart.fhir.bulk.status import (
     interpret_status,
 )
 from airflow_provider_smart.fhir.bulk.sync import MAX_MANIFEST_BODY, poll_reason
-from airflow_provider_smart.transport.addresses import AddressPolicy, BlockedAddressError, guarded_async_transport
+from airflow_provider_smart.transport.addresses import AddressPolicy, BlockedAddressError, guard_async_client
 from airflow_provider_smart.transport.bodies import MAX_ERROR_BODY
 from airflow_provider_smart.transport.retry import log_wait
 from airflow_provider_smart.transport.sanitize import safe_text
@@ -107,6 +107,8 @@ class BulkExportStatusTrigger(BaseTrigger):
         self.allow_insecure_http = bool(allow_insecure_http)
         self._hook: Any = None
         self._allow_insecure = self.allow_insecure_http
+        #: Where URLs from the server may connect (set in run() from the connection's extras).
+        self._address_policy: AddressPolicy | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -211,11 +213,9 @@ class BulkExportStatusTrigger(BaseTrigger):
 
         # Redirects are followed by hand (see _poll), deciding the token at every hop like the worker;
         # every connection checks the address it reaches, like the worker's (transport.addresses).
-        policy = getattr(self, "_address_policy", None) or AddressPolicy.for_server(self._base_url())
-        return httpx.AsyncClient(
-            timeout=self.request_timeout,
-            follow_redirects=False,
-            transport=guarded_async_transport(policy, verify=self.verify),
+        policy = self._address_policy or AddressPolicy.for_server(self._base_url())
+        return guard_async_client(
+            httpx.AsyncClient(timeout=self.request_timeout, verify=self.verify, follow_redirects=False), policy
         )
 
     async def _poll(self, http: Any, base_url: str) -> ExportStatus:
@@ -223,6 +223,7 @@ class BulkExportStatusTrigger(BaseTrigger):
         :func:`may_carry_token` allows, redirects re-decided at every hop, one re-auth on 401, the
         body read up to a cap. The token comes from the hook's cache (renewed before it expires)."""
         import httpx
+        from requests.utils import get_environ_proxies as getenv_proxies
 
         url, previous = self.status_url, None
         reauthenticated = False
@@ -239,12 +240,16 @@ class BulkExportStatusTrigger(BaseTrigger):
                 token = await asyncio.to_thread(self._token, reauthenticated)
                 headers["Authorization"] = f"Bearer {token}"
             try:
+                if getenv_proxies(url):
+                    # Through a proxy the socket goes to the proxy: judge the target's addresses first.
+                    policy = self._address_policy or AddressPolicy.for_server(base_url)
+                    await asyncio.to_thread(policy.check_url, url)
                 async with http.stream("GET", url, headers=headers) as response:
                     limit = MAX_MANIFEST_BODY if response.status_code == 200 else MAX_ERROR_BODY
                     body = await _read_capped(response, limit + 1)
             except BlockedAddressError as exc:
                 return ExportFailed(f"status {redact_url(url)}: {exc}", 0)
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, OSError) as exc:
                 return ExportTransientError(f"status request failed: {type(exc).__name__}", 0, None)
             status = response.status_code
             if status in _REDIRECTS and response.headers.get("Location"):

@@ -173,11 +173,14 @@ def test_one_reauthentication_after_401_then_a_clear_failure(sandbox, smart_clie
     assert auth.token_requests - before == 1  # exactly one re-authentication
 
 
-def test_no_token_sent_to_another_origin(sandbox, smart_client, sandbox_factory):
+def test_no_token_sent_to_another_origin(sandbox, smart_client_factory, sandbox_factory):
     other = sandbox_factory(patients=1)
-    hook = SmartFhirHook(smart_client.conn_id)
+    # The other origin is another loopback port: the connection allows it, so the request does go there.
+    client = smart_client_factory(extra={"allowed_internal_hosts": other.base_url})
+    hook = SmartFhirHook(client.conn_id)
     hook.request("GET", patient_path(sandbox))
     hook.request("GET", other.fhir_base + "/metadata")
+    assert other.state.faults.count("/fhir/metadata") == 1
     assert all(value is None for value in other.state.faults.authorization.get("/fhir/metadata", []))
     assert any(
         value

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from tests.integration.bulk_helpers import context, landed, run_deferred, store_
 from tests.integration.sandbox_content import put_document
 from tests.integration.test_bulk_export_operator import export_op
 from tests.integration.test_hostile_sandbox import Bouncer, _assert_nowhere, _logs, _token_of
-from tests.loopback import AnswerServer, answering
+from tests.loopback import AnswerServer, Seen, recording
 from tests.sandbox_fixtures import SmartClient
 
 pytestmark = pytest.mark.integration
@@ -38,20 +37,10 @@ def fhir(bulk_server: Callable[..., tuple[SandboxServer, SmartClient]]) -> Sandb
 
 
 @pytest.fixture
-def listener() -> Iterator[tuple[AnswerServer, list[tuple[str, dict[str, str]]]]]:
+def listener() -> Iterator[tuple[AnswerServer, Seen]]:
     """Another loopback port, as an internal admin page: records path and headers, answers some bytes."""
-    seen: list[tuple[str, dict[str, str]]] = []
-
-    def answer(request: BaseHTTPRequestHandler) -> None:
-        seen.append((request.path, dict(request.headers.items())))
-        request.send_response(200)
-        request.send_header("Content-Type", "text/plain")
-        request.send_header("Content-Length", "13")
-        request.end_headers()
-        request.wfile.write(b"admin: secret")
-
-    with answering(answer) as server:
-        yield server, seen
+    with recording(b"admin: secret") as started:
+        yield started
 
 
 def _connect(smart_client_factory: Callable[..., SmartClient], server: SandboxServer, **extra: Any) -> SmartClient:
@@ -77,7 +66,7 @@ def _records(out: Path, run: str) -> dict[str, dict[str, Any]]:
 
 def test_attachment_urls_to_another_loopback_port_are_skipped_and_never_sent(
     fhir: SandboxServer,
-    listener: tuple[AnswerServer, list[tuple[str, dict[str, str]]]],
+    listener: tuple[AnswerServer, Seen],
     smart_client_factory: Callable[..., SmartClient],
     tmp_path: Path,
 ) -> None:
@@ -108,7 +97,7 @@ def test_attachment_urls_to_another_loopback_port_are_skipped_and_never_sent(
 
 def test_the_headers_extra_stays_on_the_fhir_origin_unless_named(
     fhir: SandboxServer,
-    listener: tuple[AnswerServer, list[tuple[str, dict[str, str]]]],
+    listener: tuple[AnswerServer, Seen],
     smart_client_factory: Callable[..., SmartClient],
     tmp_path: Path,
 ) -> None:

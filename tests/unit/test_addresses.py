@@ -23,7 +23,7 @@ from airflow_provider_smart.transport.addresses import (
     internal_kind,
     parse_allowed_entry,
 )
-from tests.loopback import AnswerServer, answering
+from tests.loopback import AnswerServer, Seen, answering, recording
 
 FHIR = "http://fhir.example.org/r4"
 
@@ -166,21 +166,12 @@ def test_every_address_refused_names_the_first_and_the_setting() -> None:
 
 
 @pytest.fixture
-def listener() -> Iterator[tuple[AnswerServer, list[str]]]:
-    hits: list[str] = []
-
-    def answer(request: BaseHTTPRequestHandler) -> None:
-        hits.append(request.path)
-        request.send_response(200)
-        request.send_header("Content-Length", "2")
-        request.end_headers()
-        request.wfile.write(b"ok")
-
-    with answering(answer) as server:
-        yield server, hits
+def listener() -> Iterator[tuple[AnswerServer, Seen]]:
+    with recording() as started:
+        yield started
 
 
-def test_a_guarded_session_refuses_loopback_unless_allowed(listener: tuple[AnswerServer, list[str]]) -> None:
+def test_a_guarded_session_refuses_loopback_unless_allowed(listener: tuple[AnswerServer, Seen]) -> None:
     server, hits = listener
     session = requests.Session()
     guard_session(session, AddressPolicy.for_server(FHIR))
@@ -189,11 +180,11 @@ def test_a_guarded_session_refuses_loopback_unless_allowed(listener: tuple[Answe
     assert hits == []
     guard_session(session, AddressPolicy.for_server(FHIR, [server.url]))
     assert session.get(server.url + "/admin", timeout=5).text == "ok"
-    assert hits == ["/admin"]
+    assert [path for path, _ in hits] == ["/admin"]
 
 
 def test_a_proxied_request_checks_the_target_before_sending(
-    listener: tuple[AnswerServer, list[str]], no_connect: list[Any]
+    listener: tuple[AnswerServer, Seen], no_connect: list[Any]
 ) -> None:
     """Through a proxy the socket goes to the proxy: the target's resolved addresses are checked first."""
     server, hits = listener
@@ -202,3 +193,36 @@ def test_a_proxied_request_checks_the_target_before_sending(
     with pytest.raises(BlockedAddressError, match="link-local"):
         session.get("http://169.254.169.254/latest/", proxies={"http": server.url}, timeout=5)
     assert hits == [] and no_connect == []
+
+
+@pytest.mark.parametrize("proxied", [False, True], ids=["direct", "via-proxy"])
+def test_the_status_trigger_judges_addresses_like_the_worker(
+    listener: tuple[AnswerServer, Seen], monkeypatch: pytest.MonkeyPatch, proxied: bool
+) -> None:
+    """The trigger's httpx client: a status URL on another loopback port is refused before any request,
+    also when a proxy from the environment would carry it (the proxy is the listener here)."""
+    import asyncio
+
+    from airflow_provider_smart.triggers.bulk_export import BulkExportStatusTrigger
+
+    server, seen = listener
+    for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    status_url = f"{server.url}/fhir/$bulk-status/1"
+    if proxied:
+        monkeypatch.setenv("HTTP_PROXY", server.url)
+        status_url = "http://169.254.169.254/fhir/$bulk-status/1"
+    trigger = BulkExportStatusTrigger(smart_fhir_conn_id="c", status_url=status_url, poll_interval=0.01)
+    monkeypatch.setattr(trigger, "_base_url", lambda: FHIR)
+    monkeypatch.setattr(trigger, "_connection_policy", lambda: (False, 300.0, ()))
+
+    async def first() -> dict[str, Any]:
+        async for event in trigger.run():
+            return dict(event.payload)
+        raise AssertionError("no event")
+
+    event = asyncio.run(first())
+    assert event["status"] == "error"
+    assert ("link-local" if proxied else "loopback") in event["message"]
+    assert "allowed_internal_hosts" in event["message"]
+    assert seen == []

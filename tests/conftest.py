@@ -90,7 +90,15 @@ def airflow_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     basetemp = tmp_path_factory.getbasetemp()
     shared = basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
     home = Path(os.environ["AIRFLOW_HOME"])
-    shutil.copyfile(_migrated_template(shared), home / "airflow.db")
+    staged = home / "airflow.db.copying"
+    shutil.copyfile(_migrated_template(shared), staged)
+    staged.replace(home / "airflow.db")  # whole, never half-copied, for any process that opens it
+    # An earlier test in this worker may have opened the (then empty) DB in-process: drop pooled connections
+    # so the next session opens the migrated file.
+    from airflow import settings
+
+    if settings.engine is not None:
+        settings.engine.dispose()
     yield home
 
 

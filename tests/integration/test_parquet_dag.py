@@ -11,7 +11,8 @@ import pytest
 from airflow_provider_smart.parquet.reader import iter_resources
 from tests.conftest import run_airflow
 
-pytestmark = pytest.mark.integration
+# Runs `airflow dags test` (minutes on a busy machine).
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 DAG_FILE = """
 from datetime import datetime

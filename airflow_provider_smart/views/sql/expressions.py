@@ -449,13 +449,19 @@ def reference_key_sql(ref: str, wanted: str | None) -> str:
     """
     if wanted is not None and not wanted.isalnum():
         raise ViewCompileError(f"getReferenceKey({wanted}): not a resource type name")
-    # Drop a trailing /_history/<version> when at least Type/id is left before it.
+    # Drop a trailing /_history/<version> when at least Type/id is left before it (the rare, slow path).
     plain = f"regexp_replace({ref}, '^(.*/.*)/_history/[^/]*$', '\\1')"
     typed = f"WHEN NOT regexp_matches({plain}, '(^|/){wanted}/[^/]*$') THEN NULL " if wanted is not None else ""
+    versioned = (
+        f"CASE WHEN NOT contains({plain}, '/') OR ends_with({plain}, '/') THEN NULL "
+        f"{typed}ELSE regexp_extract({plain}, '[^/]*$') END"
+    )
+    # Without a version: the last segment after 'Type/' (or after any '/'), one regular expression.
+    last = f"(?:^|/){wanted}/([^/]+)$" if wanted is not None else "/([^/]+)$"
     return (
         f"(CASE WHEN {ref} IS NULL OR {ref} = '' THEN NULL "
         f"WHEN starts_with({ref}, 'urn:uuid:') THEN substr({ref}, 10) "
         f"WHEN starts_with({ref}, 'urn:oid:') THEN substr({ref}, 9) "
-        f"WHEN NOT contains({plain}, '/') OR ends_with({plain}, '/') THEN NULL "
-        f"{typed}ELSE regexp_extract({plain}, '[^/]*$') END)"
+        f"WHEN contains({ref}, '/_history/') THEN {versioned} "
+        f"ELSE nullif(regexp_extract({ref}, '{last}', 1), '') END)"
     )

@@ -223,7 +223,10 @@ def _hand_source(view_name: str, form: str, corpus: Path) -> str:
     described = duckdb.connect().execute(f"DESCRIBE SELECT * FROM read_parquet('{glob}')").fetchall()  # noqa: S608
     present = {row[0] for row in described}
     # The typed Parquet has no column for an element that never appeared: the analyst writes NULL for it.
-    cols = ", ".join(f'"{k}"' if k in present else f'CAST(NULL AS {v}) AS "{k}"' for k, v in spec.items())
+    # A struct is as wide as the data too: a cast by name gives NULL for the fields it lacks.
+    cols = ", ".join(
+        f'CAST({chr(34) + k + chr(34) if k in present else "NULL"} AS {v}) AS "{k}"' for k, v in spec.items()
+    )
     return f"(SELECT {cols} FROM read_parquet('{glob}'))"  # noqa: S608
 
 

@@ -83,8 +83,7 @@ class Needs:
 
 
 def model_elements(type_name: str) -> list[str]:
-    elements = model._types().get(type_name, {})
-    return [n for n in elements if not n.startswith("_")]
+    return [n for n in model.element_names(type_name) if not n.startswith("_")]
 
 
 def quote(name: str) -> str:

@@ -223,7 +223,10 @@ def _hand_source(view_name: str, form: str, corpus: Path) -> str:
     described = duckdb.connect().execute(f"DESCRIBE SELECT * FROM read_parquet('{glob}')").fetchall()  # noqa: S608
     present = {row[0] for row in described}
     # The typed Parquet has no column for an element that never appeared: the analyst writes NULL for it.
-    cols = ", ".join(f'"{k}"' if k in present else f'CAST(NULL AS {v}) AS "{k}"' for k, v in spec.items())
+    # A struct is as wide as the data too: a cast by name gives NULL for the fields it lacks.
+    cols = ", ".join(
+        f'CAST({chr(34) + k + chr(34) if k in present else "NULL"} AS {v}) AS "{k}"' for k, v in spec.items()
+    )
     return f"(SELECT {cols} FROM read_parquet('{glob}'))"  # noqa: S608
 
 
@@ -263,8 +266,15 @@ def sql_child(engine: str, view_name: str, form: str, corpus: Path, out: Path, l
         started, cpu = time.perf_counter(), time.process_time()
         rows = operator.execute({})["views"][view_name]["rows"]  # type: ignore[arg-type]
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"rows": rows, "seconds": seconds, "cpu": cpu_seconds, "peak_mb": peak_mb}))
+    print(json.dumps({"rows": rows, "seconds": seconds, "cpu": cpu_seconds, "peak_mb": _peak_mb()}))
+
+
+def _peak_mb() -> float:
+    """This process's peak RSS (VmHWM): unlike ru_maxrss, not inherited from the parent that forked it."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _sql_measure(engine: str, view_name: str, form: str, corpus: Path, out: Path, limit: int) -> dict[str, Any]:
@@ -351,7 +361,7 @@ def main() -> int:
     parser.add_argument("--sql", action="store_true", help="measure the SQL engine (see the module doc)")
     parser.add_argument("--observations", type=int, default=1_000_000, help="--sql: Observations in the corpus")
     parser.add_argument(
-        "--evaluator-limit", type=int, default=50_000, help="--sql: Observations/Patients the evaluator reads"
+        "--evaluator-limit", type=int, default=100_000, help="--sql: Observations/Patients the evaluator reads"
     )
     args = parser.parse_args()
     if args.sql:

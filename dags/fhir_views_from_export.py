@@ -1,8 +1,10 @@
 """Bulk Data export -> SQL on FHIR views -> typed Parquet tables, ready for SQL.
 
 Each run exports the five resource types the shipped views read into ``<output>/<ResourceType>/<run id>/``,
-then evaluates the shipped ViewDefinitions over exactly that run's files and writes one Parquet table per
-view under ``<output>/views/<view>/<run id>/``. Query them with DuckDB:
+then runs the shipped ViewDefinitions over exactly that run's files and writes one Parquet table per
+view under ``<output>/views/<view>/<run id>/``. Every shipped view compiles to SQL, so with DuckDB
+installed (the ``views`` extra; ``make setup`` installs it) they run in DuckDB; the task log says so.
+Query the tables with DuckDB:
 ``SELECT * FROM read_parquet('<output>/views/observations/*/*.parquet')``.
 
 Set the output with the DAG param ``output`` or the Variable ``fhir_views_output_dir``.

@@ -41,6 +41,11 @@ def element(type_name: str | None, name: str) -> Element | None:
     return elements.get(name)
 
 
+def element_names(type_name: str) -> list[str]:
+    """The elements of ``type_name`` in model order (empty for an unknown type)."""
+    return list(_types().get(type_name, {}))
+
+
 def is_resource_type(name: str) -> bool:
     elements = _types().get(name)
     return elements is not None and "resourceType" in elements

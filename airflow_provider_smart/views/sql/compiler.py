@@ -26,6 +26,7 @@ from airflow_provider_smart.views.sql.expressions import (
     as_list,
     as_one,
     fresh,
+    items,
     literal,
     model_elements,
     quote,
@@ -261,7 +262,8 @@ class _ViewCompiler:
         t, f = fresh("t"), fresh("f")
         kind = "LEFT JOIN" if select.or_null else "CROSS JOIN"
         on = " ON true" if select.or_null else ""
-        join = f"{kind} unnest({as_list(foci)}) AS {t}({f}){on}"
+        # unnest of a NULL list gives no row (a LEFT JOIN's one NULL row), as an empty one.
+        join = f"{kind} unnest({items(foci)}) AS {t}({f}){on}"
         return join, scope.at(Expr(f"{t}.{f}", False, foci.type, foci.path))
 
     def query(self) -> str:
@@ -317,14 +319,21 @@ class _ViewCompiler:
             wheres.append(f"coalesce({as_one(e, f'where path {text!r}')}, false)")
         names = self.plan.column_names
         selects = []
+        shared = len(branches) > 1
         for joins, columns in branches:
             listed = ",\n  ".join(f"{columns[n]} AS {quote(n)}" for n in names)
             selects.append(
-                f"SELECT\n  {listed}\nFROM {SOURCE} AS src\n"
+                f"SELECT\n  {listed}\nFROM {'src' if shared else SOURCE + ' AS src'}\n"
                 + "".join(f"{j}\n" for j in joins)
-                + f"WHERE {' AND '.join(wheres)}"
+                + ("" if shared else f"WHERE {' AND '.join(wheres)}")
             )
-        return "\nUNION ALL\n".join(selects)
+        if not shared:
+            return selects[0]
+        # Several branches read the resources once: parsing them is most of the work.
+        return (
+            f"WITH src AS MATERIALIZED (SELECT * FROM {SOURCE} AS src WHERE {' AND '.join(wheres)})\n"  # noqa: S608
+            + "\nUNION ALL\n".join(selects)
+        )
 
     def union_of_simple(self, select: SelectPlan) -> bool:
         if select.for_each is not None or select.repeat is not None or not select.union:

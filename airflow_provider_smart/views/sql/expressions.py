@@ -83,8 +83,7 @@ class Needs:
 
 
 def model_elements(type_name: str) -> list[str]:
-    elements = model._types().get(type_name, {})
-    return [n for n in elements if not n.startswith("_")]
+    return [n for n in model.element_names(type_name) if not n.startswith("_")]
 
 
 def quote(name: str) -> str:
@@ -132,6 +131,12 @@ def as_list(e: Expr) -> str:
         return f"coalesce({e.sql}, [])"
     x = fresh()
     return f"list_filter([{e.sql}], lambda {x}: {x} IS NOT NULL)"
+
+
+def items(e: Expr) -> str:
+    """A list, NULL meaning empty: for list functions, which give NULL for NULL (``coalesce`` copies lists,
+    measured at half the cost of the observations view, so only what must give ``[]`` uses :func:`as_list`)."""
+    return e.sql if e.many else as_list(e)
 
 
 def as_one(e: Expr, what: str) -> str:
@@ -242,7 +247,7 @@ class SqlExpressions:
         index = self.node(node.args[0], scope)
         if index.type not in ("int64", "int32"):
             raise self.refuse("an indexer that is not an integer")
-        return Expr(f"({as_list(base)})[({as_one(index, 'an indexer')}) + 1]", False, base.type, base.path)
+        return Expr(f"({items(base)})[({as_one(index, 'an indexer')}) + 1]", False, base.type, base.path)
 
     # -- functions --------------------------------------------------------------------------------------
     def n_call(self, node: Node, scope: Scope) -> Expr:
@@ -330,7 +335,7 @@ class SqlExpressions:
             test = self.boolean(self.node(criteria, scope.at(base)), "where()")
             return Expr(f"(CASE WHEN coalesce({test}, false) THEN 1 END)", False, None, None)
         test = self.boolean(self.node(criteria, scope.at(item)), "where()")
-        return Expr(f"list_filter({as_list(base)}, lambda {x}: coalesce({test}, false))", True, base.type, base.path)
+        return Expr(f"list_filter({items(base)}, lambda {x}: coalesce({test}, false))", True, base.type, base.path)
 
     def f_join(self, node: Node, base: Expr, scope: Scope) -> Expr:
         self._arity(node, 0, 1)
@@ -352,7 +357,7 @@ class SqlExpressions:
         extensions = self.navigate(base, "extension", scope)
         x = fresh()
         self._need(extensions, "url", "string", False, scope)
-        sql = f"list_filter({as_list(extensions)}, lambda {x}: {x}.url = {url.sql})"
+        sql = f"list_filter({items(extensions)}, lambda {x}: {x}.url = {url.sql})"
         return Expr(sql, True, "Extension", extensions.path)
 
     def f_getResourceKey(self, node: Node, base: Expr, scope: Scope) -> Expr:
@@ -449,13 +454,19 @@ def reference_key_sql(ref: str, wanted: str | None) -> str:
     """
     if wanted is not None and not wanted.isalnum():
         raise ViewCompileError(f"getReferenceKey({wanted}): not a resource type name")
-    # Drop a trailing /_history/<version> when at least Type/id is left before it.
+    # Drop a trailing /_history/<version> when at least Type/id is left before it (the rare, slow path).
     plain = f"regexp_replace({ref}, '^(.*/.*)/_history/[^/]*$', '\\1')"
     typed = f"WHEN NOT regexp_matches({plain}, '(^|/){wanted}/[^/]*$') THEN NULL " if wanted is not None else ""
+    versioned = (
+        f"CASE WHEN NOT contains({plain}, '/') OR ends_with({plain}, '/') THEN NULL "
+        f"{typed}ELSE regexp_extract({plain}, '[^/]*$') END"
+    )
+    # Without a version: the last segment after 'Type/' (or after any '/'), one regular expression.
+    last = f"(?:^|/){wanted}/([^/]+)$" if wanted is not None else "/([^/]+)$"
     return (
         f"(CASE WHEN {ref} IS NULL OR {ref} = '' THEN NULL "
         f"WHEN starts_with({ref}, 'urn:uuid:') THEN substr({ref}, 10) "
         f"WHEN starts_with({ref}, 'urn:oid:') THEN substr({ref}, 9) "
-        f"WHEN NOT contains({plain}, '/') OR ends_with({plain}, '/') THEN NULL "
-        f"{typed}ELSE regexp_extract({plain}, '[^/]*$') END)"
+        f"WHEN contains({ref}, '/_history/') THEN {versioned} "
+        f"ELSE nullif(regexp_extract({ref}, '{last}', 1), '') END)"
     )

@@ -198,3 +198,25 @@ def test_a_source_not_named_for_the_type_runs_on_the_evaluator(
     result = _operator(tmp_path, ["patient_demographics"], "auto").execute({})  # type: ignore[arg-type]
     assert result["views"]["patient_demographics"]["engine"] == "python"
     assert "not every source file is named for Patient" in capsys.readouterr().out
+
+
+REFERENCES = [
+    "Patient/p1", "Patient/p1/_history/3", "https://ehr.example/fhir/Patient/p1/_history/3", "urn:uuid:p1",
+    "urn:oid:1.2.3", "", "p1", "/p1", "Patient/", "Patient/_history/1", "Obs/Patient/_history/1", "a/Patient/x/y",
+    "Patient/x/_history/", "Group/g1", "https://h/fhir/Group/g1", "Patient//x", "#contained",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("wanted", [None, "Patient", "Group"])
+def test_reference_keys_match_the_evaluator_on_every_form(wanted: str | None) -> None:
+    path = "subject.getReferenceKey()" if wanted is None else f"subject.getReferenceKey({wanted})"
+    view = {
+        "resource": "Observation",
+        "select": [{"column": [{"name": "id", "path": "id"}, {"name": "k", "path": path}]}],
+    }
+    observations = [
+        {"resourceType": "Observation", "id": f"o{i}", "subject": {"reference": r}} for i, r in enumerate(REFERENCES)
+    ]
+    expected = run_view(view, observations, engine="python")
+    assert len(expected) == len(REFERENCES)
+    assert sorted(run_rows(view, observations), key=lambda r: r["id"]) == sorted(expected, key=lambda r: r["id"])

@@ -38,11 +38,12 @@ def wait_in_worker(
 
     try:
         result = wait_for_export(client, state["status_url"], policy=policy, deadline=state.get("deadline"))
-    except (ExportTimeoutError, *cancel_on) as exc:  # type: ignore[misc]
-        cancel_export(client, layout, state, f"timed out: {exc}")
-        raise
     except ExportFailedError as exc:
         layout.write_state(dict(state, phase="failed", message=safe_text(exc, limit=2000)))
+        raise
+    except BaseException as exc:
+        if isinstance(exc, (ExportTimeoutError, *cancel_on)):
+            cancel_export(client, layout, state, f"timed out: {exc}")
         raise
     return result.manifest
 

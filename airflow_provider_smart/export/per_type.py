@@ -121,13 +121,14 @@ def write_parquet(job: TypeJob) -> dict[str, int]:
         strays = sorted(set(writer.writers) - {expected}) if expected is not None else []
         if strays:
             raise StrayTypeError(
-                f"the {expected} files of export {job.label} also hold {', '.join(strays)} resources; each type's "
+                f"the {expected} files of export {job.label} also hold {', '.join(strays[:5])} resources; each type's "
                 "table has one writer, so these cannot be converted with the type's own files. Land the export "
                 "with organizeOutputBy or fix the server's files"
             )
         tables = writer.commit()
     except BaseException:
-        writer.abort()
+        if not writer.closed:  # a failed commit has cleaned up already
+            writer.abort()
         raise
     return {name: int(info["rows"]) for name, info in sorted(tables.items())}
 

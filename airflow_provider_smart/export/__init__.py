@@ -3,6 +3,8 @@
 Each step reads and writes the export's state file (``storage/export_state.py``), so any of them can
 be the first one a retried or resumed task runs:
 
+- :mod:`.lifecycle`: where an export stands when a task starts (done, land, wait or start), and the
+  manifest to land;
 - :mod:`.start`: kick off a new export (state written before anything waits) or re-attach to the one
   the state file names;
 - :mod:`.wait`: wait in the worker (the deferred wait is the trigger's), cancel with DELETE;

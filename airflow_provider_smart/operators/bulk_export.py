@@ -27,6 +27,7 @@ from airflow_provider_smart.operators.bulk_common import (
     checked_limits,
     default_export_label,
     fanout_reference,
+    is_last_try,
     lease_owner,
     max_map_length,
     seconds,
@@ -374,5 +375,7 @@ __all__ = [
     "FhirBulkExportPlanFinishOperator",
     "FhirBulkFinishTypeOperator",
     "default_export_label",
+    "is_last_try",
+    "lease_owner",
     "watermark_path",
 ]

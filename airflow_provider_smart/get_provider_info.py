@@ -33,6 +33,9 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_provider_smart.operators.search",
                     "airflow_provider_smart.operators.parquet",
                     "airflow_provider_smart.operators.bulk_export",
+                    "airflow_provider_smart.operators.bulk_download",
+                    "airflow_provider_smart.operators.bulk_finish",
+                    "airflow_provider_smart.operators.bulk_finalize",
                 ],
             }
         ],

@@ -1,9 +1,12 @@
-"""A Group-level Bulk Data export whose downloads fan out over mapped tasks.
+"""A Group-level Bulk Data export whose downloads and finishing work fan out over mapped tasks.
 
 The export task kicks off ``Group/<group_id>/$export``, waits in the triggerer, and returns the
 manifest's files in batches; ``download`` maps over the batches (each commits its files atomically and
-skips files already landed, so retries are cheap); ``finalize`` checks everything landed, reports the
-error files, advances the watermark and DELETEs the export.
+skips files already landed, so retries are cheap); ``plan_finish`` checks everything landed, reports the
+error files, publishes the NDJSON and returns one job per resource type; ``finish_type`` maps over them
+(each writes its type's Parquet table and merges its Delta table: the ``deltalake`` extra); ``finalize``
+runs only when every type finished: it advances the watermark and DELETEs the export. A failed type
+fails the run with the watermark kept and the export left on the server for a retry.
 
 Params: ``group_id`` (default ``grp-all``, a sandbox Group) and ``output`` (or the Variable
 ``fhir_bulk_output_dir``; default ``~/fhir-bulk``).
@@ -21,6 +24,8 @@ from airflow_provider_smart.operators.bulk_export import (
     FhirBulkDownloadOperator,
     FhirBulkExportFinalizeOperator,
     FhirBulkExportOperator,
+    FhirBulkExportPlanFinishOperator,
+    FhirBulkFinishTypeOperator,
 )
 
 DEFAULT_OUTPUT = str(Path.home() / "fhir-bulk")
@@ -49,14 +54,24 @@ with DAG(
         output="{{ params.output or var.value.get('fhir_bulk_output_dir', '" + DEFAULT_OUTPUT + "') }}",
         download_mode="fanout",
         fanout_batch_size=4,
+        formats=("ndjson", "parquet", "delta"),
     )
     download = FhirBulkDownloadOperator.partial(
         task_id="download", smart_fhir_conn_id="smart_fhir_default", max_download_workers=2
     ).expand(batch=export.output)
-    finalize = FhirBulkExportFinalizeOperator(
-        task_id="finalize",
+    plan_finish = FhirBulkExportPlanFinishOperator(
+        task_id="plan_finish",
         smart_fhir_conn_id="smart_fhir_default",
         export=export.output["export"],
         trigger_rule="none_failed",  # also when the export had no files (zero mapped downloads)
     )
-    download >> finalize
+    finish_type = FhirBulkFinishTypeOperator.partial(task_id="finish_type", export=export.output["export"]).expand(
+        job=plan_finish.output
+    )
+    finalize = FhirBulkExportFinalizeOperator(
+        task_id="finalize",
+        smart_fhir_conn_id="smart_fhir_default",
+        export=export.output["export"],
+        trigger_rule="none_failed",  # not after a failed type; also when there was no type to finish
+    )
+    download >> plan_finish >> finish_type >> finalize

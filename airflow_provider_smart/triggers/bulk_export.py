@@ -110,6 +110,23 @@ class BulkExportStatusTrigger(BaseTrigger):
         #: Where URLs from the server may connect (set in run() from the connection's extras).
         self._address_policy: AddressPolicy | None = None
 
+    @classmethod
+    def for_export(
+        cls, smart_fhir_conn_id: str, status_url: str, policy: PollPolicy, *, deadline: float | None, client: Any
+    ) -> BulkExportStatusTrigger:
+        """The trigger of an export task: its wait policy, deadline, and the worker client's HTTP settings."""
+        return cls(
+            smart_fhir_conn_id=smart_fhir_conn_id,
+            status_url=status_url,
+            poll_interval=policy.interval,
+            min_poll_interval=policy.min_interval,
+            max_poll_interval=policy.max_interval,
+            max_transient_errors=policy.max_transient_errors,
+            deadline=deadline,
+            request_timeout=float(getattr(client, "timeout", 60.0) or 60.0),
+            verify=getattr(client, "verify", True),
+        )
+
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",

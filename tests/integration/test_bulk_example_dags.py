@@ -17,10 +17,12 @@ from tests.sandbox_fixtures import SmartClient
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 
-def _run(dag_id: str, conf: dict[str, str], date: str) -> None:
+def _run(dag_id: str, conf: dict[str, str], date: str, *, succeeds: bool = True) -> str:
     result = run_airflow("dags", "test", dag_id, date, "--conf", json.dumps(conf))
     output = result.stdout[-6000:] + result.stderr[-6000:]
-    assert result.returncode == 0, output
+    if succeeds:
+        assert result.returncode == 0, output
+    return result.stdout + result.stderr
 
 
 def _labels(root: Path, directory: str) -> list[str]:
@@ -67,3 +69,30 @@ def test_group_fanout_dag(airflow_db: Path, sandbox: SandboxServer, smart_client
     assert set(got["Patient"]) == members
     state = json.loads((out / "_exports" / label / "state.json").read_text())
     assert state["phase"] == "complete" and state["summary"]["deleted_on_server"] is True
+    # The finishing work ran as one mapped task per type: each type's tables and its record.
+    assert set(state["summary"]["parquet"]["counts"]) == set(got)
+    assert set(state["summary"]["delta"]["tables"]) == set(got)
+    for rtype in got:
+        assert (out / "parquet" / rtype / label / "_SUCCESS").exists()
+        assert (out / "_exports" / label / "finished" / f"{rtype}.json").exists()
+    assert list((out / "_watermarks").glob("*.json"))
+
+
+def test_group_fanout_dag_with_a_failed_type_keeps_the_watermark(
+    airflow_db: Path, sandbox: SandboxServer, smart_client: SmartClient, tmp_path: Path
+) -> None:
+    out = tmp_path / "fanout"
+    (out / "parquet").mkdir(parents=True)
+    (out / "parquet" / "Observation").write_text("not a directory: the Observation table cannot be written")
+    output = _run(
+        "fhir_bulk_export_group_fanout", {"output": str(out), "group_id": "grp-all"}, "2026-01-01", succeeds=False
+    )
+    (label,) = _labels(out, "Patient")
+    state = json.loads((out / "_exports" / label / "state.json").read_text())
+    assert state["phase"] != "complete", output[-3000:]
+    assert not list((out / "_watermarks").glob("*.json"))  # the watermark did not move
+    finished = {p.stem for p in (out / "_exports" / label / "finished").glob("*.json")}
+    assert "Observation" not in finished and "Patient" in finished  # the other types did finish
+    assert not (out / "parquet" / "Observation").is_dir()
+    # No DELETE: the export stays on the server for a retry (get() raises for a deleted export).
+    assert sandbox.state.bulk.jobs.get(state["status_url"].rstrip("/").rsplit("/", 1)[-1])

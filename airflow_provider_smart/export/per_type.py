@@ -1,0 +1,171 @@
+"""The finishing work of one resource type: its Parquet table and its Delta table.
+
+Types are independent: each has its own Parquet directory (``<parquet root>/<Type>/<label>/``), its own
+schema record (``<parquet root>/<Type>/_schema.json``, merged once, by the type's one writer) and its own
+Delta table, so one job per type runs in a process of its own (:mod:`.pool`) or in a mapped task without
+two writers ever sharing a table. A job takes only strings (URIs and settings): it travels to a child
+process or through an XCom.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from airflow_provider_smart.fhir.bulk.manifest import Manifest, plan_files
+from airflow_provider_smart.storage.export_state import ExportLayout
+from airflow_provider_smart.storage.paths import resolve_output
+
+log = logging.getLogger(__name__)
+
+#: The job of every file whose lines mix types (``organizeOutputBy``): one writer for all of them.
+MIXED = "*"
+
+
+class StrayTypeError(ValueError):
+    """A file of one type held resources of another: its rows would race that type's own writer."""
+
+
+@dataclass(frozen=True)
+class TypeJob:
+    """One type's finishing work (``resource_type`` is :data:`MIXED` for files of mixed types)."""
+
+    resource_type: str
+    files: tuple[str, ...]
+    output: str
+    output_conn_id: str | None
+    label: str
+    parquet: dict[str, Any] | None = None
+    delta: dict[str, Any] | None = None
+    size: int = 0
+    delta_types: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TypeJob:
+        return cls(**{**data, "files": tuple(data["files"]), "delta_types": tuple(data.get("delta_types") or ())})
+
+
+def plan_type_jobs(
+    layout: ExportLayout,
+    manifest: Manifest,
+    *,
+    output: str,
+    output_conn_id: str | None,
+    parquet: dict[str, Any] | None,
+    delta: dict[str, Any] | None,
+    extra_delta_types: Iterable[str] = (),
+) -> list[TypeJob]:
+    """One job per resource type of the landed output files, largest first (the longest job starts
+    first, so the pool's last job is a short one). Files of mixed types (``by-<Type>/``) make a single job
+    of everything: their lines may belong to any type, so one writer must hold every table.
+
+    ``extra_delta_types``: types with deletions but no output file; their Delta tables are merged by
+    the job of the first type (a Delta table has one writer either way)."""
+    files: dict[str, list[str]] = {}
+    sizes: dict[str, int] = {}
+    for p in plan_files(manifest):
+        if p.kind != "output":
+            continue
+        rtype = p.expected_type if p.expected_type and not p.directory.startswith("by-") else MIXED
+        files.setdefault(rtype, []).append(str(layout.final_path(p)))
+        record = layout.read_record(p.key) or {}
+        sizes[rtype] = sizes.get(rtype, 0) + int(record.get("bytes", 0))
+    if MIXED in files and len(files) > 1:
+        files = {MIXED: [f for group in files.values() for f in group]}
+        sizes = {MIXED: sum(sizes.values())}
+    jobs = [
+        TypeJob(rtype, tuple(paths), output, output_conn_id, layout.label, parquet, delta, sizes.get(rtype, 0))
+        for rtype, paths in files.items()
+    ]
+    jobs.sort(key=lambda j: (-j.size, j.resource_type))
+    extra = sorted(set(extra_delta_types) - set(files))
+    if delta is not None and (extra or not jobs):
+        if jobs and jobs[0].resource_type != MIXED:
+            jobs[0] = TypeJob(**{**asdict(jobs[0]), "files": jobs[0].files, "delta_types": tuple(extra)})
+        elif not jobs:
+            jobs.append(TypeJob(MIXED, (), output, output_conn_id, layout.label, None, delta, 0, tuple(extra)))
+    return jobs
+
+
+def finish_type(job: TypeJob) -> dict[str, Any]:
+    """Parquet, then Delta, for one job; returns ``{"resource_type", "parquet": {type: rows}, "delta":
+    merge summary}`` (JSON-safe)."""
+    result: dict[str, Any] = {"resource_type": job.resource_type, "parquet": None, "delta": None}
+    if job.parquet is not None and job.files:
+        result["parquet"] = write_parquet(job)
+    if job.delta is not None:
+        result["delta"] = merge_delta(job)
+    return result
+
+
+def write_parquet(job: TypeJob) -> dict[str, int]:
+    """The job's files into the Parquet tables; the type's directory commits whole (parts under temp
+    names, renamed, ``_SUCCESS`` last) or not at all."""
+    from airflow_provider_smart.parquet.sink import parquet_root
+    from airflow_provider_smart.parquet.writer import FhirParquetWriter
+
+    assert job.parquet is not None
+    root = parquet_root(
+        resolve_output(job.output, job.output_conn_id), job.parquet.get("output"), job.parquet.get("output_conn_id")
+    )
+    expected = None if job.resource_type == MIXED else job.resource_type
+    writer = FhirParquetWriter(root, job.label, **(job.parquet.get("options") or {}))
+    try:
+        for uri in job.files:
+            writer.write_ndjson(resolve_output(uri, job.output_conn_id), expected)
+        strays = sorted(set(writer.writers) - {expected}) if expected is not None else []
+        if strays:
+            raise StrayTypeError(
+                f"the {expected} files of export {job.label} also hold {', '.join(strays[:5])} resources; each type's "
+                "table has one writer, so these cannot be converted with the type's own files. Land the export "
+                "with organizeOutputBy or fix the server's files"
+            )
+        tables = writer.commit()
+    except BaseException:
+        if not writer.closed:  # a failed commit has cleaned up already
+            writer.abort()
+        raise
+    return {name: int(info["rows"]) for name, info in sorted(tables.items())}
+
+
+def merge_delta(job: TypeJob) -> dict[str, Any]:
+    """The job's types merged into their current-state Delta tables (idempotent: a rerun changes nothing)."""
+    from airflow_provider_smart.operators.tables import merge_landed_run
+
+    assert job.delta is not None
+    types: list[str] | None
+    if job.resource_type != MIXED:
+        types = [job.resource_type, *job.delta_types]
+    elif job.files:
+        types = None  # files of mixed types: every type of the run, in this one job
+    else:
+        types = list(job.delta_types)  # types with deletions only (or none at all)
+    return merge_landed_run(
+        resolve_output(job.output, job.output_conn_id),
+        job.label,
+        options=job.delta.get("options"),
+        output_conn_id=job.delta.get("output_conn_id"),
+        resource_types=types,
+        logger=log,
+    )
+
+
+def combine_delta(summaries: Iterable[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The per-type Delta summaries as the one summary a single merge of every type gives."""
+    combined: dict[str, Any] | None = None
+    for summary in summaries:
+        if summary is None:
+            continue
+        if combined is None:
+            combined = {**summary, "tables": {}, "results": {}, "maintenance": {}}
+        for key in ("tables", "results", "maintenance"):
+            combined[key].update(summary.get(key) or {})
+    if combined is not None:
+        for key in ("tables", "results", "maintenance"):
+            combined[key] = dict(sorted(combined[key].items()))
+    return combined

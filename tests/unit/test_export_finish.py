@@ -1,0 +1,209 @@
+"""The finishing steps below the operators: per-type jobs, the process pool, resuming a finish, and the
+finish options. Real files on local disk and real child processes; no server (DELETE is off)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_smart.export import finish
+from airflow_provider_smart.export.finish import FINISHED_TYPES, Finisher, finished_types, record_finished_type
+from airflow_provider_smart.export.options import FinishOptions, available_cpus, check_finish_workers
+from airflow_provider_smart.export.per_type import MIXED, StrayTypeError, TypeJob, finish_type, plan_type_jobs
+from airflow_provider_smart.export.pool import run_jobs
+from airflow_provider_smart.fhir.bulk import parse_manifest, plan_files
+from airflow_provider_smart.storage.export_state import ExportLayout
+from airflow_provider_smart.storage.paths import resolve_output
+
+TYPES = {"Patient": 3, "Observation": 12, "Encounter": 6}
+
+
+def _line(rtype: str, i: int) -> str:
+    return json.dumps({"resourceType": rtype, "id": f"{rtype.lower()}-{i}", "meta": {"versionId": "1"}})
+
+
+def landed_export(tmp_path: Path, types: dict[str, int] = TYPES, *, stray: bool = False) -> tuple[ExportLayout, Any]:
+    """An export whose files all landed (staged, with records), as the download leaves it."""
+    layout = ExportLayout(resolve_output(str(tmp_path / "out")), "run1", export_id="e1")
+    output = [{"type": t, "url": f"http://fhir.test/f/{t}"} for t in types]
+    manifest = parse_manifest({"transactionTime": "2024-01-01T00:00:00Z", "output": output})
+    for p in plan_files(manifest):
+        lines = [_line(p.expected_type or "", i) for i in range(types[p.expected_type or ""])]
+        if stray and p.expected_type == "Patient":
+            lines.append(_line("Encounter", 99))
+        body = ("\n".join(lines) + "\n").encode()
+        staged = layout.staged_path(p)
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        staged.write_bytes(body)
+        layout.write_record(p, {"kind": p.kind, "lines": len(lines), "bytes": len(body)})
+    return layout, manifest
+
+
+def state_of(layout: ExportLayout) -> dict[str, Any]:
+    state = {"scope": {"level": "system"}, "conn_id": "c", "export_id": "e1", "phase": "downloading"}
+    layout.write_state(state)
+    return layout.read_state() or {}
+
+
+def parquet_options(**extra: Any) -> FinishOptions:
+    return FinishOptions(
+        delete_on_success=False, parquet={"output": None, "output_conn_id": None, "options": {}}, **extra
+    )
+
+
+# -- planning ------------------------------------------------------------------------------------------
+def test_one_job_per_type_largest_first(tmp_path: Path) -> None:
+    layout, manifest = landed_export(tmp_path)
+    jobs = plan_type_jobs(layout, manifest, output="x", output_conn_id=None, parquet={}, delta=None)
+    assert [j.resource_type for j in jobs] == ["Observation", "Encounter", "Patient"]
+    assert all(len(j.files) == 1 and j.size > 0 for j in jobs)
+    assert TypeJob.from_json(json.loads(json.dumps(jobs[0].to_json()))) == jobs[0]  # travels as JSON
+
+
+def test_files_of_mixed_types_make_one_job_for_everything(tmp_path: Path) -> None:
+    layout = ExportLayout(resolve_output(str(tmp_path)), "run1", export_id="e1")
+    output = [{"type": "Patient", "url": "http://fhir.test/a"}, {"type": "Patient", "url": "http://fhir.test/b"}]
+    manifest = parse_manifest(
+        {"transactionTime": "2024-01-01T00:00:00Z", "output": output, "outputOrganizedBy": "Patient"}
+    )
+    assert {p.directory for p in plan_files(manifest)} == {"by-Patient"}
+    jobs = plan_type_jobs(layout, manifest, output="x", output_conn_id=None, parquet={}, delta=None)
+    assert [(j.resource_type, len(j.files)) for j in jobs] == [(MIXED, 2)]
+
+
+def test_types_with_deletions_only_are_merged_by_a_job(tmp_path: Path) -> None:
+    layout, manifest = landed_export(tmp_path)
+    jobs = plan_type_jobs(
+        layout, manifest, output="x", output_conn_id=None, parquet=None, delta={}, extra_delta_types=["Condition"]
+    )
+    assert jobs[0].delta_types == ("Condition",)
+    none = plan_type_jobs(
+        layout,
+        parse_manifest({"transactionTime": "2024-01-01T00:00:00Z", "output": []}),
+        output="x",
+        output_conn_id=None,
+        parquet=None,
+        delta={},
+        extra_delta_types=["Condition"],
+    )
+    assert [(j.resource_type, j.files, j.delta_types) for j in none] == [(MIXED, (), ("Condition",))]
+
+
+# -- the pool ------------------------------------------------------------------------------------------
+def _square_or_fail(n: int) -> int:
+    if n < 0:
+        raise ValueError(f"negative job {n}")
+    return n * n
+
+
+def _pid(_: int) -> int:
+    return os.getpid()
+
+
+def test_pool_runs_jobs_in_child_processes_and_leaves_none_behind() -> None:
+    done: list[int] = []
+    assert run_jobs(_square_or_fail, [1, 2, 3, 4], workers=2, cpus=2, on_done=lambda j, r: done.append(j)) == [
+        1,
+        4,
+        9,
+        16,
+    ]
+    assert sorted(done) == [1, 2, 3, 4]
+    pids = run_jobs(_pid, [0, 1, 2, 3], workers=2, cpus=2)
+    assert pids[0] == os.getpid()  # this process takes the first (largest) job itself
+    assert pids[1] != os.getpid()  # the next one went to a child
+    assert not multiprocessing.active_children()
+
+
+def test_pool_of_one_runs_in_this_process() -> None:
+    assert run_jobs(_pid, [0, 1], workers=1, cpus=4) == [os.getpid(), os.getpid()]
+
+
+def test_pool_raises_the_first_failure_and_reports_what_finished() -> None:
+    done: list[int] = []
+    with pytest.raises(ValueError, match="negative job -1"):
+        run_jobs(_square_or_fail, [2, -1, 3], workers=2, cpus=2, on_done=lambda j, r: done.append(j))
+    assert 2 in done and -1 not in done
+    assert not multiprocessing.active_children()
+
+
+# -- finishing -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("workers", [1, 2])
+def test_finish_converts_every_type_and_records_each(
+    tmp_path: Path, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(finish, "MIN_BYTES_PER_PROCESS", 1)  # a process per type even for tiny files
+    layout, manifest = landed_export(tmp_path)
+    summary = Finisher(None, layout, state_of(layout), manifest, parquet_options(max_workers=workers)).run()
+    assert summary["parquet"]["counts"] == dict(sorted(TYPES.items()))
+    for rtype in TYPES:
+        directory = tmp_path / "out" / "parquet" / rtype / "run1"
+        assert (directory / "_SUCCESS").exists()
+        assert [p.name for p in directory.iterdir() if p.name.endswith(".parquet")] == ["part-00000.parquet"]
+    state = layout.read_state() or {}
+    assert state["phase"] == "complete" and set(state[FINISHED_TYPES]) == set(TYPES)
+
+
+def test_resumed_finish_redoes_only_the_types_that_did_not_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(finish, "MIN_BYTES_PER_PROCESS", 1)
+    layout, manifest = landed_export(tmp_path)
+    state = state_of(layout)
+    finisher = Finisher(None, layout, state, manifest, parquet_options(max_workers=1))
+    finisher.publish()
+    # An earlier attempt committed Observation, then died: its table and its record are there.
+    first = next(j for j in finisher.type_jobs() if j.resource_type == "Observation")
+    recorded = finish_type(first)
+    record_finished_type(layout, first, recorded)
+    kept = tmp_path / "out/parquet/Observation/run1/part-00000.parquet"
+    before = kept.stat().st_mtime_ns, kept.stat().st_ino
+    summary = Finisher(None, layout, layout.read_state() or {}, manifest, parquet_options(max_workers=2)).run()
+    assert (kept.stat().st_mtime_ns, kept.stat().st_ino) == before  # not converted again
+    assert summary["parquet"]["counts"] == dict(sorted(TYPES.items()))
+    assert (tmp_path / "out/parquet/Patient/run1/_SUCCESS").exists()
+
+
+def test_a_type_file_holding_another_type_fails_clearly_and_commits_nothing_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(finish, "MIN_BYTES_PER_PROCESS", 1)
+    layout, manifest = landed_export(tmp_path, stray=True)
+    with pytest.raises(StrayTypeError, match="Patient files of export run1 also hold Encounter"):
+        Finisher(None, layout, state_of(layout), manifest, parquet_options(max_workers=2)).run()
+    assert not (tmp_path / "out/parquet/Patient/run1/_SUCCESS").exists()
+    state = layout.read_state() or {}
+    assert state["phase"] == "downloading"  # the watermark did not move; a retry finishes the rest
+    assert "Patient" not in (state.get(FINISHED_TYPES) or []) and "Patient" not in finished_types(layout)
+
+
+def test_finish_workers_option() -> None:
+    assert check_finish_workers(None) is None and check_finish_workers(3) == 3
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="max_finish_workers"):
+            check_finish_workers(bad)
+    assert FinishOptions().workers == available_cpus() == len(os.sched_getaffinity(0))
+    ref = FinishOptions(max_workers=3).to_ref()
+    assert FinishOptions.from_ref(json.loads(json.dumps(ref))).max_workers == 3
+    assert FinishOptions.from_ref(ref, max_workers=1).max_workers == 1
+
+
+def test_small_exports_are_finished_in_this_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider_smart.export import pool
+
+    used: list[int] = []
+    original = pool.run_jobs
+
+    def spy(fn: Any, jobs: Any, *, workers: int, cpus: int, on_done: Any = None) -> Any:
+        used.append(workers)
+        return original(fn, jobs, workers=workers, cpus=cpus, on_done=on_done)
+
+    monkeypatch.setattr(pool, "run_jobs", spy)
+    layout, manifest = landed_export(tmp_path)
+    Finisher(None, layout, state_of(layout), manifest, parquet_options(max_workers=4)).run()
+    assert used == [1]  # a few kB: no process is worth starting

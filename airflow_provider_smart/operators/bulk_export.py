@@ -16,6 +16,7 @@ from airflow_provider_smart.fhir.bulk.manifest import Manifest, parse_manifest, 
 from airflow_provider_smart.fhir.bulk.status import ExportComplete, ExportFailed, PollPolicy
 from airflow_provider_smart.fhir.sanitize import safe_text
 from airflow_provider_smart.fhir.urls import redact_url
+from airflow_provider_smart.operators._failfast import export_started, fail_fast_error, failing_fast
 from airflow_provider_smart.storage.attachments import check_attachments_option
 from airflow_provider_smart.storage.export_state import (
     ExportLayout,
@@ -514,8 +515,12 @@ class FhirBulkExportOperator(_ExportBase):
         except TaskDeferred:
             raise
         except BaseException as exc:
+            # [i23 fail-fast] a failure no retry can fix fails the task now (and cancels a started export).
+            failed = fail_fast_error(exc) if isinstance(exc, Exception) else None
             if self._held is not None:
-                self._after_failure(context, exc, *self._held)
+                self._after_failure(context, failed or exc, *self._held)
+            if failed is not None:
+                raise failed from exc
             raise
 
     def _after_failure(self, context: Context, exc: BaseException, layout: ExportLayout, lease: ExportLease) -> None:
@@ -533,7 +538,8 @@ class FhirBulkExportOperator(_ExportBase):
             exc, (AirflowFailException, ExportOutcomeError, ManifestError, WatermarkError, UnsafeNameError)
         )
         if not (unfixable or is_last_try(context, int(self.retries or 0))):
-            self.log.info("export %s kept on the server for the retry to re-attach", layout.label)
+            if export_started(layout):  # [i23 fail-fast] only an export that exists can be re-attached to
+                self.log.info("export %s kept on the server for the retry to re-attach", layout.label)
             return
         try:
             state = layout.read_state() or {}
@@ -927,6 +933,10 @@ class FhirBulkDownloadOperator(_ExportBase):
         self.download_limits = _checked_limits(download_limits)
 
     def execute(self, context: Context) -> dict[str, Any]:
+        with failing_fast():  # [i23 fail-fast]
+            return self._download(context)
+
+    def _download(self, context: Context) -> dict[str, Any]:
         from airflow_provider_smart.fhir.bulk.body import StreamLimits
         from airflow_provider_smart.storage.export_landing import DownloadSettings, land_files
 
@@ -984,6 +994,10 @@ class FhirBulkExportFinalizeOperator(_ExportBase):
         self.fail_on_severity = fail_on_severity
 
     def execute(self, context: Context) -> Any:
+        with failing_fast():  # [i23 fail-fast]
+            return self._finalize(context)
+
+    def _finalize(self, context: Context) -> Any:
         layout = _layout_from_ref(self.export)
         state = layout.read_state()
         if not state or not state.get("manifest"):

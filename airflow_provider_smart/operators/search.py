@@ -203,6 +203,7 @@ class FhirSearchOperator(BaseOperator):
         if handling not in ("strict", "lenient", None):
             raise ValueError(f"handling must be 'strict', 'lenient' or None; got {handling!r}")
         self.handling = handling
+        self._pages_read = 0  # pages the current run has read: a refusal after the first one may pass on a retry
         self._declare_outlets(asset_alias)
 
     @staticmethod
@@ -302,6 +303,14 @@ class FhirSearchOperator(BaseOperator):
         return client
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_provider_smart.operators._failfast import failing_fast
+
+        self._pages_read = 0
+        # Only a refusal of the search itself (its first page) skips the retries.
+        with failing_fast(unless=lambda: self._pages_read > 0):
+            return self._search(context)
+
+    def _search(self, context: Context) -> dict[str, Any]:
         resource_type = validate_resource_type(self.resource_type)
         attachment_settings = self._attachment_settings()
         output = resolve_output(self.output_location, self.output_conn_id)
@@ -385,6 +394,7 @@ class FhirSearchOperator(BaseOperator):
                 cleanup.enter_context(tee)
             types_seen: set[str] = set()
             for page in search.pages():
+                self._pages_read = page.number
                 for resource in (*page.matches, *page.includes):
                     # Each type becomes a directory (NDJSON and Parquet alike): only FHIR type names may.
                     name = resource.get("resourceType")

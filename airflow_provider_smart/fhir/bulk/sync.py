@@ -85,7 +85,8 @@ def kick_off(client: RequestClient, request: ExportRequest, *, max_retry_after: 
             "is still running; finish or DELETE it first)",
             status=429,
         )
-    raise FhirError(result.message, status=result.status)
+    # The outcome travels along: a refused parameter (400 with an OperationOutcome) fails without retries.
+    raise FhirError(result.message, status=result.status, outcome=getattr(result, "outcome", None))
 
 
 def poll_once(

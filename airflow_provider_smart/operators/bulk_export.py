@@ -17,6 +17,7 @@ from airflow_provider_smart.fhir.bulk.status import ExportComplete, ExportFailed
 from airflow_provider_smart.fhir.sanitize import safe_text
 from airflow_provider_smart.fhir.urls import redact_url
 from airflow_provider_smart.operators._failfast import export_started, fail_fast_error, failing_fast
+from airflow_provider_smart.reporting import landed_types_table, rows_table
 from airflow_provider_smart.storage.attachments import check_attachments_option
 from airflow_provider_smart.storage.export_state import (
     ExportLayout,
@@ -138,7 +139,8 @@ class _ExportBase(BaseOperator):
                 if planned.kind == "output":
                     sink.write_ndjson(layout.final_path(planned), planned.expected_type)
             tables = sink.commit()
-        self.log.info("export %s as Parquet: %s", layout.label, {k: v["rows"] for k, v in tables.items()})
+        self.log.info("export %s as Parquet tables under %s:\n%s", layout.label, root,
+                      rows_table({k: v["rows"] for k, v in tables.items()}))  # fmt: skip
         return {
             "output": f"{root.protocol or 'file'}://{root.path}".rstrip("/"),
             "counts": {name: info["rows"] for name, info in sorted(tables.items())},
@@ -208,10 +210,11 @@ class _ExportBase(BaseOperator):
         if lease is not None:
             lease.release()
         self.log.info(
-            "export %s landed: %s resources by type, transactionTime %s",
+            "export %s landed at %s (transactionTime %s):\n%s",
             layout.label,
-            summary["counts"],
+            layout.root,
             summary["transaction_time"],
+            landed_types_table(summary.get("types") or {}),
         )
         return summary
 

@@ -81,5 +81,7 @@ class FhirNdjsonToParquetOperator(BaseOperator):
             source_conn_id=self.source_conn_id,
             destination_conn_id=self.destination_conn_id,
         )
-        self.log.info("Parquet run %s: %s", run, {k: v["rows"] for k, v in result.items()})
+        from airflow_provider_smart.reporting import rows_table
+
+        self.log.info("Parquet run %s:\n%s", run, rows_table({k: v["rows"] for k, v in result.items()}))
         return {"run": run, "tables": result}

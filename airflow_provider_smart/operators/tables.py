@@ -134,12 +134,10 @@ def merge_landed_run(
         "maintenance": maintenance,
     }
     if logger is not None:
-        logger.info(
-            "Delta tables at %s from %s: %s",
-            root_uri,
-            summary["source"],
-            {t: (r.inserted, r.updated, r.deleted) for t, r in sorted(results.items())},
-        )
+        from airflow_provider_smart.reporting import delta_results_table
+
+        table = delta_results_table({rtype: results[rtype].to_json() for rtype in sorted(results)})
+        logger.info("Delta tables at %s merged from %s:\n%s", root_uri, summary["source"], table)
     return summary
 
 

@@ -168,6 +168,11 @@ def get_provider_info() -> dict[str, Any]:
                 },
             },
         },
+        # Buttons on export tasks (their URLs are stored in XCom while the task runs).
+        "extra-links": [
+            "airflow_provider_smart.operators.links.FhirExportStatusLink",
+            "airflow_provider_smart.operators.links.FhirOutputLink",
+        ],
         "plugins": [
             {
                 "name": "smart_fhir_jwks",

@@ -16,7 +16,10 @@ from airflow_provider_smart.fhir.bulk.manifest import Manifest, parse_manifest, 
 from airflow_provider_smart.fhir.bulk.status import ExportComplete, ExportFailed, PollPolicy
 from airflow_provider_smart.fhir.sanitize import safe_text
 from airflow_provider_smart.fhir.urls import redact_url
+from airflow_provider_smart.operators._assets import declare_outlets, default_alias_name
+from airflow_provider_smart.operators._export_assets import declare_export_outlets, publish_export
 from airflow_provider_smart.operators._failfast import export_started, fail_fast_error, failing_fast
+from airflow_provider_smart.operators.links import EXPORT_LINKS, OUTPUT_LINKS, FhirExportStatusLink, store_link
 from airflow_provider_smart.reporting import landed_types_table, rows_table
 from airflow_provider_smart.storage.attachments import check_attachments_option
 from airflow_provider_smart.storage.export_state import (
@@ -346,6 +349,7 @@ class FhirBulkExportOperator(_ExportBase):
         "attachments",
     )
     ui_color = "#d8f0e6"
+    operator_extra_links = EXPORT_LINKS  # [i23 links]
 
     def __init__(
         self,
@@ -447,6 +451,14 @@ class FhirBulkExportOperator(_ExportBase):
         self.max_batches = max_batches
         self._active: tuple[Any, ExportLayout, str] | None = None
         self._held: tuple[ExportLayout, ExportLease] | None = None
+        self._outlets = declare_export_outlets(  # [i23 assets]
+            self,
+            output=output,
+            types=types,
+            formats=fmts,
+            parquet_output=parquet_output,
+            delta_options=self.delta_options,
+        )
 
     # -- building blocks ---------------------------------------------------------------------------
     @property
@@ -514,7 +526,9 @@ class FhirBulkExportOperator(_ExportBase):
 
         self._held = None
         try:
-            return body()
+            result = body()
+            publish_export(context, self._outlets, result)  # [i23 assets+links]
+            return result
         except TaskDeferred:
             raise
         except BaseException as exc:
@@ -591,6 +605,7 @@ class FhirBulkExportOperator(_ExportBase):
             if phase == "pending" and state.get("status_url"):
                 status_url = state["status_url"]
                 self.log.info("re-attaching to the running export at %s", redact_url(status_url))
+                store_link(context, FhirExportStatusLink, status_url)  # [i23 links]
                 result = poll_once(client, status_url, max_retry_after=float(self.max_poll_interval))
                 if isinstance(result, ExportComplete):
                     return self._on_manifest(context, client, layout, state, result.manifest)
@@ -639,6 +654,7 @@ class FhirBulkExportOperator(_ExportBase):
                 "it does not hold the server's export slot"
             ) from None
         self.log.info("export kicked off; status at %s", redact_url(status_url))
+        store_link(context, FhirExportStatusLink, status_url)  # [i23 links]
         return self._wait(context, client, layout, state)
 
     def _wait(self, context: Context, client: Any, layout: ExportLayout, state: dict[str, Any]) -> Any:
@@ -980,6 +996,7 @@ class FhirBulkExportFinalizeOperator(_ExportBase):
     """
 
     template_fields: Sequence[str] = ("export", "smart_fhir_conn_id")
+    operator_extra_links = OUTPUT_LINKS  # [i23 links]
 
     def __init__(
         self,
@@ -995,10 +1012,14 @@ class FhirBulkExportFinalizeOperator(_ExportBase):
         self.smart_fhir_conn_id = smart_fhir_conn_id
         self.delete_on_success = delete_on_success
         self.fail_on_severity = fail_on_severity
+        # [i23 assets] the reference is known only at run time: every landed location goes through the alias
+        self._outlets = declare_outlets(self, [], default_alias_name(self, "fhir-export"))
 
     def execute(self, context: Context) -> Any:
         with failing_fast():  # [i23 fail-fast]
-            return self._finalize(context)
+            result = self._finalize(context)
+        publish_export(context, self._outlets, result)  # [i23 assets+links]
+        return result
 
     def _finalize(self, context: Context) -> Any:
         layout = _layout_from_ref(self.export)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from airflow.sdk import Asset, AssetAlias, BaseOperator
+from airflow.sdk import BaseOperator
 
 from airflow_provider_smart.fhir.instants import check_watermark_instant
 from airflow_provider_smart.fhir.names import checked_resource_type
@@ -21,6 +20,12 @@ from airflow_provider_smart.fhir.search import (
     last_updated_window,
     normalize_params,
     validate_resource_type,
+)
+from airflow_provider_smart.operators._assets import (
+    declare_outlets,
+    default_alias_name,
+    emit_asset_events,
+    static_uri,
 )
 from airflow_provider_smart.parquet.sink import ParquetOnlyRunWriter, ParquetRunSink, check_formats, parquet_root
 from airflow_provider_smart.storage.atomic import SUCCESS_MARKER, read_json
@@ -50,20 +55,6 @@ def storage_uri(path: ObjectStoragePath) -> str:
     """``scheme://path`` of a storage path, without the connection id Airflow shows in ``str(path)``."""
     protocol = path.protocol or "file"
     return f"{protocol}://{path.path}".rstrip("/")
-
-
-def _static_uri(output: Any) -> str | None:
-    """The output root as a URI when it is known at DAG-parse time (not a template), else None."""
-    from airflow.sdk import ObjectStoragePath
-
-    if isinstance(output, ObjectStoragePath):
-        return storage_uri(output)
-    if isinstance(output, (str, os.PathLike)):
-        text = os.fspath(output)
-        if not text or "{{" in text or "{%" in text:
-            return None
-        return text.rstrip("/") if "://" in text else "file://" + os.path.abspath(text)
-    return None
 
 
 def interval_label(start: datetime, end: datetime) -> str:
@@ -218,41 +209,31 @@ class FhirSearchOperator(BaseOperator):
     def _declare_outlets(self, asset_alias: str | None) -> None:
         """Declare what this task produces, so downstream DAGs can be scheduled on it.
 
-        Outlets are read when the DAG is parsed, before templates are rendered. A static output and resource
-        type give a plain ``Asset`` per output root and resource type. A templated one gives an
-        ``AssetAlias``; each run then attaches the concrete ``Asset`` of every directory it wrote.
+        A static output and resource type give a plain ``Asset`` per output root and resource type; a
+        templated one gives an ``AssetAlias`` and each run attaches the Asset of every type it wrote
+        (:mod:`~airflow_provider_smart.operators._assets`).
         """
-        root = _static_uri(self.output_location)
+        root = static_uri(self.output_location)
         static_type = isinstance(self.resource_type, str) and "{{" not in self.resource_type
-        self._static_asset: Asset | None = None
-        self._asset_alias: AssetAlias | None = None
         if root is not None and static_type:
-            self._static_asset = Asset(uri=f"{root}/{safe_segment(self.resource_type)}")
-            self.outlets = [*self.outlets, self._static_asset]
+            self._outlets = declare_outlets(self, [f"{root}/{safe_segment(self.resource_type)}"], None)
         else:
-            dag_id = self.dag_id if self.has_dag() else "no-dag"  # type: ignore[no-untyped-call]
-            name = asset_alias or f"fhir-search/{dag_id}/{self.task_id}"
-            self._asset_alias = AssetAlias(name=name)
-            self.outlets = [*self.outlets, self._asset_alias]
+            self._outlets = declare_outlets(self, [], asset_alias or default_alias_name(self, "fhir-search"))
 
     def _emit_asset_events(self, context: Context, root: str, summary: dict[str, Any]) -> None:
-        outlet_events = context.get("outlet_events")
-        if outlet_events is None:
-            return
-        for resource_type, count in summary["counts"].items():
-            extra: dict[str, Any] = {
+        events = {
+            f"{root}/{safe_segment(resource_type)}": {
                 "run": summary["run"],
                 "resource_type": resource_type,
                 "count": count,
+                "rows": count,
+                "format": "ndjson",
                 "directory": summary["directories"][resource_type],
                 "high_water_mark": summary["high_water_mark"],
             }
-            uri = f"{root}/{safe_segment(resource_type)}"
-            if self._static_asset is not None:
-                if resource_type == self.resource_type:
-                    outlet_events[self._static_asset].extra = extra
-            elif self._asset_alias is not None:
-                outlet_events[self._asset_alias].add(Asset(uri=uri), extra=extra)
+            for resource_type, count in summary["counts"].items()
+        }
+        emit_asset_events(context, self._outlets, events)
 
     @staticmethod
     def _refuse_another_searchs_run(directory: ObjectStoragePath, fingerprint: str) -> None:

@@ -53,6 +53,8 @@ class Outlets:
 
     static: dict[str, Asset] = field(default_factory=dict)
     alias: AssetAlias | None = None
+    #: URI -> extra of what the last run published: the operator's OpenLineage outputs.
+    written: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def declare_outlets(op: BaseOperator, uris: Iterable[str], alias_name: str | None) -> Outlets:
@@ -74,6 +76,7 @@ def default_alias_name(op: BaseOperator, kind: str) -> str:
 def emit_asset_events(context: Context, outlets: Outlets, events: Mapping[str, Mapping[str, Any]]) -> None:
     """One event per written URI (``events``: URI -> extra): on its static Asset when declared, else
     through the alias. A URI neither names is not published (the operator declared it out on purpose)."""
+    outlets.written.update({uri: dict(extra) for uri, extra in events.items()})
     outlet_events = context.get("outlet_events")
     if outlet_events is None:
         return

@@ -19,6 +19,7 @@ from airflow_provider_smart.fhir.urls import redact_url
 from airflow_provider_smart.operators._assets import declare_outlets, default_alias_name
 from airflow_provider_smart.operators._export_assets import declare_export_outlets, publish_export
 from airflow_provider_smart.operators._failfast import export_started, fail_fast_error, failing_fast
+from airflow_provider_smart.operators._lineage import FhirLineageMixin
 from airflow_provider_smart.operators.links import EXPORT_LINKS, OUTPUT_LINKS, FhirExportStatusLink, store_link
 from airflow_provider_smart.reporting import landed_types_table, rows_table
 from airflow_provider_smart.storage.attachments import check_attachments_option
@@ -79,7 +80,7 @@ def default_export_label(context: Context) -> str:
     return safe_segment(label)
 
 
-class _ExportBase(BaseOperator):
+class _ExportBase(FhirLineageMixin, BaseOperator):  # [i23 lineage]
     """Shared plumbing: hook, layout, refreshing the manifest, and finishing an export."""
 
     smart_fhir_conn_id: str

@@ -474,5 +474,27 @@ class FhirSearchOperator(FhirLineageMixin, BaseOperator):
             search.stats.pages,
             search.stats.retries,
         )
+        if not summary["counts"].get(resource_type):
+            self._say_the_run_found_nothing(context, resource_type, incremental, window)
         self._emit_asset_events(context, storage_uri(output), summary)
         return summary
+
+    def _say_the_run_found_nothing(
+        self, context: Context, resource_type: str, incremental: str | None, window: Mapping[str, Any]
+    ) -> None:
+        """A green run that landed nothing must say so, and why: most often its window holds no data (a run
+        triggered by hand covers the last complete interval, which a test server's data may not reach)."""
+        if incremental == "data_interval":
+            why = (
+                f"its data interval [{window.get('start')}, {window.get('end')}) holds no {resource_type} the "
+                "search matches. A run triggered by hand covers the last complete interval; for older data "
+                "trigger with a logical date inside it (airflow dags test <dag_id> 2024-03-01) or backfill"
+            )
+        elif incremental == "watermark" and window.get("after"):
+            why = f"nothing matching changed after the high-water mark {window['after']}"
+        else:
+            why = "the search matched nothing on the server"
+        run_type = str(getattr(context.get("dag_run"), "run_type", "") or context.get("run_id") or "")
+        # Attention for a run someone started to see data; a quiet scheduled day is normal.
+        report = self.log.warning if "manual" in run_type else self.log.info
+        report("This run landed no %s: %s.", resource_type, why)

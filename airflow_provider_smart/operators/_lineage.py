@@ -63,28 +63,30 @@ def fhir_inputs(base_url: str | None, written: Mapping[str, Mapping[str, Any]]) 
     return [f"{base}/{t}" for t in types] or [base]
 
 
-class FhirLineageMixin:
-    """``get_openlineage_facets_on_complete`` for operators with ``_outlets`` (what they published) and
-    either ``smart_fhir_conn_id`` (they read a FHIR server) or :meth:`_lineage_inputs`."""
+def lineage_on_complete(op: Any, inputs: list[str] | None = None) -> Any:
+    """What an operator's ``get_openlineage_facets_on_complete`` returns: ``inputs`` (default: the FHIR
+    server of ``op.smart_fhir_conn_id``, one dataset per type written) and what ``op._outlets`` published.
 
-    def _lineage_inputs(self) -> list[str]:
-        conn_id = getattr(self, "smart_fhir_conn_id", None)
-        if not conn_id:
-            return []
-        try:
-            from airflow_provider_smart.hooks.smart import SmartFhirHook
+    A function the operators call, not a mixin base: an extra base class changes how Airflow's
+    ``.partial()`` collects the operator's defaults (mapped tasks lost their inlets and outlets).
+    """
+    outlets = getattr(op, "_outlets", None)
+    written = dict(getattr(outlets, "written", None) or {})
+    if inputs is None:
+        inputs = fhir_inputs(_fhir_base(getattr(op, "smart_fhir_conn_id", None)), written)
+    return operator_lineage(inputs, written)
 
-            base = SmartFhirHook(smart_fhir_conn_id=conn_id).settings.base_url
-        except Exception:  # lineage must never fail a task that succeeded
-            base = None
-        return fhir_inputs(base, self._written())
 
-    def _written(self) -> dict[str, dict[str, Any]]:
-        outlets = getattr(self, "_outlets", None)
-        return dict(getattr(outlets, "written", None) or {})
+def _fhir_base(conn_id: str | None) -> str | None:
+    if not conn_id:
+        return None
+    try:
+        from airflow_provider_smart.hooks.smart import SmartFhirHook
 
-    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
-        return operator_lineage(self._lineage_inputs(), self._written())
+        return SmartFhirHook(smart_fhir_conn_id=conn_id).settings.base_url
+    except Exception as exc:  # lineage must never fail a task that succeeded
+        log.debug("no FHIR base URL for lineage: %s", type(exc).__name__)
+        return None
 
 
 def location_uris(location: Any, conn_id: str | None = None) -> list[str]:
@@ -102,4 +104,4 @@ def location_uris(location: Any, conn_id: str | None = None) -> list[str]:
     return uris
 
 
-__all__ = ["FhirLineageMixin", "dataset_name", "fhir_inputs", "operator_lineage"]
+__all__ = ["dataset_name", "fhir_inputs", "lineage_on_complete", "location_uris", "operator_lineage"]

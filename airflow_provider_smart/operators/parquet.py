@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow.sdk import BaseOperator
 
 from airflow_provider_smart.operators._assets import declare_outlets, default_alias_name, emit_asset_events
-from airflow_provider_smart.operators._lineage import FhirLineageMixin, location_uris
+from airflow_provider_smart.operators._lineage import lineage_on_complete, location_uris
 from airflow_provider_smart.storage.paths import resolve_output, safe_segment
 from airflow_provider_smart.storage.preflight import storage_uri
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 DECIMAL_MODES = ("float64", "string")
 
 
-class FhirNdjsonToParquetOperator(FhirLineageMixin, BaseOperator):
+class FhirNdjsonToParquetOperator(BaseOperator):
     """
     Convert NDJSON files (plain or gzipped) into Parquet tables, one per resource type.
 
@@ -76,8 +76,9 @@ class FhirNdjsonToParquetOperator(FhirLineageMixin, BaseOperator):
         # The resource types are known only once the files are read: every table goes through the alias.
         self._outlets = declare_outlets(self, [], asset_alias or default_alias_name(self, "fhir-parquet"))
 
-    def _lineage_inputs(self) -> list[str]:
-        return location_uris(self.source, self.source_conn_id)
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the NDJSON source in, each Parquet table out (operators._lineage)."""
+        return lineage_on_complete(self, location_uris(self.source, self.source_conn_id))
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_smart.parquet.convert import convert_ndjson_to_parquet

@@ -27,7 +27,7 @@ from airflow_provider_smart.operators._assets import (
     emit_asset_events,
     static_uri,
 )
-from airflow_provider_smart.operators._lineage import FhirLineageMixin
+from airflow_provider_smart.operators._lineage import lineage_on_complete
 from airflow_provider_smart.parquet.sink import ParquetOnlyRunWriter, ParquetRunSink, check_formats, parquet_root
 from airflow_provider_smart.storage.atomic import SUCCESS_MARKER, read_json
 from airflow_provider_smart.storage.attachments import AttachmentSettings, check_attachments_option
@@ -78,7 +78,7 @@ def resolve_incremental(mode: str | None, context: Context) -> str | None:
     return "data_interval" if start is not None and end is not None and start < end else "watermark"
 
 
-class FhirSearchOperator(FhirLineageMixin, BaseOperator):
+class FhirSearchOperator(BaseOperator):
     """
     Run a FHIR search and write every matching resource to storage as NDJSON, one file set per run.
 
@@ -204,6 +204,10 @@ class FhirSearchOperator(FhirLineageMixin, BaseOperator):
         if "delta" in chosen and "ndjson" not in chosen:
             raise ValueError("formats with 'delta' need 'ndjson' too: the tables are merged from the landed run")
         return chosen
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the FHIR server in, every published location out (operators._lineage)."""
+        return lineage_on_complete(self)
 
     # -- Assets ---------------------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from airflow_provider_smart.operators._assets import (
     static_names,
     static_uri,
 )
-from airflow_provider_smart.operators._lineage import FhirLineageMixin, location_uris
+from airflow_provider_smart.operators._lineage import lineage_on_complete, location_uris
 from airflow_provider_smart.storage.paths import resolve_output, safe_segment
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ def merge_landed_run(
     return summary
 
 
-class FhirDeltaMergeOperator(FhirLineageMixin, BaseOperator):
+class FhirDeltaMergeOperator(BaseOperator):
     """Merge an already landed export or search run into current-state Delta tables, one per type.
 
     Each table holds the newest copy of every resource of its type: rows are upserted by id, a row is
@@ -226,9 +226,9 @@ class FhirDeltaMergeOperator(FhirLineageMixin, BaseOperator):
         else:
             self._outlets = declare_outlets(self, [], asset_alias or default_alias_name(self, "fhir-delta"))
 
-    def _lineage_inputs(self) -> list[str]:
-        """The landed runs the tables were merged from: the output root."""
-        return location_uris(self.output_location, self.output_conn_id)
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the landed runs' root in, each changed table out (operators._lineage)."""
+        return lineage_on_complete(self, location_uris(self.output_location, self.output_conn_id))
 
     def _static_root(self) -> str | None:
         if self.tables not in (None, ""):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow.sdk import BaseOperator
 
 from airflow_provider_smart.operators._assets import declare_outlets, default_alias_name, emit_asset_events
-from airflow_provider_smart.operators._lineage import FhirLineageMixin, location_uris
+from airflow_provider_smart.operators._lineage import lineage_on_complete, location_uris
 from airflow_provider_smart.storage.paths import safe_segment
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ def _storage_uri(path: ObjectStoragePath) -> str:
     return f"{path.protocol or 'file'}://{path.path}".rstrip("/")
 
 
-class FhirViewRunOperator(FhirLineageMixin, BaseOperator):
+class FhirViewRunOperator(BaseOperator):
     """
     Evaluate SQL on FHIR v2 ViewDefinitions over FHIR data on storage; write one Parquet table per view.
 
@@ -87,8 +87,9 @@ class FhirViewRunOperator(FhirLineageMixin, BaseOperator):
         # View names and the destination are often rendered: every view table goes through the alias.
         self._outlets = declare_outlets(self, [], asset_alias or default_alias_name(self, "fhir-views"))
 
-    def _lineage_inputs(self) -> list[str]:
-        return location_uris(self.source, self.source_conn_id)
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the NDJSON source in, each view table out (operators._lineage)."""
+        return lineage_on_complete(self, location_uris(self.source, self.source_conn_id))
 
     def _load_views(self) -> list[ViewPlan]:
         from airflow_provider_smart.storage.paths import resolve_output

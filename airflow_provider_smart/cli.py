@@ -29,6 +29,8 @@ def write_private_key(path: Path, data: bytes, *, force: bool = False) -> None:
     (without ``force``: fails if ``path`` exists, atomically) or renamed (with ``force``) into place.
     """
     directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise FileNotFoundError(f"the directory {directory} does not exist: create it first (mkdir -p {directory})")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)  # mode 0600
     tmp = Path(tmp_name)
     try:
@@ -109,8 +111,21 @@ def _stored_connection_hook(conn_id: str, scope: str | None) -> Any:
     return StoredConnectionHook(conn_id, scope=scope)
 
 
+#: Airflow's own notices (that a connection type holds '_', which config file it loaded) are not this
+#: command's answer, and in a terminal they would come before it. Airflow's errors still show; ours too.
+_QUIET_AIRFLOW = ("airflow.models.connection", "airflow.sdk.configuration", "airflow.configuration")
+
+
+def _quiet_airflow_notices() -> None:
+    """Set before Airflow is imported: its logging reads ``[logging] namespace_levels`` once, at import."""
+    levels = os.environ.get("AIRFLOW__LOGGING__NAMESPACE_LEVELS", "")
+    ours = " ".join(f"{name}=error" for name in _QUIET_AIRFLOW if f"{name}=" not in levels)
+    os.environ["AIRFLOW__LOGGING__NAMESPACE_LEVELS"] = f"{levels} {ours}".strip()
+
+
 def _token(args: argparse.Namespace) -> int:
     # Airflow's logging writes to stdout; keep stdout for the JSON answer alone (scripts parse it).
+    _quiet_airflow_notices()
     with contextlib.redirect_stdout(sys.stderr):
         hook = _stored_connection_hook(args.conn_id, args.scope)
         token = hook.get_token(force_refresh=True)

@@ -109,13 +109,15 @@ def get_provider_info() -> dict[str, Any]:
                         "description": "Empty: the token_endpoint of the server's .well-known/smart-configuration.",
                         "schema": {"type": ["string", "null"]},
                     },
+                    # No default: Airflow masks every string of Extra in task logs, and a saved "true" is too
+                    # short to mask (a warning at the start of every task). Empty means true.
                     "verify": {
                         "label": "TLS verification",
                         "description": (
-                            "true: check the server's certificate against the system CAs; false: do not check "
-                            "(test servers only); or the path of a CA bundle file."
+                            "Empty or true: check the server's certificate against the system CAs; false: do not "
+                            "check (test servers only); or the path of a CA bundle file."
                         ),
-                        "schema": {"type": ["string", "null"], "default": "true", "examples": ["true", "false"]},
+                        "schema": {"type": ["string", "null"], "examples": ["true", "false"]},
                     },
                     "timeout": {
                         "label": "Timeout (seconds)",
@@ -202,6 +204,11 @@ def get_provider_info() -> dict[str, Any]:
                 },
             },
         },
+        # Buttons on export tasks (their URLs are stored in XCom while the task runs).
+        "extra-links": [
+            "airflow_provider_smart.operators.links.FhirExportStatusLink",
+            "airflow_provider_smart.operators.links.FhirOutputLink",
+        ],
         "plugins": [
             {
                 "name": "smart_fhir_jwks",

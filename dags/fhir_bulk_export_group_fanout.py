@@ -9,13 +9,13 @@ runs only when every type finished: it advances the watermark and DELETEs the ex
 fails the run with the watermark kept and the export left on the server for a retry.
 
 Params: ``group_id`` (default ``grp-all``, a sandbox Group) and ``output`` (or the Variable
-``fhir_bulk_output_dir``; default ``~/fhir-bulk``).
+``fhir_bulk_output_dir``; default ``$AIRFLOW_HOME/fhir-output/bulk``).
 """
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
-from pathlib import Path
 
 import pendulum
 from airflow.sdk import DAG, Param
@@ -28,7 +28,9 @@ from airflow_provider_smart.operators.bulk_export import (
     FhirBulkFinishTypeOperator,
 )
 
-DEFAULT_OUTPUT = str(Path.home() / "fhir-bulk")
+# $AIRFLOW_HOME/fhir-output/bulk (/tmp/fhir-output/bulk without AIRFLOW_HOME): beside Airflow's own files,
+# never a surprise directory in a home; set the output param or the Variable for real data.
+DEFAULT_OUTPUT = os.path.join(os.environ.get("AIRFLOW_HOME") or "/tmp", "fhir-output", "bulk")  # noqa: S108
 
 with DAG(
     dag_id="fhir_bulk_export_group_fanout",

@@ -5,7 +5,7 @@ kept beside the data), lands it under ``<output>/<ResourceType>/<run id>/`` and 
 the server. The first run is a full export.
 
 Set the output with the DAG param ``output`` (``airflow dags trigger -c '{"output": "s3://..."}'``)
-or the Variable ``fhir_bulk_output_dir``; the default is ``~/fhir-bulk`` on the worker.
+or the Variable ``fhir_bulk_output_dir``; the default is ``$AIRFLOW_HOME/fhir-output/bulk`` on the worker.
 
 Attachments (clinical notes, scanned documents behind ``DocumentReference`` and friends) are off by
 default; the DAG param ``attachments`` turns them on (``-c '{"attachments": true}'``, or flip the
@@ -14,20 +14,22 @@ param's default below). They land under ``<output>/attachments/<run id>/`` befor
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
-from pathlib import Path
 
-import pendulum
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, CronTriggerTimetable, Param
 
 from airflow_provider_smart.operators.bulk_export import FhirBulkExportOperator
 
-DEFAULT_OUTPUT = str(Path.home() / "fhir-bulk")
+# $AIRFLOW_HOME/fhir-output/bulk (/tmp/fhir-output/bulk without AIRFLOW_HOME): beside Airflow's own files,
+# never a surprise directory in a home; set the output param or the Variable for real data.
+DEFAULT_OUTPUT = os.path.join(os.environ.get("AIRFLOW_HOME") or "/tmp", "fhir-output", "bulk")  # noqa: S108
 
 with DAG(
     dag_id="fhir_bulk_export_nightly",
-    schedule="@daily",
-    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    # 02:00 UTC nightly. No start_date and run_immediately=False: unpausing (also the UI's "unpause on
+    # trigger") starts no run for a past night; the first scheduled run is the next 02:00.
+    schedule=CronTriggerTimetable("0 2 * * *", timezone="UTC", run_immediately=False),
     catchup=False,
     max_active_runs=1,  # incremental runs must not overlap: each starts from the previous watermark
     default_args={"retries": 2, "retry_delay": timedelta(minutes=5)},

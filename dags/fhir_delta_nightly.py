@@ -7,27 +7,29 @@ export's ``deleted`` Bundles disappear, so each table is the server's current st
 full export that creates the tables. Needs the ``[delta]`` extra.
 
 Set the output with the DAG param ``output`` (``airflow dags trigger -c '{"output": "s3://..."}'``) or
-the Variable ``fhir_delta_output_dir``; the default is ``~/fhir-current`` on the worker. This DAG keeps
-its own watermark under ``<output>/current-state``: sharing one with another export DAG would skip the
+the Variable ``fhir_delta_output_dir``; the default is ``$AIRFLOW_HOME/fhir-output/current`` on the worker.
+This DAG keeps its own watermark under ``<output>/current-state``: sharing one with another export DAG would skip the
 changes that DAG already fetched.
 """
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
-from pathlib import Path
 
-import pendulum
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, CronTriggerTimetable, Param
 
 from airflow_provider_smart.operators.bulk_export import FhirBulkExportOperator
 
-DEFAULT_OUTPUT = str(Path.home() / "fhir-current")
+# $AIRFLOW_HOME/fhir-output/current (/tmp/fhir-output/current without AIRFLOW_HOME): beside Airflow's own files,
+# never a surprise directory in a home; set the output param or the Variable for real data.
+DEFAULT_OUTPUT = os.path.join(os.environ.get("AIRFLOW_HOME") or "/tmp", "fhir-output", "current")  # noqa: S108
 
 with DAG(
     dag_id="fhir_delta_nightly",
-    schedule="@daily",
-    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    # 02:00 UTC nightly. No start_date and run_immediately=False: unpausing (also the UI's "unpause on
+    # trigger") starts no run for a past night; the first scheduled run is the next 02:00.
+    schedule=CronTriggerTimetable("0 2 * * *", timezone="UTC", run_immediately=False),
     catchup=False,
     max_active_runs=1,  # merges must apply in order: each run starts from the previous watermark
     default_args={"retries": 2, "retry_delay": timedelta(minutes=5)},

@@ -8,6 +8,10 @@ you do not need them).
 Where files go: the ``output`` run parameter, else the ``smart_fhir_output_dir`` Variable, else
 ``$AIRFLOW_HOME/fhir-output`` (``/tmp/fhir-output`` without AIRFLOW_HOME). The FHIR server is the
 ``smart_fhir_default`` connection.
+
+A run triggered by hand covers the last complete day. The sandbox's data lies in 2023-2025, so against the
+sandbox such a run lands nothing (its log says so); run a day inside the data instead:
+``airflow dags test fhir_search_hba1c 2024-03-01``.
 """
 
 from __future__ import annotations

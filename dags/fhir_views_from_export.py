@@ -12,23 +12,25 @@ Set the output with the DAG param ``output`` or the Variable ``fhir_views_output
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
-from pathlib import Path
 
-import pendulum
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, CronTriggerTimetable, Param
 
 from airflow_provider_smart.operators.bulk_export import FhirBulkExportOperator
 from airflow_provider_smart.operators.views import FhirViewRunOperator
 
-DEFAULT_OUTPUT = str(Path.home() / "fhir-views")
+# $AIRFLOW_HOME/fhir-output/views (/tmp/fhir-output/views without AIRFLOW_HOME): beside Airflow's own files,
+# never a surprise directory in a home; set the output param or the Variable for real data.
+DEFAULT_OUTPUT = os.path.join(os.environ.get("AIRFLOW_HOME") or "/tmp", "fhir-output", "views")  # noqa: S108
 OUTPUT = "{{ params.output or var.value.get('fhir_views_output_dir', '" + DEFAULT_OUTPUT + "') }}"
 VIEWS = ["patient_demographics", "observations", "conditions", "encounters", "medication_requests"]
 
 with DAG(
     dag_id="fhir_views_from_export",
-    schedule="@daily",
-    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    # 02:00 UTC nightly. No start_date and run_immediately=False: unpausing (also the UI's "unpause on
+    # trigger") starts no run for a past night; the first scheduled run is the next 02:00.
+    schedule=CronTriggerTimetable("0 2 * * *", timezone="UTC", run_immediately=False),
     catchup=False,
     max_active_runs=1,
     params={"output": Param(None, type=["null", "string"], description="Where the data lands (path or URI).")},

@@ -197,7 +197,14 @@ class Finisher:
             for result in results:
                 counts.update(result.get("parquet") or {})
             out["parquet"] = {"output": (storage_uri(root) or "").rstrip("/"), "counts": dict(sorted(counts.items()))}
-            self.log.info("export %s as Parquet: %s", self.layout.label, out["parquet"]["counts"])
+            from airflow_provider_smart.reporting import rows_table
+
+            self.log.info(
+                "export %s as Parquet tables under %s:\n%s",
+                self.layout.label,
+                out["parquet"]["output"],
+                rows_table(out["parquet"]["counts"]),
+            )
         if self.options.delta is not None:
             out["delta"] = combine_delta(result.get("delta") for result in results)
         return out
@@ -224,10 +231,13 @@ class Finisher:
         self.layout.write_state(self.state)
         if self.lease is not None:
             self.lease.release()
+        from airflow_provider_smart.reporting import landed_types_table
+
         self.log.info(
-            "export %s landed: %s resources by type, transactionTime %s",
+            "export %s landed at %s (transactionTime %s):\n%s",
             self.layout.label,
-            summary["counts"],
+            self.layout.root,
             summary["transaction_time"],
+            landed_types_table(summary.get("types") or {}),
         )
         return summary

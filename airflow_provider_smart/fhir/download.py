@@ -134,15 +134,23 @@ class Progress:
     bytes_done: int = 0
     lines_done: int = 0
     started: float = field(default_factory=time.monotonic)
-    _last: float = 0.0
+    _last: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    #: Share of the work done before an ETA is given: from the first few chunks it is noise (the first
+    #: line, logged at the first chunk, once promised 50 minutes for a 50-second download).
+    MIN_SHARE_FOR_ETA = 0.02
+
+    def __post_init__(self) -> None:
+        if self._last is None:
+            self._last = self.started  # the first line after one interval, with something to say
 
     def add(self, nbytes: int, nlines: int) -> None:
         with self._lock:
             self.bytes_done += nbytes
             self.lines_done += nlines
             now = time.monotonic()
-            if now - self._last >= self.interval:
+            if now - (self._last or 0.0) >= self.interval:
                 self._last = now
                 self.logger.info("%s", self._line(now))
 
@@ -157,10 +165,17 @@ class Progress:
             self.lines_done -= nlines
 
     def eta_seconds(self, now: float | None = None) -> float | None:
+        """Seconds left at the rate so far, or None until enough is done for the rate to mean something
+        (one interval and :attr:`MIN_SHARE_FOR_ETA` of the resources, or of the files without counts)."""
         elapsed = (now or time.monotonic()) - self.started
-        if self.total_lines and self.lines_done:
-            return max(0.0, elapsed * (self.total_lines - self.lines_done) / self.lines_done)
-        if self.files_done:
+        if elapsed < self.interval:
+            return None
+        if self.total_lines:
+            done = self.lines_done / self.total_lines
+            if done < self.MIN_SHARE_FOR_ETA:
+                return None
+            return max(0.0, elapsed * (1 - done) / done)
+        if self.total_files and self.files_done / self.total_files >= self.MIN_SHARE_FOR_ETA:
             return max(0.0, elapsed * (self.total_files - self.files_done) / self.files_done)
         return None
 
@@ -170,14 +185,25 @@ class Progress:
 
     def _line(self, now: float) -> str:
         eta = self.eta_seconds(now)
-        eta_text = "unknown" if eta is None else time.strftime("%H:%M:%S", time.gmtime(eta))
+        eta_text = "" if eta is None else f", about {_duration(eta)} left"
+        resources = f"{self.lines_done:,}" + (f"/{self.total_lines:,}" if self.total_lines else "")
         return (
-            f"downloaded {self.files_done}/{self.total_files} files, {self.lines_done} resources, "
-            f"{self.bytes_done / 1e6:.1f} MB at {self.rate(now) / 1e6:.1f} MB/s, ETA {eta_text}"
+            f"downloaded {self.files_done}/{self.total_files} files, {resources} resources, "
+            f"{self.bytes_done / 1e6:.1f} MB at {self.rate(now) / 1e6:.1f} MB/s{eta_text}"
         )
 
     def summary(self) -> str:
         return self._line(time.monotonic())
+
+
+def _duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``2 h 05 min``: what a person reads in a progress line."""
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours} h {minutes:02d} min"
 
 
 Sink = Callable[[PlannedFile], AbstractContextManager[IO[bytes]]]

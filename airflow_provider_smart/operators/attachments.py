@@ -88,6 +88,7 @@ class FhirAttachmentsDownloadOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_smart.hooks.smart import SmartFhirHook
+        from airflow_provider_smart.operators._failfast import failing_fast
         from airflow_provider_smart.parquet.convert import find_ndjson
         from airflow_provider_smart.storage.attachments import attachments_destination, land_attachments
         from airflow_provider_smart.storage.paths import resolve_output
@@ -98,6 +99,7 @@ class FhirAttachmentsDownloadOperator(BaseOperator):
         destination = attachments_destination(resolve_output(self.output_uri, self.output_conn_id), label)
         hook = SmartFhirHook(self.smart_fhir_conn_id)
         try:
-            return land_attachments(hook.get_client(), files, destination, self.settings, logger=self.log)
+            with failing_fast():
+                return land_attachments(hook.get_client(), files, destination, self.settings, logger=self.log)
         finally:
             hook.close()

@@ -103,6 +103,12 @@ class ExportTaskBase(BaseOperator):
 
         return SmartFhirHook(smart_fhir_conn_id=self.smart_fhir_conn_id)
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the FHIR server in, every published location out (operators._lineage)."""
+        from airflow_provider_smart.operators._lineage import lineage_on_complete
+
+        return lineage_on_complete(self)
+
     def _limits(self) -> StreamLimits:
         """The ``download_limits`` in force (the manifest's caps and each file's)."""
         from airflow_provider_smart.fhir.bulk.body import StreamLimits

@@ -45,6 +45,12 @@ class FhirBulkDownloadOperator(ExportTaskBase):
         self.download_limits = checked_limits(download_limits)
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_provider_smart.operators._failfast import failing_fast
+
+        with failing_fast():
+            return self._download()
+
+    def _download(self) -> dict[str, Any]:
         from airflow_provider_smart.export.land import land
         from airflow_provider_smart.export.manifests import stored_manifest
         from airflow_provider_smart.fhir.bulk.body import StreamLimits

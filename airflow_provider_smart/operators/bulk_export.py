@@ -23,6 +23,7 @@ from airflow_provider_smart.export.options import (
     parquet_spec,
 )
 from airflow_provider_smart.fhir.bulk.kickoff import ExportRequest
+from airflow_provider_smart.operators._export_assets import declare_export_outlets
 from airflow_provider_smart.operators.bulk_common import (
     checked_limits,
     default_export_label,
@@ -36,6 +37,7 @@ from airflow_provider_smart.operators.bulk_download import FhirBulkDownloadOpera
 from airflow_provider_smart.operators.bulk_finalize import FhirBulkExportFinalizeOperator
 from airflow_provider_smart.operators.bulk_finish import FhirBulkExportPlanFinishOperator, FhirBulkFinishTypeOperator
 from airflow_provider_smart.operators.bulk_task import ExportTask
+from airflow_provider_smart.operators.links import EXPORT_LINKS, FhirExportStatusLink, store_link
 from airflow_provider_smart.storage.attachments import check_attachments_option
 from airflow_provider_smart.storage.export_state import ExportLayout, watermark_path
 from airflow_provider_smart.storage.lease import DEFAULT_LEASE_TIMEOUT, ExportLease
@@ -151,6 +153,7 @@ class FhirBulkExportOperator(ExportTask):
         *("output_format", "parquet_output", "delta_options", "attachments"),
     )
     ui_color = "#d8f0e6"
+    operator_extra_links = EXPORT_LINKS
 
     def __init__(
         self,
@@ -248,6 +251,14 @@ class FhirBulkExportOperator(ExportTask):
         self.fanout_batch_size = fanout_batch_size
         self.max_batches = max_batches
         self.max_finish_workers = check_finish_workers(max_finish_workers)
+        self._outlets = declare_export_outlets(
+            self,
+            output=output,
+            types=types,
+            formats=fmts,
+            parquet_output=parquet_output,
+            delta_options=self.delta_options,
+        )
 
     # -- building blocks ---------------------------------------------------------------------------
     def build_request(self, since: datetime | str | None = None) -> ExportRequest:
@@ -300,6 +311,8 @@ class FhirBulkExportOperator(ExportTask):
                 return []
             return found.state.get("summary")
         if found.step in ("land", "wait") and found.state is not None:
+            if found.state.get("status_url"):
+                store_link(context, FhirExportStatusLink, found.state["status_url"])
             if found.step == "wait":
                 return self._wait(context, client, layout, found.state)
             return self._on_manifest(context, client, layout, found.state, found.first_page)
@@ -325,6 +338,7 @@ class FhirBulkExportOperator(ExportTask):
         except BaseException:
             self._active = None  # the kick-off cancelled what it started (or started nothing)
             raise
+        store_link(context, FhirExportStatusLink, state["status_url"])
         return self._wait(context, client, layout, state)
 
     # -- after the export is complete: land, then finish or fan out ----------------------------------

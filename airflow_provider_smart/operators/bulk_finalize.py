@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_smart.export.options import FinishOptions, check_finish_workers
+from airflow_provider_smart.operators._assets import declare_outlets, default_alias_name
 from airflow_provider_smart.operators.bulk_common import ExportTaskBase, bound_state
+from airflow_provider_smart.operators.links import OUTPUT_LINKS
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -28,6 +30,7 @@ class FhirBulkExportFinalizeOperator(ExportTaskBase):
     """
 
     template_fields: Sequence[str] = ("export", "smart_fhir_conn_id")
+    operator_extra_links = OUTPUT_LINKS
 
     def __init__(
         self,
@@ -45,8 +48,19 @@ class FhirBulkExportFinalizeOperator(ExportTaskBase):
         self.delete_on_success = delete_on_success
         self.fail_on_severity = fail_on_severity
         self.max_finish_workers = check_finish_workers(max_finish_workers)
+        # The reference is known only at run time: every landed location goes through the alias.
+        self._outlets = declare_outlets(self, [], default_alias_name(self, "fhir-export"))
 
     def execute(self, context: Context) -> Any:
+        from airflow_provider_smart.operators._export_assets import publish_export
+        from airflow_provider_smart.operators._failfast import failing_fast
+
+        with failing_fast():
+            result = self._finalize()
+        publish_export(context, self._outlets, result)
+        return result
+
+    def _finalize(self) -> Any:
         from airflow_provider_smart.export.finish import Finisher
         from airflow_provider_smart.fhir.bulk.manifest import parse_manifest
 

@@ -44,6 +44,12 @@ class FhirBulkExportPlanFinishOperator(ExportTaskBase):
         self.smart_fhir_conn_id = smart_fhir_conn_id
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
+        from airflow_provider_smart.operators._failfast import failing_fast
+
+        with failing_fast():
+            return self._plan()
+
+    def _plan(self) -> list[dict[str, Any]]:
         from airflow_provider_smart.export.finish import Finisher, finished_types
         from airflow_provider_smart.fhir.bulk.manifest import parse_manifest
 

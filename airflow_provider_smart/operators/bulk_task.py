@@ -29,6 +29,7 @@ class ExportTask(ExportTaskBase):
 
     _active: tuple[Any, ExportLayout, str] | None = None
     _held: tuple[ExportLayout, ExportLease] | None = None
+    _outlets: Any  # the Assets it declares (operators._export_assets)
     deferrable: bool
     poll_interval: float
     min_poll_interval: float
@@ -107,15 +108,24 @@ class ExportTask(ExportTaskBase):
         export on the server with DELETE; on a retryable one keep it for the retry to re-attach."""
         from airflow.sdk.exceptions import TaskDeferred
 
+        from airflow_provider_smart.operators._export_assets import publish_export
+        from airflow_provider_smart.operators._failfast import fail_fast_error
+
         self._held = None
         try:
-            return body()
+            result = body()
         except TaskDeferred:
             raise
         except BaseException as exc:
+            # A failure no retry can fix fails the task now (and cancels a started export).
+            failed = fail_fast_error(exc) if isinstance(exc, Exception) else None
             if self._held is not None:
-                self._after_failure(context, exc, *self._held)
+                self._after_failure(context, failed or exc, *self._held)
+            if failed is not None:
+                raise failed from exc
             raise
+        publish_export(context, self._outlets, result)
+        return result
 
     def _after_failure(self, context: Context, exc: BaseException, layout: ExportLayout, lease: ExportLease) -> None:
         from airflow.sdk.exceptions import AirflowFailException
@@ -126,7 +136,10 @@ class ExportTask(ExportTaskBase):
             return  # the label is someone else's now: touch nothing
         unfixable = isinstance(exc, AirflowFailException) or is_unfixable(exc)
         if not (unfixable or is_last_try(context, int(self.retries or 0))):
-            self.log.info("export %s kept on the server for the retry to re-attach", layout.label)
+            from airflow_provider_smart.operators._failfast import export_started
+
+            if export_started(layout):  # only an export that exists can be re-attached to
+                self.log.info("export %s kept on the server for the retry to re-attach", layout.label)
             return
         try:
             abandon_export(self._active[0] if self._active else self._hook().get_client, layout, exc, logger=self.log)

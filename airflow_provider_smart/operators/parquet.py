@@ -7,7 +7,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_smart.storage.paths import safe_segment
+from airflow_provider_smart.operators._assets import declare_outlets, default_alias_name, emit_asset_events
+from airflow_provider_smart.operators._lineage import lineage_on_complete, location_uris
+from airflow_provider_smart.storage.paths import resolve_output, safe_segment
+from airflow_provider_smart.storage.preflight import storage_uri
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -32,6 +35,8 @@ class FhirNdjsonToParquetOperator(BaseOperator):
     :param decimal: ``"float64"`` (default) or ``"string"`` to keep each decimal's exact text.
     :param schemas: pinned schema records by resource type (dicts, or paths to ``_schema.json`` files);
         a pinned type never grows and fields outside its record go to ``unmapped_json``. (templated)
+    :param asset_alias: name of the ``AssetAlias`` each table is attached to (default
+        ``fhir-parquet/<dag_id>/<task_id>``); each event carries the run and the table's rows.
     """
 
     template_fields: Sequence[str] = (
@@ -55,6 +60,7 @@ class FhirNdjsonToParquetOperator(BaseOperator):
         destination_conn_id: str | None = None,
         decimal: str = "float64",
         schemas: Mapping[str, Any] | None = None,
+        asset_alias: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -67,6 +73,12 @@ class FhirNdjsonToParquetOperator(BaseOperator):
         self.destination_conn_id = destination_conn_id
         self.decimal = decimal
         self.schemas = schemas
+        # The resource types are known only once the files are read: every table goes through the alias.
+        self._outlets = declare_outlets(self, [], asset_alias or default_alias_name(self, "fhir-parquet"))
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the NDJSON source in, each Parquet table out (operators._lineage)."""
+        return lineage_on_complete(self, location_uris(self.source, self.source_conn_id))
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_smart.parquet.convert import convert_ndjson_to_parquet
@@ -81,5 +93,18 @@ class FhirNdjsonToParquetOperator(BaseOperator):
             source_conn_id=self.source_conn_id,
             destination_conn_id=self.destination_conn_id,
         )
-        self.log.info("Parquet run %s: %s", run, {k: v["rows"] for k, v in result.items()})
+        from airflow_provider_smart.reporting import rows_table
+
+        self.log.info("Parquet run %s:\n%s", run, rows_table({k: v["rows"] for k, v in result.items()}))
+        root = storage_uri(resolve_output(self.destination, self.destination_conn_id))
+        events = {
+            f"{root}/{safe_segment(name)}": {
+                "run": run,
+                "resource_type": name,
+                "rows": info["rows"],
+                "format": "parquet",
+            }
+            for name, info in result.items()
+        }
+        emit_asset_events(context, self._outlets, events)
         return {"run": run, "tables": result}

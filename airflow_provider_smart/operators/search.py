@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from airflow.sdk import Asset, AssetAlias, BaseOperator
+from airflow.sdk import BaseOperator
 
 from airflow_provider_smart.fhir.instants import check_watermark_instant
 from airflow_provider_smart.fhir.names import checked_resource_type
@@ -22,6 +21,13 @@ from airflow_provider_smart.fhir.search import (
     normalize_params,
     validate_resource_type,
 )
+from airflow_provider_smart.operators._assets import (
+    declare_outlets,
+    default_alias_name,
+    emit_asset_events,
+    static_uri,
+)
+from airflow_provider_smart.operators._lineage import lineage_on_complete
 from airflow_provider_smart.parquet.sink import ParquetOnlyRunWriter, ParquetRunSink, check_formats, parquet_root
 from airflow_provider_smart.storage.atomic import SUCCESS_MARKER, read_json
 from airflow_provider_smart.storage.attachments import AttachmentSettings, check_attachments_option
@@ -50,20 +56,6 @@ def storage_uri(path: ObjectStoragePath) -> str:
     """``scheme://path`` of a storage path, without the connection id Airflow shows in ``str(path)``."""
     protocol = path.protocol or "file"
     return f"{protocol}://{path.path}".rstrip("/")
-
-
-def _static_uri(output: Any) -> str | None:
-    """The output root as a URI when it is known at DAG-parse time (not a template), else None."""
-    from airflow.sdk import ObjectStoragePath
-
-    if isinstance(output, ObjectStoragePath):
-        return storage_uri(output)
-    if isinstance(output, (str, os.PathLike)):
-        text = os.fspath(output)
-        if not text or "{{" in text or "{%" in text:
-            return None
-        return text.rstrip("/") if "://" in text else "file://" + os.path.abspath(text)
-    return None
 
 
 def interval_label(start: datetime, end: datetime) -> str:
@@ -203,6 +195,7 @@ class FhirSearchOperator(BaseOperator):
         if handling not in ("strict", "lenient", None):
             raise ValueError(f"handling must be 'strict', 'lenient' or None; got {handling!r}")
         self.handling = handling
+        self._pages_read = 0  # pages the current run has read: a refusal after the first one may pass on a retry
         self._declare_outlets(asset_alias)
 
     @staticmethod
@@ -212,46 +205,40 @@ class FhirSearchOperator(BaseOperator):
             raise ValueError("formats with 'delta' need 'ndjson' too: the tables are merged from the landed run")
         return chosen
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the FHIR server in, every published location out (operators._lineage)."""
+        return lineage_on_complete(self)
+
     # -- Assets ---------------------------------------------------------------------------------------------
 
     def _declare_outlets(self, asset_alias: str | None) -> None:
         """Declare what this task produces, so downstream DAGs can be scheduled on it.
 
-        Outlets are read when the DAG is parsed, before templates are rendered. A static output and resource
-        type give a plain ``Asset`` per output root and resource type. A templated one gives an
-        ``AssetAlias``; each run then attaches the concrete ``Asset`` of every directory it wrote.
+        A static output and resource type give a plain ``Asset`` per output root and resource type; a
+        templated one gives an ``AssetAlias`` and each run attaches the Asset of every type it wrote
+        (:mod:`~airflow_provider_smart.operators._assets`).
         """
-        root = _static_uri(self.output_location)
+        root = static_uri(self.output_location)
         static_type = isinstance(self.resource_type, str) and "{{" not in self.resource_type
-        self._static_asset: Asset | None = None
-        self._asset_alias: AssetAlias | None = None
         if root is not None and static_type:
-            self._static_asset = Asset(uri=f"{root}/{safe_segment(self.resource_type)}")
-            self.outlets = [*self.outlets, self._static_asset]
+            self._outlets = declare_outlets(self, [f"{root}/{safe_segment(self.resource_type)}"], None)
         else:
-            dag_id = self.dag_id if self.has_dag() else "no-dag"  # type: ignore[no-untyped-call]
-            name = asset_alias or f"fhir-search/{dag_id}/{self.task_id}"
-            self._asset_alias = AssetAlias(name=name)
-            self.outlets = [*self.outlets, self._asset_alias]
+            self._outlets = declare_outlets(self, [], asset_alias or default_alias_name(self, "fhir-search"))
 
     def _emit_asset_events(self, context: Context, root: str, summary: dict[str, Any]) -> None:
-        outlet_events = context.get("outlet_events")
-        if outlet_events is None:
-            return
-        for resource_type, count in summary["counts"].items():
-            extra: dict[str, Any] = {
+        events = {
+            f"{root}/{safe_segment(resource_type)}": {
                 "run": summary["run"],
                 "resource_type": resource_type,
                 "count": count,
+                "rows": count,
+                "format": "ndjson",
                 "directory": summary["directories"][resource_type],
                 "high_water_mark": summary["high_water_mark"],
             }
-            uri = f"{root}/{safe_segment(resource_type)}"
-            if self._static_asset is not None:
-                if resource_type == self.resource_type:
-                    outlet_events[self._static_asset].extra = extra
-            elif self._asset_alias is not None:
-                outlet_events[self._asset_alias].add(Asset(uri=uri), extra=extra)
+            for resource_type, count in summary["counts"].items()
+        }
+        emit_asset_events(context, self._outlets, events)
 
     @staticmethod
     def _refuse_another_searchs_run(directory: ObjectStoragePath, fingerprint: str) -> None:
@@ -302,6 +289,14 @@ class FhirSearchOperator(BaseOperator):
         return client
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_provider_smart.operators._failfast import failing_fast
+
+        self._pages_read = 0
+        # Only a refusal of the search itself (its first page) skips the retries.
+        with failing_fast(unless=lambda: self._pages_read > 0):
+            return self._search(context)
+
+    def _search(self, context: Context) -> dict[str, Any]:
         resource_type = validate_resource_type(self.resource_type)
         attachment_settings = self._attachment_settings()
         output = resolve_output(self.output_location, self.output_conn_id)
@@ -385,6 +380,7 @@ class FhirSearchOperator(BaseOperator):
                 cleanup.enter_context(tee)
             types_seen: set[str] = set()
             for page in search.pages():
+                self._pages_read = page.number
                 for resource in (*page.matches, *page.includes):
                     # Each type becomes a directory (NDJSON and Parquet alike): only FHIR type names may.
                     name = resource.get("resourceType")
@@ -482,5 +478,27 @@ class FhirSearchOperator(BaseOperator):
             search.stats.pages,
             search.stats.retries,
         )
+        if not summary["counts"].get(resource_type):
+            self._say_the_run_found_nothing(context, resource_type, incremental, window)
         self._emit_asset_events(context, storage_uri(output), summary)
         return summary
+
+    def _say_the_run_found_nothing(
+        self, context: Context, resource_type: str, incremental: str | None, window: Mapping[str, Any]
+    ) -> None:
+        """A green run that landed nothing must say so, and why: most often its window holds no data (a run
+        triggered by hand covers the last complete interval, which a test server's data may not reach)."""
+        if incremental == "data_interval":
+            why = (
+                f"its data interval [{window.get('start')}, {window.get('end')}) holds no {resource_type} the "
+                "search matches. A run triggered by hand covers the last complete interval; for older data "
+                "trigger with a logical date inside it (airflow dags test <dag_id> 2024-03-01) or backfill"
+            )
+        elif incremental == "watermark" and window.get("after"):
+            why = f"nothing matching changed after the high-water mark {window['after']}"
+        else:
+            why = "the search matched nothing on the server"
+        run_type = str(getattr(context.get("dag_run"), "run_type", "") or context.get("run_id") or "")
+        # Attention for a run someone started to see data; a quiet scheduled day is normal.
+        report = self.log.warning if "manual" in run_type else self.log.info
+        report("This run landed no %s: %s.", resource_type, why)

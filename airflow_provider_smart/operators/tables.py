@@ -8,12 +8,20 @@ the search and bulk export operators call :func:`merge_landed_run` themselves wi
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import Asset, AssetAlias, BaseOperator
+from airflow.sdk import BaseOperator
 
+from airflow_provider_smart.operators._assets import (
+    Outlets,
+    declare_outlets,
+    default_alias_name,
+    emit_asset_events,
+    static_names,
+    static_uri,
+)
+from airflow_provider_smart.operators._lineage import lineage_on_complete, location_uris
 from airflow_provider_smart.storage.paths import resolve_output, safe_segment
 
 if TYPE_CHECKING:
@@ -141,24 +149,10 @@ def merge_landed_run(
         "without_id": sum(r.without_id for r in results.values()),
     }
     if logger is not None:
-        logger.info(
-            "Delta tables at %s from %s: %s",
-            root_uri,
-            summary["source"],
-            {t: (r.inserted, r.updated, r.deleted) for t, r in sorted(results.items())},
-        )
-        for rtype, result in sorted(results.items()):
-            if result.committed:
-                logger.info(
-                    "%s: %d of %d buckets touched; %d files (%d bytes) rewritten, %d files (%d bytes) added",
-                    rtype,
-                    result.buckets_touched,
-                    result.buckets or 0,
-                    result.files_rewritten,
-                    result.bytes_rewritten,
-                    result.files_added,
-                    result.bytes_added,
-                )
+        from airflow_provider_smart.reporting import delta_results_table
+
+        table = delta_results_table({rtype: results[rtype].to_json() for rtype in sorted(results)})
+        logger.info("Delta tables at %s merged from %s:\n%s", root_uri, summary["source"], table)
     return summary
 
 
@@ -239,31 +233,22 @@ class FhirDeltaMergeOperator(BaseOperator):
         self._declare_outlets(asset_alias)
 
     def _declare_outlets(self, asset_alias: str | None) -> None:
+        """A plain Asset per table when the tables root and the types are static, else the task's alias."""
         root = self._static_root()
-        types = self.resource_types
-        static = isinstance(types, list) and all(isinstance(t, str) and "{{" not in t for t in types)
-        self._static_assets: dict[str, Asset] = {}
-        self._asset_alias: AssetAlias | None = None
-        if root is not None and static and types:
-            self._static_assets = {t: Asset(uri=f"{root}/{safe_segment(t)}") for t in types}
-            self.outlets = [*self.outlets, *self._static_assets.values()]
+        types = static_names(self.resource_types) if isinstance(self.resource_types, list) else None
+        if root is not None and types:
+            self._outlets = declare_outlets(self, [f"{root}/{safe_segment(t)}" for t in types], None)
         else:
-            dag_id = self.dag_id if self.has_dag() else "no-dag"  # type: ignore[no-untyped-call]
-            self._asset_alias = AssetAlias(name=asset_alias or f"fhir-delta/{dag_id}/{self.task_id}")
-            self.outlets = [*self.outlets, self._asset_alias]
+            self._outlets = declare_outlets(self, [], asset_alias or default_alias_name(self, "fhir-delta"))
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the landed runs' root in, each changed table out (operators._lineage)."""
+        return lineage_on_complete(self, location_uris(self.output_location, self.output_conn_id))
 
     def _static_root(self) -> str | None:
-        def static(value: Any) -> str | None:
-            if not isinstance(value, (str, os.PathLike)):
-                return None
-            text = os.fspath(value)
-            if not text or "{{" in text or "{%" in text:
-                return None
-            return text.rstrip("/") if "://" in text else "file://" + os.path.abspath(text)
-
         if self.tables not in (None, ""):
-            return static(self.tables)
-        base = static(self.output_location)
+            return static_uri(self.tables)
+        base = static_uri(self.output_location)
         return f"{base}/{TABLES_SUBDIR}" if base else None
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -287,27 +272,18 @@ class FhirDeltaMergeOperator(BaseOperator):
             transaction_time=self.transaction_time,
             logger=self.log,
         )
-        emit_table_events(context, summary, self._static_assets, self._asset_alias)
+        emit_table_events(context, summary, self._outlets)
         return summary
 
 
-def emit_table_events(
-    context: Context, summary: Mapping[str, Any], static: Mapping[str, Asset], alias: AssetAlias | None
-) -> None:
-    """One Asset event per table a merge changed (``<tables>/<Type>``), with its new version."""
-    outlet_events = context.get("outlet_events")
-    if outlet_events is None:
-        return
+def emit_table_events(context: Context, summary: Mapping[str, Any], outlets: Outlets) -> None:
+    """One Asset event per table a merge changed (``<tables>/<Type>``), with its new version and rows."""
+    events: dict[str, dict[str, Any]] = {}
     for rtype, result in summary["results"].items():
         if not result["committed"]:
             continue
-        extra = {
-            k: result[k]
-            for k in ("version", "inserted", "updated", "deleted", "files_rewritten", "bytes_rewritten")
-            if k in result
-        }
-        extra["source"] = summary["source"]
-        if rtype in static:
-            outlet_events[static[rtype]].extra = extra
-        elif alias is not None:
-            outlet_events[alias].add(Asset(uri=summary["tables"][rtype]), extra=extra)
+        keys = ("version", "rows", "inserted", "updated", "deleted", "files_rewritten", "bytes_rewritten")
+        extra = {k: result.get(k) for k in keys}
+        extra.update(source=summary["source"], transaction_time=summary.get("transaction_time"), format="delta")
+        events[summary["tables"][rtype]] = extra
+    emit_asset_events(context, outlets, events)

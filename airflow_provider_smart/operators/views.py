@@ -7,8 +7,10 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from airflow.sdk import Asset, AssetAlias, BaseOperator
+from airflow.sdk import BaseOperator
 
+from airflow_provider_smart.operators._assets import declare_outlets, default_alias_name, emit_asset_events
+from airflow_provider_smart.operators._lineage import lineage_on_complete, location_uris
 from airflow_provider_smart.storage.paths import safe_segment
 
 if TYPE_CHECKING:
@@ -102,9 +104,12 @@ class FhirViewRunOperator(BaseOperator):
         self.run = run
         self.source_conn_id = source_conn_id
         self.destination_conn_id = destination_conn_id
-        dag_id = self.dag_id if self.has_dag() else "no-dag"  # type: ignore[no-untyped-call]
-        self._asset_alias = AssetAlias(name=asset_alias or f"fhir-views/{dag_id}/{self.task_id}")
-        self.outlets = [*self.outlets, self._asset_alias]
+        # View names and the destination are often rendered: every view table goes through the alias.
+        self._outlets = declare_outlets(self, [], asset_alias or default_alias_name(self, "fhir-views"))
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the NDJSON source in, each view table out (operators._lineage)."""
+        return lineage_on_complete(self, location_uris(self.source, self.source_conn_id))
 
     def _load_views(self) -> list[ViewPlan]:
         from airflow_provider_smart.storage.paths import resolve_output
@@ -274,10 +279,12 @@ class FhirViewRunOperator(BaseOperator):
         return resources
 
     def _emit_asset_events(self, context: Context, destination: ObjectStoragePath, results: dict[str, Any]) -> None:
-        outlet_events = context.get("outlet_events")
-        if outlet_events is None:
-            return
         root = _storage_uri(destination)
-        for name, result in results.items():
-            extra = {k: result[k] for k in ("run", "rows", "resource", "directory")}
-            outlet_events[self._asset_alias].add(Asset(uri=f"{root}/{safe_segment(name)}"), extra=extra)
+        events = {
+            f"{root}/{safe_segment(name)}": {
+                **{k: result[k] for k in ("run", "rows", "resource", "directory")},
+                "format": "parquet",
+            }
+            for name, result in results.items()
+        }
+        emit_asset_events(context, self._outlets, events)

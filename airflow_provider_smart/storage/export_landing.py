@@ -138,6 +138,7 @@ def missing_files(layout: ExportLayout, manifest: Manifest) -> list[PlannedFile]
 def summarize(layout: ExportLayout, manifest: Manifest, planned: list[PlannedFile] | None = None) -> dict[str, Any]:
     """Counts per type, paths, error-file issues and deleted counts, from the commit records."""
     counts: dict[str, int] = {}
+    types: dict[str, dict[str, int]] = {}
     files: dict[str, list[str]] = {}
     outcomes = OutcomeSummary()
     deleted = 0
@@ -155,6 +156,10 @@ def summarize(layout: ExportLayout, manifest: Manifest, planned: list[PlannedFil
         if p.kind == "output":
             name = p.resource_type or p.directory
             counts[name] = counts.get(name, 0) + int(rec.get("lines", 0))
+            landed = types.setdefault(name, {"resources": 0, "files": 0, "bytes": 0})
+            landed["resources"] += int(rec.get("lines", 0))
+            landed["files"] += 1
+            landed["bytes"] += int(rec.get("bytes", 0))
         elif p.kind == "deleted":
             deleted += int(rec.get("lines", 0))
     return {
@@ -163,6 +168,7 @@ def summarize(layout: ExportLayout, manifest: Manifest, planned: list[PlannedFil
         "export_id": layout.export_id,
         "output": str(layout.root),
         "counts": dict(sorted(counts.items())),
+        "types": dict(sorted(types.items())),
         "files": files,
         "deleted_bundles": deleted,
         "bytes": total_bytes,

@@ -185,13 +185,16 @@ def log_wait(
     *,
     now: float | None = None,
     note: str = "",
+    attention: bool = True,
 ) -> None:
     """Log one wait, once: what waits, why (server text made safe), for how long and until when.
 
-    ``logger`` is anything with ``warning`` (a stdlib logger, or Airflow's structured task logger).
+    ``logger`` is anything with ``warning`` and ``info`` (a stdlib logger, or Airflow's structured task
+    logger). ``attention=False`` logs at INFO: a wait that is the normal pace of things (a running export's
+    ``202`` with ``Retry-After``), not something a person needs to look at.
     """
     wake = (time.time() if now is None else now) + delay
-    logger.warning(
+    (logger.warning if attention else logger.info)(
         "%s: %s; waiting %.1fs until %s%s",
         safe_text(what, limit=300),
         safe_text(reason, limit=500),

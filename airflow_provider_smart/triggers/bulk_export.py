@@ -18,7 +18,7 @@ from airflow_provider_smart.fhir.bulk.status import (
     PollPolicy,
     interpret_status,
 )
-from airflow_provider_smart.fhir.bulk.sync import MAX_MANIFEST_BODY, poll_reason
+from airflow_provider_smart.fhir.bulk.sync import MAX_MANIFEST_BODY, poll_needs_attention, poll_reason
 from airflow_provider_smart.transport.addresses import AddressPolicy, BlockedAddressError, guard_async_client
 from airflow_provider_smart.transport.bodies import MAX_ERROR_BODY
 from airflow_provider_smart.transport.retry import log_wait
@@ -222,7 +222,9 @@ class BulkExportStatusTrigger(BaseTrigger):
                 if self.deadline is not None:
                     delay = max(0.0, min(delay, self.deadline - time.time()))
                 if not isinstance(result, ExportPending) or result.retry_after is not None:
-                    log_wait(self.log, f"status {where}", poll_reason(result), delay)
+                    log_wait(
+                        self.log, f"status {where}", poll_reason(result), delay, attention=poll_needs_attention(result)
+                    )
                 await asyncio.sleep(delay)
 
     def _http_client(self) -> Any:

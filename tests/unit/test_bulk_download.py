@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -212,12 +213,34 @@ def test_outcome_files_fatal_fail_after_data_kept(tmp_path: Path, listed_under: 
 
 
 def test_progress_rate_and_eta() -> None:
-    p = Progress(total_files=4, total_lines=100, interval=3600)
+    p = Progress(total_files=4, total_lines=100, interval=5)
     p.started -= 10
     p.add(5_000_000, 25)
     p.file_done()
     assert p.eta_seconds() == pytest.approx(30, rel=0.05)
     assert "1/4 files" in p.summary() and "MB/s" in p.summary()
+    assert "25/100 resources" in p.summary() and "about 30 s left" in p.summary()
+
+
+def test_progress_gives_no_eta_before_it_means_something(caplog: pytest.LogCaptureFixture) -> None:
+    """The first chunk of a 50-second download once logged ETA 00:49:47: no ETA before one interval and
+    a few percent of the resources, and no line at all before the first interval has passed."""
+    logger = logging.getLogger("progress-test")
+    p = Progress(total_files=10, total_lines=100_000, interval=10, logger=logger)
+    with caplog.at_level(logging.INFO, logger="progress-test"):
+        p.add(64_000, 50)  # the first chunk, at once
+    assert caplog.records == []
+    assert p.eta_seconds() is None
+    p.started -= 20  # 20 s in, but only 0.05 % done: still no ETA
+    p._last = p.started  # and no line logged since the start
+    assert p.eta_seconds() is None and "left" not in p.summary()
+    p.add(5_000_000, 9_950)  # 10 % done after 20 s: 3 minutes left
+    assert p.eta_seconds() == pytest.approx(180, rel=0.05)
+    assert "about 3 min left" in p.summary()
+    with caplog.at_level(logging.INFO, logger="progress-test"):
+        p.add(1, 1)
+        p.add(1, 1)
+    assert len(caplog.records) == 1  # one line per interval
 
 
 def test_downloader_never_authorises_foreign_origins() -> None:

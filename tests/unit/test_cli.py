@@ -90,8 +90,18 @@ def test_console_script_is_installed(tmp_path):
     assert "PRIVATE" not in result.stdout + result.stderr
 
 
+def test_keygen_into_a_missing_directory_names_the_directory(tmp_path, capsys):
+    missing = tmp_path / "no" / "such" / "dir"
+    assert main(["keygen", "--out", str(missing / "key.pem")]) == 1
+    err = capsys.readouterr().err
+    assert f"the directory {missing} does not exist" in err and "mkdir -p" in err
+    assert ".tmp" not in err  # not the temporary file the key would have gone through
+    assert not missing.exists()
+
+
 def test_token_for_unknown_connection(capsys, monkeypatch):
     monkeypatch.delenv("AIRFLOW_CONN_NO_SUCH_CONN", raising=False)
+    monkeypatch.delenv("AIRFLOW__LOGGING__NAMESPACE_LEVELS", raising=False)  # the command sets it: undone after
     assert main(["token", "--conn-id", "no_such_conn"]) == 1
     assert "no_such_conn" in capsys.readouterr().err
 

@@ -245,3 +245,30 @@ def test_a_different_search_may_not_replace_another_searchs_run(tmp_path: Path) 
         make(tmp_path, search_params={"code": "http://loinc.org|2345-7"}).execute(context())
     label = interval_label(START, END)
     assert json.loads((tmp_path / "out" / "Observation" / label / "_SUCCESS").read_text())["count"] == 1
+
+
+@responses.activate
+def test_a_manual_run_whose_window_holds_nothing_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The example DAG triggered by hand searched yesterday, found nothing (the data lay in 2023-2025) and
+    went green without a word: now the log names the window and how to reach older data."""
+    responses.get(OBS, json=bundle([]))
+    op = make(tmp_path, incremental="data_interval")
+    summary = op.execute(context(run_id="manual__2026-12-07T04:00:00+00:00"))
+    assert summary["counts"] == {"Observation": 0}
+    text = capsys.readouterr().out + caplog.text
+    (line,) = [entry for entry in text.splitlines() if "This run landed no Observation" in entry]
+    assert "warning" in line.lower()
+    assert "[2024-03-01T00:00:00Z, 2024-03-02T00:00:00Z)" in line and "airflow dags test" in line
+
+
+@responses.activate
+def test_a_scheduled_empty_day_is_information_not_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    responses.get(OBS, json=bundle([]))
+    make(tmp_path, incremental="data_interval").execute(context(run_id="scheduled__2024-03-01"))
+    text = capsys.readouterr().out + caplog.text
+    (line,) = [entry for entry in text.splitlines() if "This run landed no Observation" in entry]
+    assert "warning" not in line.lower()

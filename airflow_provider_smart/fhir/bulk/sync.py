@@ -87,7 +87,8 @@ def kick_off(client: RequestClient, request: ExportRequest, *, max_retry_after: 
             "is still running; finish or DELETE it first)",
             status=429,
         )
-    raise FhirError(result.message, status=result.status)
+    # The outcome travels along: a refused parameter (400 with an OperationOutcome) fails without retries.
+    raise FhirError(result.message, status=result.status, outcome=getattr(result, "outcome", None))
 
 
 def poll_once(
@@ -177,7 +178,14 @@ def wait_for_export(
         if deadline is not None and clock() + delay > deadline:
             raise ExportTimeoutError(f"export at {redact_url(status_url)} did not complete before its deadline")
         if not isinstance(result, ExportPending) or result.retry_after is not None:
-            log_wait(log, f"status {redact_url(status_url)}", poll_reason(result), delay, now=clock())
+            log_wait(
+                log,
+                f"status {redact_url(status_url)}",
+                poll_reason(result),
+                delay,
+                now=clock(),
+                attention=poll_needs_attention(result),
+            )
         sleep(delay)
 
 
@@ -241,6 +249,11 @@ def fetch_completed_page(
     return _fetch_page(client, status_url, policy or PollPolicy(), sleep, limits)
 
 
+def poll_needs_attention(result: ExportStatus) -> bool:
+    """A wait worth a WARNING: throttling or a failed poll. A running export's 202 is the normal pace (INFO)."""
+    return not isinstance(result, ExportPending)
+
+
 def poll_reason(result: ExportStatus) -> str:
     """Why the poller waits, for the one log line of that wait."""
     if isinstance(result, ExportPending):
@@ -267,7 +280,9 @@ def _fetch_page(
             if errors > policy.max_transient_errors:
                 raise ExportFailedError(f"manifest page kept failing: {result.message}")
         delay = policy.delay(result, errors)
-        log_wait(log, f"manifest page {redact_url(url)}", poll_reason(result), delay)
+        log_wait(
+            log, f"manifest page {redact_url(url)}", poll_reason(result), delay, attention=poll_needs_attention(result)
+        )
         sleep(delay)
 
 

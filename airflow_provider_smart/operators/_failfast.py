@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from airflow_provider_smart.fhir.failures import retry_cannot_fix
+from airflow_provider_smart.failures import retry_cannot_fix
 from airflow_provider_smart.transport.sanitize import safe_text
 
 if TYPE_CHECKING:

@@ -6,8 +6,8 @@ import pytest
 
 from airflow_provider_smart.auth.errors import DiscoveryError, KeyLoadError, TokenRequestError
 from airflow_provider_smart.auth.settings import ConnectionSettingsError
+from airflow_provider_smart.failures import retry_cannot_fix
 from airflow_provider_smart.fhir.errors import FhirError, TransientFhirError
-from airflow_provider_smart.fhir.failures import retry_cannot_fix
 from airflow_provider_smart.fhir.http import RefusedRequestError
 from tests.fhir_fakes import outcome
 

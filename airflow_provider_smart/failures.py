@@ -1,4 +1,5 @@
-"""Which failures no retry can fix: the one place that decides, for every operator.
+"""Which failures no retry can fix: the one place that decides, for every operator (above both auth/ and
+fhir/, whose errors it reads).
 
 A retry sends the same credentials, the same scopes and the same parameters again, so a refusal of any of
 them comes back the same way; retrying only delays the failure (``retries=2`` five minutes apart: ten

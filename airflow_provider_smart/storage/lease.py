@@ -9,9 +9,11 @@ Two runs must never both hold it, so every change of hands is a create-if-absent
 ``O_EXCL`` locally, ``If-None-Match: *`` on S3), which exactly one racer wins:
 
 - a free label (no lease file) is taken by creating ``lease.json``;
-- an expired, released or unreadable lease is taken over by first creating ``lease.json.takeover.<digest>``,
-  where the digest names the exact lease content being replaced: of the runs that saw the same old
-  lease, one creates the marker; it then checks that the lease is still that content and writes its own.
+- an expired, released or unreadable lease is taken over by first creating
+  ``lease.json.takeover.<digest>.<n>``, where the digest names the exact lease content being replaced:
+  of the runs that saw the same old lease, one creates the marker; it then checks that the lease is
+  still that content and writes its own. A marker left by a run that died mid-takeover is abandoned
+  after the lease timeout for the next ``<n>``, created exclusively again.
 
 The holder's heartbeat fails (:class:`LeaseLostError`) once the file no longer holds its token or its hold
 has expired, instead of writing itself back over whoever took the label; the background heartbeat records
@@ -144,8 +146,8 @@ class ExportLease:
                     self.token, self._lost = token, None
                     return
                 continue  # another run created it first: look at what it wrote
-            marker = self.path.parent / f"{LEASE_FILE}.takeover.{_digest(raw)}"
-            if not create_exclusive(marker, b""):
+            marker = self._claim_takeover(raw)
+            if marker is None:
                 continue  # another run is taking over the same old lease
             try:
                 if self._raw() == raw:  # still the lease this run saw lapse: nobody else moved in
@@ -159,6 +161,26 @@ class ExportLease:
         if current is not None and current.get("owner") != self.owner:
             raise self._refuse(current)
         raise LeaseHeldError(f"export label lease {self.path} kept changing hands; retry the task")
+
+    def _claim_takeover(self, raw: bytes) -> ObjectStoragePath | None:
+        """Create the marker that lets this run alone replace the lease ``raw``; None when another run has it.
+
+        A takeover takes milliseconds; a marker older than the lease timeout belongs to a run that died in
+        between. It is never deleted (a run deleting it could delete a live one): the next generation's
+        marker is created instead, again exclusively, so the label is stuck no longer than a dead holder's.
+        """
+        for generation in range(1, 11):
+            marker = self.path.parent / f"{LEASE_FILE}.takeover.{_digest(raw)}.{generation}"
+            if create_exclusive(marker, json.dumps({"created_at": time.time()}).encode()):
+                return marker
+            try:
+                created = _parse(bytes(marker.read_bytes()))
+            except FileNotFoundError:
+                return None  # finished a moment ago: the lease has changed, look again
+            started = created.get("created_at") if created else None
+            if isinstance(started, (int, float)) and time.time() - started < self.timeout:
+                return None
+        return None
 
     def check(self) -> None:
         """Raise when this run's hold is gone (taken by another run, or lost while the heartbeat ran)."""

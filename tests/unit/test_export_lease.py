@@ -81,7 +81,7 @@ def test_unreadable_and_released_leases_are_taken_over(tmp_path: Path, content: 
     assert [p.name for p in directory.iterdir() if "takeover" in p.name] == []  # the marker is gone
 
 
-def test_a_takeover_marker_held_by_another_run_means_this_run_does_not_take_the_label(tmp_path: Path) -> None:
+def test_a_live_takeover_marker_stops_this_run_and_a_dead_runs_marker_is_abandoned(tmp_path: Path) -> None:
     import hashlib
 
     directory = label_dir(tmp_path)
@@ -89,10 +89,19 @@ def test_a_takeover_marker_held_by_another_run_means_this_run_does_not_take_the_
     old = b'{"owner": "dead", "token": "t", "expires_at": 1}'
     (directory / "lease.json").write_bytes(old)
     # Another run has claimed the takeover of exactly this old lease and is about to write its own.
-    (directory / f"lease.json.takeover.{hashlib.sha256(old).hexdigest()[:32]}").write_bytes(b"")
+    marker = directory / f"lease.json.takeover.{hashlib.sha256(old).hexdigest()[:32]}.1"
+    marker.write_bytes(json.dumps({"created_at": time.time()}).encode())
     with pytest.raises(LeaseHeldError, match="kept changing hands"):
         ExportLease(directory, "late").acquire()
     assert (directory / "lease.json").read_bytes() == old
+
+    # The same marker from a run that died mid-takeover (older than the lease timeout) is abandoned: the
+    # next generation's marker is created instead, and the dead run's marker is never deleted.
+    marker.write_bytes(json.dumps({"created_at": time.time() - 3600}).encode())
+    lease = ExportLease(directory, "late", timeout=60)
+    lease.acquire()
+    assert json.loads((directory / "lease.json").read_bytes())["token"] == lease.token
+    assert marker.exists()
 
 
 def test_lease_writes_leave_another_writers_temporary_file_alone(tmp_path: Path) -> None:

@@ -168,4 +168,6 @@ def combine_delta(summaries: Iterable[dict[str, Any] | None]) -> dict[str, Any] 
     if combined is not None:
         for key in ("tables", "results", "maintenance"):
             combined[key] = dict(sorted(combined[key].items()))
+        # Totals over every type are derived from the per-type results, never taken from one type's summary.
+        combined["without_id"] = sum(int(r.get("without_id", 0)) for r in combined["results"].values())
     return combined

@@ -16,7 +16,7 @@ from airflow_provider_smart.storage.paths import safe_segment
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
-    from airflow_provider_smart.views import ViewPlan, ViewRunner
+    from airflow_provider_smart.views import ViewError, ViewPlan, ViewRunner
     from airflow_provider_smart.views.sql import CompiledView
     from airflow_provider_smart.views.writer import ViewTableWriter
 
@@ -213,7 +213,7 @@ class FhirViewRunOperator(BaseOperator):
         run: str,
     ) -> dict[str, dict[str, Any]]:
         """Every view over one resource type; all are committed together or, on an error, none is."""
-        from airflow_provider_smart.views import ViewRunner
+        from airflow_provider_smart.views import ViewError, ViewRunner
         from airflow_provider_smart.views.writer import ViewTableWriter
 
         writers = {p.name: ViewTableWriter(p, destination, run) for p in plans}
@@ -224,7 +224,10 @@ class FhirViewRunOperator(BaseOperator):
             for plan in plans:
                 compiled = engines[plan.name]
                 if compiled is not None:
-                    self._run_duckdb(compiled, files, writers[plan.name])
+                    try:
+                        self._run_duckdb(compiled, files, writers[plan.name])
+                    except ViewError as exc:
+                        raise self._located(plan, resource_type, files) or exc from exc
                     summaries[plan.name] = {"run": run, "files": len(files), "engine": "duckdb"}
             evaluated = [(ViewRunner(p), writers[p.name]) for p in plans if engines[p.name] is None]
             if evaluated:
@@ -261,6 +264,25 @@ class FhirViewRunOperator(BaseOperator):
                     writer.add_batch(batch)
             finally:
                 con.close()
+
+    def _located(self, plan: ViewPlan, resource_type: str, files: list[ObjectStoragePath]) -> ViewError | None:
+        """The evaluator's error for the first resource the view breaks on, or None.
+
+        DuckDB reports a broken rule for the whole query; the evaluator names the resource and the column.
+        It runs only after DuckDB has failed, and stops at the first resource that fails.
+        """
+        from airflow_provider_smart.views import ViewError, ViewRunner
+        from airflow_provider_smart.views.sources import iter_file
+
+        runner = ViewRunner(plan)
+        try:
+            for path in files:
+                for resource in iter_file(path):
+                    if resource.get("resourceType") == resource_type:
+                        runner.rows(resource)
+        except ViewError as exc:
+            return exc
+        return None
 
     def _run_python(
         self, runners: list[tuple[ViewRunner, ViewTableWriter]], resource_type: str, files: list[ObjectStoragePath]

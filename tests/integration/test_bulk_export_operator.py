@@ -233,7 +233,9 @@ def test_fatal_error_file_fails_after_the_data_landed(bulk_server: Callable[...,
     server, _ = bulk_server()
     server.state.bulk.faults.error_file = True
     with pytest.raises(
-        ExportOutcomeError, match=r"^the export's error files report 1 issue\(s\) at severity 'error' or worse"
+        ExportOutcomeError,
+        match=r"^the export's OperationOutcomes \(its error files, and any output files of type OperationOutcome\) "
+        r"report 1 issue\(s\) at severity 'error' or worse",
     ) as info:
         run_deferred(export_op(tmp_path, types=["Patient", "Condition"]), context())
     assert "[fatal] fatal/exception: export " in str(info.value)

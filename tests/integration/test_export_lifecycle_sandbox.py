@@ -64,7 +64,9 @@ def test_error_issues_fail_after_landing_unpublished_and_keep_the_watermark(
     faults = server.state.bulk.faults
     faults.error_file, faults.error_file_severity, faults.error_counts_from_data = True, "error", True
     with pytest.raises(
-        ExportOutcomeError, match=r"^the export's error files report 1 issue\(s\) at severity 'error' or worse"
+        ExportOutcomeError,
+        match=r"^the export's OperationOutcomes \(its error files, and any output files of type OperationOutcome\) "
+        r"report 1 issue\(s\) at severity 'error' or worse",
     ) as info:
         run_deferred(export_op(out), context("scheduled__2"))  # a full export of the same scope
     assert "[error] error/exception: export " in str(info.value)

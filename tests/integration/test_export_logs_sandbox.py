@@ -52,7 +52,9 @@ def test_a_healthy_export_logs_no_warning_and_a_readable_summary(
     assert patients["resources"] == summary["counts"]["Patient"] and patients["files"] >= 1 and patients["bytes"] > 0
     assert re.search(rf"\nPatient\s+{patients['resources']:,}\s+{patients['files']}\s", text)
     # Delta results and Parquet tables in words, not tuples or tuning counters.
-    assert re.search(r"table\s+rows\s+inserted\s+updated\s+deleted\s+unchanged\s+version", text)
+    assert re.search(
+        r"table\s+rows\s+inserted\s+updated\s+deleted\s+unchanged\s+no id\s+version\s+buckets\s+files rewritten", text
+    )
     assert not re.search(r"\(\d+, \d+, \d+\)", text)
     assert "chunk(s) fast" not in text
     assert "as Parquet tables under" in text and re.search(r"type\s+rows\n", text)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import TaskDeferred
+from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
 from airflow_provider_smart.fhir.download import DownloadError
 from airflow_provider_smart.fhir.errors import FhirError
@@ -238,12 +238,15 @@ def test_kickoff_and_file_echo_stays_out_of_errors_logs_and_files(
     caplog.set_level(logging.DEBUG)
     texts: list[str] = []
     if status == 400:
-        # A refused kick-off is the kick-off's error; a refused file is the download's.
+        # A refused kick-off is the kick-off's error; a refused file is the download's. No retry sends other
+        # parameters, so the task fails at once with that error as the cause.
         expected, where = (FhirError, "kick-off to") if route == "kickoff" else (DownloadError, "Patient.00000 (")
-        with pytest.raises(expected, match=r"HTTP 400: non-JSON answer \(text/plain\): 'request refused") as info:
+        with pytest.raises(
+            AirflowFailException, match=r"HTTP 400: non-JSON answer \(text/plain\): 'request refused"
+        ) as info:
             run_deferred(export_op(tmp_path, types=TYPES, deferrable=False), context())
-        assert info.type is expected and str(info.value).startswith(where)
-        texts += [str(info.value), repr(info.value)]
+        assert type(info.value.__cause__) is expected and str(info.value).startswith(where)
+        texts += [str(info.value), repr(info.value), str(info.value.__cause__), repr(info.value.__cause__)]
     else:
         run_deferred(export_op(tmp_path, types=TYPES, deferrable=False), context())
         assert landed(tmp_path / "out", "manual__run1") == store_view(server, TYPES)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_smart.fhir.errors import FhirError
 from airflow_provider_smart.fhir.search import parse_instant
@@ -190,12 +191,14 @@ def _quick(op: FhirSearchOperator, max_retries: int = 1) -> Any:
 def test_unknown_parameter_stops_with_the_operation_outcome_text(
     sandbox: SandboxServer, smart_client: SmartClient, tmp_path: Path
 ) -> None:
+    # No retry sends other parameters: the task fails at once, the server's refusal as the cause.
     with pytest.raises(
-        FhirError,
+        AirflowFailException,
         match=r"^search page 1 of Observation\?colour=… failed: GET http://\S+/fhir/Observation answered HTTP 400: "
         r"error/not-supported: unknown search parameter 'colour' for Observation",
     ) as info:
         operator(tmp_path, search_params={"colour": "red"}).execute(ctx())
+    assert isinstance(info.value.__cause__, FhirError)
     assert "Bearer" not in str(info.value)
     assert not (tmp_path / "out" / "Observation").exists()
 

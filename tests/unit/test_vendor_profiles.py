@@ -1,0 +1,132 @@
+"""The vendor profile table loads, every fact cites a page, and the checks apply only known facts."""
+
+from __future__ import annotations
+
+import copy
+import json
+from importlib import resources
+
+import pytest
+
+from airflow_provider_smart.vendors import (
+    UnknownVendorError,
+    VendorRuleError,
+    check_export_request,
+    get_profile,
+    profile_names,
+    raise_for_violations,
+    scopes_for_types,
+)
+from airflow_provider_smart.vendors.profiles import parse_table
+
+ISSUE_VENDORS = (
+    "epic",
+    "oracle-health",
+    "athenahealth",
+    "meditech",
+    "aidbox",
+    "hapi",
+    "medplum",
+    "smile",
+    "google",
+    "azure",
+    "aws",
+)
+
+
+def _raw() -> dict:
+    return json.loads(resources.files("airflow_provider_smart.vendors").joinpath("profiles.json").read_text())
+
+
+def test_every_vendor_of_the_issue_has_a_profile_and_every_fact_a_page() -> None:
+    assert set(ISSUE_VENDORS) <= set(profile_names())
+    for name in profile_names():
+        profile = get_profile(name)
+        assert profile.notes, f"{name} says nothing about what is known"
+        for fact in profile.facts.values():
+            assert fact.source.startswith("https://") and fact.detail
+
+
+def test_unknown_vendor_lists_the_names() -> None:
+    with pytest.raises(UnknownVendorError) as caught:
+        get_profile("cernr")
+    assert "'cernr'" in str(caught.value) and "oracle-health" in str(caught.value) and "epic" in str(caught.value)
+    assert get_profile("  Oracle-Health ").name == "oracle-health"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d["profiles"]["oracle-health"]["facts"]["max_group_size"].update(value="20000"), "must be a int"),
+        (lambda d: d["profiles"]["oracle-health"]["facts"]["polling"].pop("source"), "needs value, detail and source"),
+        (
+            lambda d: d["profiles"]["epic"]["facts"].update(limit={"value": 1, "detail": "", "source": "https://x"}),
+            "unknown fact",
+        ),
+        (lambda d: d["profiles"]["epic"]["facts"]["jwks_uri"].update(source="a blog"), "must be an https:// page"),
+    ],
+)
+def test_a_malformed_table_is_refused(mutate, message: str) -> None:
+    data = copy.deepcopy(_raw())
+    mutate(data)
+    with pytest.raises(ValueError, match=message):
+        parse_table(data)
+
+
+def test_oracle_refuses_elements_and_patient_and_other_levels() -> None:
+    oracle = get_profile("oracle-health")
+    found = check_export_request(oracle, "system", {"_elements": ["Patient.id"], "patient": ["Patient/1"]})
+    assert [v.rule for v in found] == ["export level", "refused parameter", "refused parameter"]
+    assert {v.parameter for v in found} == {None, "_elements", "patient"}
+    assert all(v.source.startswith("https://docs.oracle.com/") for v in found)
+    # Millennium lists _typeFilter as supported: it must pass.
+    assert check_export_request(oracle, "group", {"_type": "Observation", "_typeFilter": ["Observation?x=1"]}) == []
+
+
+def test_the_newer_oracle_platform_refuses_type_filter() -> None:
+    found = check_export_request(get_profile("oracle-health-platform"), "group", {"_typeFilter": ["Condition?x=1"]})
+    assert [(v.rule, v.parameter) for v in found] == [("refused parameter", "_typeFilter")]
+
+
+def test_oracle_scope_rule_needs_a_read_scope_per_type() -> None:
+    oracle = get_profile("oracle-health")
+    params = {"_type": ["Patient,Observation"]}
+    wildcard = check_export_request(oracle, "group", params, scope="system/*.read")
+    assert [v.rule for v in wildcard] == ["scope per type"]
+    assert "system/Patient.read system/Observation.read" in wildcard[0].message
+    assert check_export_request(oracle, "group", params, scope="system/Patient.read system/Observation.rs") == []
+    assert scopes_for_types(oracle, ["Patient,Observation", "Patient"]) == [
+        "system/Patient.read",
+        "system/Observation.read",
+    ]
+    assert scopes_for_types(get_profile("medplum"), ["Patient"]) is None
+
+
+def test_group_size_and_provenance_rules() -> None:
+    oracle = get_profile("oracle-health")
+    assert [v.rule for v in check_export_request(oracle, "group", {}, group_size=20001)] == ["group size"]
+    assert check_export_request(oracle, "group", {}, group_size=20000) == []
+    bad = {"_type": "Observation", "includeAssociatedData": "LatestProvenanceResources"}
+    assert [v.rule for v in check_export_request(oracle, "group", bad)] == ["includeAssociatedData"]
+    good = {"_type": "Observation,Provenance", "includeAssociatedData": "LatestProvenanceResources"}
+    assert check_export_request(oracle, "group", good) == []
+
+
+def test_a_profile_without_facts_checks_nothing() -> None:
+    hapi = get_profile("hapi")
+    assert check_export_request(hapi, "system", {"_elements": "x", "_typeFilter": "y", "patient": "z"}) == []
+
+
+def test_google_refuses_parameters_outside_its_list() -> None:
+    found = check_export_request(get_profile("google"), "group", {"_type": "Patient", "_typeFilter": "Patient?x=1"})
+    assert [(v.rule, v.parameter) for v in found] == [("unsupported parameter", "_typeFilter")]
+
+
+def test_the_error_names_rule_vendor_and_page() -> None:
+    oracle = get_profile("oracle-health")
+    with pytest.raises(VendorRuleError) as caught:
+        raise_for_violations(oracle, check_export_request(oracle, "group", {"_elements": "Patient.id"}))
+    text = str(caught.value)
+    assert "Oracle Health" in text and "refused parameter: _elements" in text
+    assert "https://docs.oracle.com/en/industries/health/millennium-platform-apis/mfbda/" in text
+    raise_for_violations(oracle, [])  # nothing to raise

@@ -123,11 +123,16 @@ def check_export_request(
                     )
                 )
     associated = profile.fact("associated_data_needs_provenance_type")
-    if associated is not None and associated.value and "includeAssociatedData" in present and "_type" in present:
-        if "Provenance" not in _types(present["_type"]):
-            violations.append(
-                Violation("includeAssociatedData", associated.detail, associated.source, "includeAssociatedData")
-            )
+    if (
+        associated is not None
+        and associated.value
+        and "includeAssociatedData" in present
+        and "_type" in present
+        and "Provenance" not in _types(present["_type"])
+    ):
+        violations.append(
+            Violation("includeAssociatedData", associated.detail, associated.source, "includeAssociatedData")
+        )
     rule = profile.fact("scope_rule")
     if rule is not None and rule.value == PER_TYPE_SCOPES and scope is not None and "_type" in present:
         missing = [t for t in dict.fromkeys(_types(present["_type"])) if not scope_covers(scope.split(), t)]

@@ -17,6 +17,7 @@ from airflow_provider_smart.auth.keys import KeySet, key_file_within, load_key_f
 from airflow_provider_smart.transport.addresses import ALLOWED_INTERNAL_EXTRA, parse_allowed_entry
 from airflow_provider_smart.transport.retry import DEFAULT_MAX_RETRY_AFTER
 from airflow_provider_smart.transport.urls import UnsafeUrlError, check_url, fhir_base
+from airflow_provider_smart.vendors.profiles import UnknownVendorError, get_profile
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -50,6 +51,9 @@ class SmartConnectionSettings:
     #: Origins besides the FHIR server's that receive the ``headers`` extra (e.g. a gateway in front of
     #: the token endpoint).
     header_origins: tuple[str, ...] = ()
+    #: The vendor profile (:mod:`airflow_provider_smart.vendors`) whose published rules requests are
+    #: checked against before they are sent; None: no profile.
+    vendor: str | None = None
     #: The directory ``private_key_file`` must lie in (the hook passes ``[smart_fhir] private_key_dir``);
     #: None: no bound (library use without Airflow).
     private_key_dir: Path | None = None
@@ -103,6 +107,7 @@ class SmartConnectionSettings:
             max_retry_after=_max_retry_after(conn_id, extras.get("max_retry_after")),
             allowed_internal_hosts=_allowed_internal_hosts(conn_id, extras.get(ALLOWED_INTERNAL_EXTRA)),
             header_origins=_header_origins(conn_id, extras.get("header_origins")),
+            vendor=_vendor(conn_id, extras.get("vendor")),
             private_key_dir=private_key_dir,
         )
 
@@ -289,6 +294,17 @@ def _allowed_internal_hosts(conn_id: str, value: Any) -> tuple[str, ...]:
         except ValueError as exc:
             raise ConnectionSettingsError(f"connection {conn_id!r}: {exc}") from None
     return tuple(entries)
+
+
+def _vendor(conn_id: str, value: Any) -> str | None:
+    """A vendor profile name; unset (None or empty) means no profile."""
+    text = _optional_str(value)
+    if text is None:
+        return None
+    try:
+        return get_profile(text).name
+    except UnknownVendorError as exc:
+        raise ConnectionSettingsError(f"connection {conn_id!r}: {exc} (or leave the vendor extra empty)") from None
 
 
 def _header_origins(conn_id: str, value: Any) -> tuple[str, ...]:

@@ -18,6 +18,8 @@ from airflow_provider_smart.fhir.http import FhirHttpClient
 if TYPE_CHECKING:
     import requests
 
+    from airflow_provider_smart.fhir.bulk.kickoff import ExportRequest
+
 
 def mask(secret: str | None) -> None:
     """Register ``secret`` with Airflow's secret maskers so no log line can show it.
@@ -189,6 +191,48 @@ class SmartFhirHook(BaseHook):
     def request(self, method: str, url_or_path: str, **kwargs: Any) -> requests.Response:
         """Send a request through :class:`FhirHttpClient` (see its ``request`` for the keyword arguments)."""
         return self.get_client().request(method, url_or_path, **kwargs)
+
+    def check_export(self, request: ExportRequest) -> None:
+        """Check ``request`` against the connection's ``vendor`` profile before it is kicked off.
+
+        Raises ``AirflowFailException`` (from :class:`~airflow_provider_smart.vendors.VendorRuleError`)
+        naming each broken rule and the vendor's page. One adaptation is made, and logged: where the
+        vendor wants a read scope for every type in ``_type`` and the connection's scope does not name
+        them, the token is requested with exactly those scopes (only before this hook fetched a token).
+        """
+        from airflow_provider_smart.vendors import VendorRuleError, get_profile, raise_for_violations, scopes_for_types
+        from airflow_provider_smart.vendors.rules import check_export_request, export_params
+
+        if not self.settings.vendor:
+            return
+        profile = get_profile(self.settings.vendor)
+        params = export_params(request)
+        scope = self.scope_override or self.settings.scope
+        per_type = scopes_for_types(profile, request.types)
+        adapt = (
+            per_type is not None
+            and self._auth is None
+            and check_export_request(profile, request.level, params, scope=scope)
+            and not check_export_request(profile, request.level, params, scope=" ".join(per_type))
+        )
+        if adapt and per_type:
+            self.log.info(
+                "vendor profile %s wants a system read scope for each exported type: requesting %s instead "
+                "of the connection's scope %s",
+                profile.name,
+                " ".join(per_type),
+                scope,
+            )
+            self.scope_override = scope = " ".join(per_type)
+        try:
+            raise_for_violations(profile, check_export_request(profile, request.level, params, scope=scope))
+        except VendorRuleError as exc:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(str(exc)) from exc  # no retry can change a published rule
+        self.log.info(
+            "request checked against the published rules of %s (vendor profile %s)", profile.title, profile.name
+        )
 
     def test_connection(self) -> tuple[bool, str]:
         """Discovery (unless token_url is set), a real token request, and requested vs granted scopes."""

@@ -568,6 +568,7 @@ class FhirBulkExportOperator(_ExportBase):
         scope = request.scope()
         layout = self._layout(context)
         hook = self._hook()
+        hook.check_export(request)  # vendor profile: refuse what the vendor refuses, before any kick-off
         client = hook.get_client()
         check_writable(layout.root)
         lease = self._own_lease(context, layout)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from airflow_provider_smart.fhir.bulk.kickoff import ExportRequest
 from airflow_provider_smart.vendors.profiles import VendorProfile
 
 PER_TYPE_SCOPES = "system-read-per-type"
@@ -76,6 +77,29 @@ def scopes_for_types(profile: VendorProfile, types: Iterable[str]) -> list[str] 
         return None
     wanted = _types(types)
     return [f"system/{t}.read" for t in dict.fromkeys(wanted)] or None
+
+
+def export_params(request: ExportRequest) -> dict[str, tuple[str, ...]]:
+    """The kick-off parameters of ``request`` by wire name (what :func:`check_export_request` reads)."""
+    optional = {
+        "_outputFormat": request.output_format,
+        "_since": request.since,
+        "_until": request.until,
+        "organizeOutputBy": request.organize_output_by,
+        "allowPartialManifests": None
+        if request.allow_partial_manifests is None
+        else str(request.allow_partial_manifests),
+    }
+    params: dict[str, tuple[str, ...]] = {name: (value,) for name, value in optional.items() if value}
+    lists = {
+        "_type": request.types,
+        "_elements": request.elements,
+        "_typeFilter": request.type_filters,
+        "patient": request.patients,
+        "includeAssociatedData": request.include_associated_data,
+    }
+    params.update({name: tuple(values) for name, values in lists.items() if values})
+    return params
 
 
 def check_export_request(

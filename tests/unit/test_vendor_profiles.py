@@ -130,3 +130,22 @@ def test_the_error_names_rule_vendor_and_page() -> None:
     assert "Oracle Health" in text and "refused parameter: _elements" in text
     assert "https://docs.oracle.com/en/industries/health/millennium-platform-apis/mfbda/" in text
     raise_for_violations(oracle, [])  # nothing to raise
+
+
+def test_the_vendor_extra_is_validated_with_the_names() -> None:
+    from airflow_provider_smart.auth.settings import ConnectionSettingsError, SmartConnectionSettings
+
+    fields = {"host": "https://fhir.example.org/r4", "login": "client", "password": "key"}
+    good = SmartConnectionSettings.from_fields("c", extra={"vendor": " Oracle-Health "}, **fields)
+    assert good.vendor == "oracle-health"
+    assert SmartConnectionSettings.from_fields("c", extra={"vendor": ""}, **fields).vendor is None
+    with pytest.raises(ConnectionSettingsError) as caught:
+        SmartConnectionSettings.from_fields("c", extra={"vendor": "cerner"}, **fields)
+    assert "connection 'c'" in str(caught.value) and "oracle-health" in str(caught.value)
+
+
+def test_the_connection_form_offers_every_profile() -> None:
+    from airflow_provider_smart.get_provider_info import get_provider_info
+
+    (smart,) = (t for t in get_provider_info()["connection-types"] if t["connection-type"] == "smart_fhir")
+    assert tuple(smart["conn-fields"]["vendor"]["schema"]["enum"]) == profile_names()

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     import requests
 
     from airflow_provider_smart.fhir.bulk.kickoff import ExportRequest
+    from airflow_provider_smart.vendors.preflight import Preflight
+
+#: A CapabilityStatement larger than this is not read (Epic's and Oracle's are a few MB).
+MAX_CAPABILITY_BYTES = 32 * 1024 * 1024
 
 
 def mask(secret: str | None) -> None:
@@ -232,6 +236,39 @@ class SmartFhirHook(BaseHook):
             raise AirflowFailException(str(exc)) from exc  # no retry can change a published rule
         self.log.info(
             "request checked against the published rules of %s (vendor profile %s)", profile.title, profile.name
+        )
+
+    def capability_statement(self) -> dict[str, Any] | None:
+        """The server's CapabilityStatement (``GET [base]/metadata``), or None when it cannot be read."""
+        import json
+
+        from airflow_provider_smart.transport.bodies import read_bounded
+        from airflow_provider_smart.transport.sanitize import safe_text
+
+        try:
+            response = self.request("GET", "metadata", headers={"Accept": "application/fhir+json"}, stream=True)
+            body, too_big = read_bounded(response, MAX_CAPABILITY_BYTES)
+            response.close()
+            statement = None if too_big else json.loads(body)
+        except Exception as exc:
+            self.log.warning("could not read the CapabilityStatement: %s", safe_text(exc, limit=300))
+            return None
+        return statement if isinstance(statement, dict) else None
+
+    def preflight(self) -> Preflight:
+        """A fresh token, granted vs requested scopes, what /metadata reports, and the vendor profile's rules."""
+        from airflow_provider_smart.vendors import get_profile
+        from airflow_provider_smart.vendors.preflight import preflight
+
+        token = self.get_token(force_refresh=True)
+        report = scope_report(token.requested_scopes, token.scopes)
+        return preflight(
+            statement=self.capability_statement(),
+            requested_scopes=token.requested_scopes,
+            granted_scopes=token.scopes,
+            missing_scopes=report.missing,
+            token_lifetime=token.lifetime,
+            profile=get_profile(self.settings.vendor) if self.settings.vendor else None,
         )
 
     def test_connection(self) -> tuple[bool, str]:

@@ -149,3 +149,55 @@ def test_the_connection_form_offers_every_profile() -> None:
 
     (smart,) = (t for t in get_provider_info()["connection-types"] if t["connection-type"] == "smart_fhir")
     assert tuple(smart["conn-fields"]["vendor"]["schema"]["enum"]) == profile_names()
+
+
+def test_detection_prefers_the_most_specific_profile_and_reports_ties() -> None:
+    from airflow_provider_smart.vendors.preflight import detect_vendors
+
+    assert detect_vendors("Cerner Millennium", "") == ("oracle-health",)
+    assert detect_vendors("Oracle Health FHIR", "") == ("oracle-health", "oracle-health-platform")
+    assert detect_vendors("HAPI FHIR Server", "") == ("hapi",)
+    assert detect_vendors("Some FHIR server", "ACME") == ()
+
+
+def test_declared_levels_read_operations_by_definition_or_name() -> None:
+    from airflow_provider_smart.vendors.preflight import declared_export_levels
+
+    statement = {
+        "rest": [
+            {
+                "operation": [{"name": "everything", "definition": "http://x/OperationDefinition/everything"}],
+                "resource": [
+                    {"type": "Group", "operation": [{"name": "export", "definition": "http://x/group-export"}]},
+                    {"type": "Patient", "operation": [{"name": "$export"}]},
+                    {"type": "Observation", "operation": [{"name": "export"}]},
+                ],
+            }
+        ]
+    }
+    assert declared_export_levels(statement) == ("patient", "group")
+    assert declared_export_levels({"rest": "junk"}) == ()
+
+
+def test_preflight_without_metadata_warns_and_cleans_server_text() -> None:
+    from airflow_provider_smart.vendors.preflight import preflight
+
+    report = preflight(
+        statement=None,
+        requested_scopes=["system/*.read"],
+        granted_scopes=[],
+        missing_scopes=["system/*.read"],
+        token_lifetime=300,
+        profile=get_profile("oracle-health"),
+    )
+    table = report.table()
+    assert "could not be read" in table and "scopes NOT granted" in table and not report.failed
+    hostile = preflight(
+        statement={"software": {"name": "Epic\x1b[2J\nFAIL  fake row"}},
+        requested_scopes=[],
+        granted_scopes=[],
+        missing_scopes=[],
+        token_lifetime=1,
+        profile=None,
+    )
+    assert "\x1b" not in hostile.table() and "\nFAIL  fake row" not in hostile.table()

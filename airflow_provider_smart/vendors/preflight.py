@@ -149,6 +149,15 @@ def preflight(
             rows.append(
                 Row("levels vs server", f"the profile expects {', '.join(missing)}; the server declares none", "FAIL")
             )
+    rule = profile.fact("scope_rule")
+    if rule is not None and rule.value == "system-read-per-type" and any("/*." in s for s in requested_scopes):
+        rows.append(
+            Row(
+                "scope vs profile",
+                "a wildcard scope is requested; exports will request system/<Type>.read for each type in _type",
+                "warn",
+            )
+        )
     for fact_name, label in (
         ("refused_parameters", "profile refuses"),
         ("scope_rule", "profile scope rule"),

@@ -54,6 +54,7 @@ def test_the_command_reports_a_matching_vendor(playing: Callable[..., SmartClien
     assert table["vendor profile"][1].startswith("oracle-health")
     assert "20000" in table["profile group limit"][1] and "docs.oracle.com" in table["profile group limit"][1]
     assert "system/Patient.read" in table["scopes granted"][1]
+    assert table["scope vs profile"][0] == "warn" and "system/<Type>.read for each type" in table["scope vs profile"][1]
     assert not any(status == "FAIL" for status, _ in table.values())
     assert not JWT.search(result.stdout + result.stderr)  # the token is never printed
     for line in client.private_key_pem.splitlines()[1:-1]:

@@ -201,3 +201,18 @@ def test_preflight_without_metadata_warns_and_cleans_server_text() -> None:
         profile=None,
     )
     assert "\x1b" not in hostile.table() and "\nFAIL  fake row" not in hostile.table()
+
+
+def test_the_committed_vendor_page_is_generated_from_the_table() -> None:
+    from pathlib import Path
+
+    from airflow_provider_smart.vendors.profiles import load_profiles
+    from airflow_provider_smart.vendors.rst import render
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "vendors.rst"
+    assert page.read_text(encoding="utf-8") == render(load_profiles()), (
+        "docs/vendors.rst differs from the profile table: run python tools/gen_vendor_docs.py"
+    )
+    for profile in load_profiles().profiles.values():
+        for fact in profile.facts.values():
+            assert fact.source in page.read_text(encoding="utf-8")

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import requests
 
     from airflow_provider_smart.fhir.bulk.kickoff import ExportRequest
+    from airflow_provider_smart.fhir.bulk.status import PollPolicy
     from airflow_provider_smart.vendors.preflight import Preflight
 
 #: A CapabilityStatement larger than this is not read (Epic's and Oracle's are a few MB).
@@ -237,6 +238,29 @@ class SmartFhirHook(BaseHook):
         self.log.info(
             "request checked against the published rules of %s (vendor profile %s)", profile.title, profile.name
         )
+
+    def poll_policy(self, policy: PollPolicy) -> PollPolicy:
+        """``policy``, doubling the wait between status polls without Retry-After when the vendor asks
+        for exponential backoff (logged); unchanged otherwise."""
+        import dataclasses
+
+        from airflow_provider_smart.vendors import get_profile
+
+        if not self.settings.vendor or policy.backoff != 1.0:
+            return policy
+        profile = get_profile(self.settings.vendor)
+        fact = profile.fact("polling")
+        if fact is None or fact.value != "exponential-backoff":
+            return policy
+        self.log.info(
+            "vendor profile %s asks for exponential backoff (%s): status polls without Retry-After wait "
+            "%.0fs, then twice as long each time, up to %.0fs",
+            profile.name,
+            fact.source,
+            policy.interval,
+            policy.max_interval,
+        )
+        return dataclasses.replace(policy, backoff=2.0)
 
     def capability_statement(self) -> dict[str, Any] | None:
         """The server's CapabilityStatement (``GET [base]/metadata``), or None when it cannot be read."""

@@ -169,3 +169,18 @@ def test_oracle_allows_one_export_at_a_time(playing: Callable[..., Any]) -> None
 def test_an_unknown_vendor_is_refused_with_the_names(sandbox_factory: Callable[..., SandboxServer]) -> None:
     with pytest.raises(ValueError, match="choose one of: epic, oracle-health"):
         sandbox_factory(SandboxConfig(vendor="cernr"))
+
+
+def test_a_deferred_export_polls_with_the_vendors_backoff(
+    playing: Callable[..., Any], tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.integration.bulk_helpers import run_deferred
+
+    server, _ = playing("oracle-health", connection_vendor="oracle-health")
+    caplog.set_level("INFO")
+    op = export_operator(tmp_path / "out", types=["Patient"], **level_kwargs("group"))
+    summary, triggers = run_deferred(op, context())
+    assert len(triggers) == 1 and summary["counts"]["Patient"] > 0
+    logged = caplog.text + capsys.readouterr().out
+    assert "vendor profile oracle-health asks for exponential backoff" in logged
+    assert kickoffs(server) == 1

@@ -216,3 +216,25 @@ def test_the_committed_vendor_page_is_generated_from_the_table() -> None:
     for profile in load_profiles().profiles.values():
         for fact in profile.facts.values():
             assert fact.source in page.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(("vendor", "backoff"), [("oracle-health", 2.0), ("medplum", 1.0), (None, 1.0)])
+def test_the_hook_backs_off_exponentially_where_the_vendor_asks(
+    vendor: str | None, backoff: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from airflow_provider_smart.fhir.bulk.status import PollPolicy
+    from airflow_provider_smart.hooks.smart import SmartFhirHook
+
+    extra = {"vendor": vendor} if vendor else {}
+    conn = {
+        "conn_type": "smart_fhir",
+        "host": "https://fhir.example.org/r4",
+        "login": "c",
+        "password": "k",
+        "extra": extra,
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_VENDOR_POLL", json.dumps(conn))
+    policy = SmartFhirHook("vendor_poll").poll_policy(PollPolicy(interval=5))
+    assert policy.backoff == backoff and policy.interval == 5

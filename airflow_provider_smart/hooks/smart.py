@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.bases.hook import BaseHook
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
     from airflow_provider_smart.fhir.bulk.kickoff import ExportRequest
     from airflow_provider_smart.fhir.bulk.status import PollPolicy
-    from airflow_provider_smart.vendors.preflight import Preflight
+    from airflow_provider_smart.vendors.preflight import Preflight, Row
 
 #: A CapabilityStatement larger than this is not read (Epic's and Oracle's are a few MB).
 MAX_CAPABILITY_BYTES = 32 * 1024 * 1024
@@ -270,7 +271,9 @@ class SmartFhirHook(BaseHook):
         from airflow_provider_smart.transport.sanitize import safe_text
 
         try:
-            response = self.request("GET", "metadata", headers={"Accept": "application/fhir+json"}, stream=True)
+            response = self.request(
+                "GET", "metadata", headers={"Accept": "application/fhir+json"}, stream=True, retries=0
+            )
             body, too_big = read_bounded(response, MAX_CAPABILITY_BYTES)
             response.close()
             statement = None if too_big else json.loads(body)
@@ -295,8 +298,28 @@ class SmartFhirHook(BaseHook):
             profile=get_profile(self.settings.vendor) if self.settings.vendor else None,
         )
 
+    def _vendor_rows(
+        self, requested: Sequence[str], granted: Sequence[str], missing: Sequence[str], lifetime: float
+    ) -> list[Row]:
+        """The preflight rows the Test button shows: software, detected vendor, profile, mismatches."""
+        from airflow_provider_smart.vendors import get_profile
+        from airflow_provider_smart.vendors.preflight import preflight
+
+        report = preflight(
+            statement=self.capability_statement(),
+            requested_scopes=requested,
+            granted_scopes=granted,
+            missing_scopes=missing,
+            token_lifetime=lifetime,
+            profile=get_profile(self.settings.vendor) if self.settings.vendor else None,
+        )
+        shown = ("software", "detected vendor", "vendor profile", "CapabilityStatement")
+        return [row for row in report.rows if row.check in shown or row.status == "FAIL"]
+
     def test_connection(self) -> tuple[bool, str]:
-        """Discovery (unless token_url is set), a real token request, and requested vs granted scopes."""
+        """Discovery (unless token_url is set), a real token request, requested vs granted scopes, the
+        software the server reports, the detected vendor and mismatches with the chosen vendor profile
+        (a hard mismatch fails the test, as ``smart-fhir check`` exits non-zero)."""
         try:
             auth = self.get_auth_client()
             key = auth.signing_key
@@ -318,7 +341,9 @@ class SmartFhirHook(BaseHook):
             if report.missing:
                 lines.append(f"NOT granted: {' '.join(report.missing)}")
             lines.append(f"token valid for {token.lifetime:.0f}s")
-            return True, "; ".join(lines)
+            vendor_rows = self._vendor_rows(token.requested_scopes, token.scopes, report.missing, token.lifetime)
+            lines += [f"{row.check}: {row.value}" + (" (FAIL)" if row.status == "FAIL" else "") for row in vendor_rows]
+            return not any(row.status == "FAIL" for row in vendor_rows), "; ".join(lines)
         except Exception as exc:
             return False, f"{type(exc).__name__}: {exc}"
 

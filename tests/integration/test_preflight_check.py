@@ -101,3 +101,18 @@ def test_a_plain_sandbox_matches_no_vendor(
     assert table["detected vendor"][1].startswith("none")
     assert table["export levels declared"][1] == "system, patient, group"
     assert table["vendor profile"] == ("info", "none chosen")
+
+
+def test_the_test_button_names_the_detected_vendor_and_the_mismatch(playing: Callable[..., SmartClient]) -> None:
+    from airflow_provider_smart.hooks.smart import SmartFhirHook
+
+    matching = playing("oracle-health", "oracle-health")
+    ok, message = SmartFhirHook(matching.conn_id).test_connection()
+    assert ok, message
+    assert "detected vendor: oracle-health" in message and "vendor profile: oracle-health" in message
+    wrong = playing("epic", "oracle-health")
+    ok, message = SmartFhirHook(wrong.conn_id).test_connection()
+    assert not ok
+    assert "detected vendor: epic" in message
+    assert "profile vs server: the server reports epic, not oracle-health (FAIL)" in message
+    assert not JWT.search(message)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
+from airflow_provider_smart.fhir.errors import FhirError
 from airflow_provider_smart.sandbox.server import SandboxServer
 from airflow_provider_smart.sandbox.state import SandboxConfig
 from airflow_provider_smart.vendors import VendorProfile, check_export_request, get_profile, profile_names
@@ -68,6 +69,14 @@ def refuses_nothing(profile: VendorProfile) -> bool:
     )
 
 
+def breaking_or_skip(profile: VendorProfile) -> tuple[str, dict[str, Any]]:
+    breaking = breaking_request(profile)
+    if breaking is None:
+        assert refuses_nothing(profile)
+        pytest.skip(f"{profile.name}: no published rule refuses a level or parameter, so nothing is refused")
+    return breaking
+
+
 @pytest.fixture
 def playing(
     sandbox_factory: Callable[..., SandboxServer], smart_client_factory: Callable[..., SmartClient]
@@ -87,11 +96,7 @@ def run(tmp_path: Path, **kwargs: Any) -> Any:
 @pytest.mark.parametrize("vendor", profile_names())
 def test_the_operator_refuses_before_kick_off(vendor: str, playing: Callable[..., Any], tmp_path: Path) -> None:
     profile = get_profile(vendor)
-    breaking = breaking_request(profile)
-    if breaking is None:
-        assert refuses_nothing(profile)
-        pytest.skip(f"{vendor}: no published rule refuses a level or parameter, so nothing is refused")
-    rule, kwargs = breaking
+    rule, kwargs = breaking_or_skip(profile)
     server, _ = playing(vendor, connection_vendor=vendor)
     with pytest.raises(AirflowFailException) as caught:
         run(tmp_path, **kwargs)
@@ -104,18 +109,14 @@ def test_the_operator_refuses_before_kick_off(vendor: str, playing: Callable[...
 @pytest.mark.parametrize("vendor", profile_names())
 def test_the_sandbox_plays_the_vendor_refusal(vendor: str, playing: Callable[..., Any], tmp_path: Path) -> None:
     profile = get_profile(vendor)
-    breaking = breaking_request(profile)
-    if breaking is None:
-        assert refuses_nothing(profile)
-        pytest.skip(f"{vendor}: no published rule refuses a level or parameter, so nothing is refused")
-    rule, kwargs = breaking
+    rule, kwargs = breaking_or_skip(profile)
     server, _ = playing(vendor, connection_vendor=None)  # the connection knows nothing: the server refuses
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(FhirError) as caught:
         run(tmp_path, **kwargs)
     message = str(caught.value)
-    assert "400" in message and rule in message and profile.title in message
+    assert caught.value.status == 400 and rule in message and profile.title in message
+    assert any(fact.source in message for fact in profile.facts.values())
     assert kickoffs(server) == 1
-    assert server.state.bulk.jobs.in_progress(None) == []
 
 
 @pytest.mark.parametrize("vendor", profile_names())

@@ -17,7 +17,6 @@ from airflow_provider_smart.auth.keys import KeySet, key_file_within, load_key_f
 from airflow_provider_smart.transport.addresses import ALLOWED_INTERNAL_EXTRA, parse_allowed_entry
 from airflow_provider_smart.transport.retry import DEFAULT_MAX_RETRY_AFTER
 from airflow_provider_smart.transport.urls import UnsafeUrlError, check_url, fhir_base
-from airflow_provider_smart.vendors.profiles import UnknownVendorError, get_profile
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -107,7 +106,7 @@ class SmartConnectionSettings:
             max_retry_after=_max_retry_after(conn_id, extras.get("max_retry_after")),
             allowed_internal_hosts=_allowed_internal_hosts(conn_id, extras.get(ALLOWED_INTERNAL_EXTRA)),
             header_origins=_header_origins(conn_id, extras.get("header_origins")),
-            vendor=_vendor(conn_id, extras.get("vendor")),
+            vendor=_vendor(extras.get("vendor")),
             private_key_dir=private_key_dir,
         )
 
@@ -296,15 +295,11 @@ def _allowed_internal_hosts(conn_id: str, value: Any) -> tuple[str, ...]:
     return tuple(entries)
 
 
-def _vendor(conn_id: str, value: Any) -> str | None:
-    """A vendor profile name; unset (None or empty) means no profile."""
+def _vendor(value: Any) -> str | None:
+    """A vendor profile name, normalized; unset (None or empty) means no profile. The hook checks that the
+    name is a known profile (``auth/`` does not depend on the vendor table)."""
     text = _optional_str(value)
-    if text is None:
-        return None
-    try:
-        return get_profile(text).name
-    except UnknownVendorError as exc:
-        raise ConnectionSettingsError(f"connection {conn_id!r}: {exc} (or leave the vendor extra empty)") from None
+    return text.lower() if text else None
 
 
 def _header_origins(conn_id: str, value: Any) -> tuple[str, ...]:

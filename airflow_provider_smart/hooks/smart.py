@@ -11,7 +11,7 @@ from airflow.sdk.bases.hook import BaseHook
 from airflow_provider_smart.auth.cache import shared_state
 from airflow_provider_smart.auth.client import SmartAuthClient
 from airflow_provider_smart.auth.discovery import SmartConfiguration
-from airflow_provider_smart.auth.settings import SmartConnectionSettings
+from airflow_provider_smart.auth.settings import ConnectionSettingsError, SmartConnectionSettings
 from airflow_provider_smart.auth.tokens import AccessToken, scope_report
 from airflow_provider_smart.config import private_key_dir
 from airflow_provider_smart.fhir.http import FhirHttpClient
@@ -43,6 +43,19 @@ def mask(secret: str | None) -> None:
     except ImportError:  # pragma: no cover - a worker without airflow-core
         return
     core_mask_secret(secret)
+
+
+def _check_vendor(settings: SmartConnectionSettings) -> None:
+    """The ``vendor`` extra must name a known profile; the error lists the names."""
+    from airflow_provider_smart.vendors import UnknownVendorError, get_profile
+
+    if settings.vendor:
+        try:
+            get_profile(settings.vendor)
+        except UnknownVendorError as exc:
+            raise ConnectionSettingsError(
+                f"connection {settings.conn_id!r}: {exc} (or leave the vendor extra empty)"
+            ) from None
 
 
 class SmartFhirHook(BaseHook):
@@ -110,6 +123,7 @@ class SmartFhirHook(BaseHook):
                 private_key_dir=private_key_dir(),
             )
             mask(settings.read_key_file())
+            _check_vendor(settings)
             if settings.verify is False:
                 # Once per hook, in the task log: urllib3's own warning goes to Python's warnings only.
                 self.log.warning(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from importlib import resources
+from typing import Any
 
 import pytest
 
@@ -132,16 +133,22 @@ def test_the_error_names_rule_vendor_and_page() -> None:
     raise_for_violations(oracle, [])  # nothing to raise
 
 
-def test_the_vendor_extra_is_validated_with_the_names() -> None:
-    from airflow_provider_smart.auth.settings import ConnectionSettingsError, SmartConnectionSettings
+def test_the_vendor_extra_is_validated_with_the_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
 
-    fields = {"host": "https://fhir.example.org/r4", "login": "client", "password": "key"}
-    good = SmartConnectionSettings.from_fields("c", extra={"vendor": " Oracle-Health "}, **fields)
-    assert good.vendor == "oracle-health"
-    assert SmartConnectionSettings.from_fields("c", extra={"vendor": ""}, **fields).vendor is None
+    from airflow_provider_smart.auth.settings import ConnectionSettingsError
+    from airflow_provider_smart.hooks.smart import SmartFhirHook
+
+    def settings(vendor: str) -> Any:
+        conn = {"conn_type": "smart_fhir", "host": "https://f.example.org/r4", "login": "c", "password": "k"}
+        monkeypatch.setenv("AIRFLOW_CONN_VENDOR_EXTRA", json.dumps({**conn, "extra": {"vendor": vendor}}))
+        return SmartFhirHook("vendor_extra").settings
+
+    assert settings(" Oracle-Health ").vendor == "oracle-health"
+    assert settings("").vendor is None
     with pytest.raises(ConnectionSettingsError) as caught:
-        SmartConnectionSettings.from_fields("c", extra={"vendor": "cerner"}, **fields)
-    assert "connection 'c'" in str(caught.value) and "oracle-health" in str(caught.value)
+        settings("cerner")
+    assert "connection 'vendor_extra'" in str(caught.value) and "oracle-health" in str(caught.value)
 
 
 def test_the_connection_form_offers_every_profile() -> None:

@@ -1,4 +1,4 @@
-"""The ``smart-fhir`` command: key generation, public JWKS, a token check, a view's SQL, and the local sandbox."""
+"""The ``smart-fhir`` command: key generation, public JWKS, a token check, a preflight, a view's SQL, the sandbox."""
 
 from __future__ import annotations
 
@@ -138,6 +138,22 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    # Airflow's logging writes to stdout; keep stdout for the table alone.
+    with contextlib.redirect_stdout(sys.stderr):
+        hook = _stored_connection_hook(args.conn_id, None)
+        report = hook.preflight()
+        base_url = hook.base_url
+    print(f"smart-fhir check {args.conn_id}: {base_url}")
+    print(report.table())
+    if report.failed:
+        print(
+            "hard mismatch (FAIL above): fix the connection's vendor extra or the server it points at", file=sys.stderr
+        )
+        return 2
+    return 0
+
+
 def _view_sql(args: argparse.Namespace) -> int:
     from airflow_provider_smart.views import library
     from airflow_provider_smart.views.sql import compile_sql
@@ -203,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--scope", help="scopes to request instead of the connection's")
     token.add_argument("--show-token", action="store_true", help="also print the access token (a secret!)")
     token.set_defaults(func=_token)
+
+    check = sub.add_parser(
+        "check",
+        help="preflight a connection: token, scopes, what the server declares, detected vendor vs the chosen profile",
+    )
+    check.add_argument("conn_id", nargs="?", default="smart_fhir_default", help="smart_fhir connection id")
+    check.set_defaults(func=_check)
 
     sql = sub.add_parser("view-sql", help="print the DuckDB SQL of a ViewDefinition over NDJSON or Parquet files")
     sql.add_argument("view", help="a shipped view name (e.g. observations) or a ViewDefinition JSON file")

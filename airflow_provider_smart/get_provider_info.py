@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_smart import __version__
+from airflow_provider_smart.vendors.profiles import profile_names
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -157,6 +158,16 @@ def get_provider_info() -> dict[str, Any]:
                             "private, link-local and metadata addresses are refused."
                         ),
                         "schema": {"type": ["string", "null"], "default": ""},
+                    },
+                    "vendor": {
+                        "label": "Vendor profile",
+                        "description": (
+                            "The EHR or FHIR service this connection reaches (e.g. epic, oracle-health). Exports "
+                            "are checked against what the vendor publishes (export levels, refused parameters, "
+                            "per-type scopes) before kick-off, and `smart-fhir check` compares it with what the "
+                            "server reports. Empty: no profile. See the Vendor profiles page of the docs."
+                        ),
+                        "schema": {"type": ["string", "null"], "enum": list(profile_names())},
                     },
                     "header_origins": {
                         "label": "Origins that get the extra headers",

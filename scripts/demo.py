@@ -137,6 +137,36 @@ def summarize(root: Path) -> None:
             print(f"  {directory.relative_to(REPO)}: {', '.join(parts)}")
 
 
+def connection(server: SandboxServer, home: Path, **extra: str) -> str:
+    return json.dumps(
+        {
+            "conn_type": "smart_fhir",
+            "host": server.fhir_base,
+            "login": CLIENT_ID,
+            "extra": {"private_key_file": str(home / "demo-client-key.pem"), "scope": "system/*.read", **extra},
+        }
+    )
+
+
+def check(what: str, env: dict[str, str], conn_id: str = "smart_fhir_default") -> None:
+    """``smart-fhir check``: the preflight table a data engineer runs before the first DAG."""
+    step(f"smart-fhir check {conn_id}: {what}")
+    result = run(str(BIN / "smart-fhir"), "check", conn_id, env=env, quiet=True)
+    print(result.stdout.rstrip(), flush=True)
+
+
+def rehearse_vendor(home: Path, jwks: dict[str, object], env: dict[str, str]) -> None:
+    """A second sandbox playing Oracle Health: the preflight names the vendor and its published rules."""
+    with SandboxServer(SandboxConfig(patients=1, seed=7, vendor="oracle-health")) as oracle_like:
+        register(oracle_like, jwks)
+        rehearsal = dict(env, AIRFLOW_CONN_SMART_FHIR_ORACLE_LIKE=connection(oracle_like, home, vendor="oracle-health"))
+        check(
+            "a sandbox playing Oracle Health, with the oracle-health vendor profile",
+            rehearsal,
+            "smart_fhir_oracle_like",
+        )
+
+
 def dags_test(dag_id: str, what: str, env: dict[str, str], *extra: str, output: Path = OUTPUT) -> None:
     step(f"airflow dags test {dag_id} {' '.join(extra)}: {what}".replace("  ", " "))
     started = time.monotonic()
@@ -165,14 +195,9 @@ def main() -> int:
     with SandboxServer(SandboxConfig(patients=25, seed=7)) as server:
         step(f"Sandbox SMART/FHIR server at {server.fhir_base}")
         register(server, jwks)
-        env["AIRFLOW_CONN_SMART_FHIR_DEFAULT"] = json.dumps(
-            {
-                "conn_type": "smart_fhir",
-                "host": server.fhir_base,
-                "login": CLIENT_ID,
-                "extra": {"private_key_file": str(home / "demo-client-key.pem"), "scope": "system/*.read"},
-            }
-        )
+        env["AIRFLOW_CONN_SMART_FHIR_DEFAULT"] = connection(server, home)
+        check("token, scopes, what the server declares, detected vendor", env)
+        rehearse_vendor(home, jwks, env)
         # The token check first: if the key or the registration is wrong, it says so plainly.
         dags_test("smart_fhir_auth_check", "a token for a signed ES384 client assertion", env)
         dags_test("fhir_bulk_export_nightly", "first run: a full Bulk Data $export into NDJSON + Parquet", env)

@@ -50,6 +50,9 @@ class SmartConnectionSettings:
     #: Origins besides the FHIR server's that receive the ``headers`` extra (e.g. a gateway in front of
     #: the token endpoint).
     header_origins: tuple[str, ...] = ()
+    #: The vendor profile (:mod:`airflow_provider_smart.vendors`) whose published rules requests are
+    #: checked against before they are sent; None: no profile.
+    vendor: str | None = None
     #: The directory ``private_key_file`` must lie in (the hook passes ``[smart_fhir] private_key_dir``);
     #: None: no bound (library use without Airflow).
     private_key_dir: Path | None = None
@@ -103,6 +106,7 @@ class SmartConnectionSettings:
             max_retry_after=_max_retry_after(conn_id, extras.get("max_retry_after")),
             allowed_internal_hosts=_allowed_internal_hosts(conn_id, extras.get(ALLOWED_INTERNAL_EXTRA)),
             header_origins=_header_origins(conn_id, extras.get("header_origins")),
+            vendor=_vendor(extras.get("vendor")),
             private_key_dir=private_key_dir,
         )
 
@@ -283,6 +287,13 @@ def _entries(conn_id: str, name: str, value: Any) -> list[str]:
 def _allowed_internal_hosts(conn_id: str, value: Any) -> tuple[str, ...]:
     """Origins (``https://minio.internal:9000``) and networks (``10.1.0.0/16``), each checked."""
     return _checked_entries(conn_id, ALLOWED_INTERNAL_EXTRA, value, parse_allowed_entry)
+
+
+def _vendor(value: Any) -> str | None:
+    """A vendor profile name, normalized; unset (None or empty) means no profile. The hook checks that the
+    name is a known profile (``auth/`` does not depend on the vendor table)."""
+    text = _optional_str(value)
+    return text.lower() if text else None
 
 
 def _header_origins(conn_id: str, value: Any) -> tuple[str, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.bases.hook import BaseHook
@@ -10,13 +11,20 @@ from airflow.sdk.bases.hook import BaseHook
 from airflow_provider_smart.auth.cache import shared_state
 from airflow_provider_smart.auth.client import SmartAuthClient
 from airflow_provider_smart.auth.discovery import SmartConfiguration
-from airflow_provider_smart.auth.settings import SmartConnectionSettings
+from airflow_provider_smart.auth.settings import ConnectionSettingsError, SmartConnectionSettings
 from airflow_provider_smart.auth.tokens import AccessToken, scope_report
 from airflow_provider_smart.config import private_key_dir
 from airflow_provider_smart.fhir.http import FhirHttpClient
 
 if TYPE_CHECKING:
     import requests
+
+    from airflow_provider_smart.fhir.bulk.kickoff import ExportRequest
+    from airflow_provider_smart.fhir.bulk.status import PollPolicy
+    from airflow_provider_smart.vendors.preflight import Preflight, Row
+
+#: A CapabilityStatement larger than this is not read (Epic's and Oracle's are a few MB).
+MAX_CAPABILITY_BYTES = 32 * 1024 * 1024
 
 
 def mask(secret: str | None) -> None:
@@ -35,6 +43,19 @@ def mask(secret: str | None) -> None:
     except ImportError:  # pragma: no cover - a worker without airflow-core
         return
     core_mask_secret(secret)
+
+
+def _check_vendor(settings: SmartConnectionSettings) -> None:
+    """The ``vendor`` extra must name a known profile; the error lists the names."""
+    from airflow_provider_smart.vendors import UnknownVendorError, get_profile
+
+    if settings.vendor:
+        try:
+            get_profile(settings.vendor)
+        except UnknownVendorError as exc:
+            raise ConnectionSettingsError(
+                f"connection {settings.conn_id!r}: {exc} (or leave the vendor extra empty)"
+            ) from None
 
 
 class SmartFhirHook(BaseHook):
@@ -102,6 +123,7 @@ class SmartFhirHook(BaseHook):
                 private_key_dir=private_key_dir(),
             )
             mask(settings.read_key_file())
+            _check_vendor(settings)
             if settings.verify is False:
                 # Once per hook, in the task log: urllib3's own warning goes to Python's warnings only.
                 self.log.warning(
@@ -190,8 +212,128 @@ class SmartFhirHook(BaseHook):
         """Send a request through :class:`FhirHttpClient` (see its ``request`` for the keyword arguments)."""
         return self.get_client().request(method, url_or_path, **kwargs)
 
+    def check_export(self, request: ExportRequest) -> None:
+        """Check ``request`` against the connection's ``vendor`` profile before it is kicked off.
+
+        Raises ``AirflowFailException`` (from :class:`~airflow_provider_smart.vendors.VendorRuleError`)
+        naming each broken rule and the vendor's page. One adaptation is made, and logged: where the
+        vendor wants a read scope for every type in ``_type`` and the connection's scope does not name
+        them, the token is requested with exactly those scopes (only before this hook fetched a token).
+        """
+        from airflow_provider_smart.vendors import VendorRuleError, get_profile, raise_for_violations, scopes_for_types
+        from airflow_provider_smart.vendors.rules import check_export_request, export_params
+
+        if not self.settings.vendor:
+            return
+        profile = get_profile(self.settings.vendor)
+        params = export_params(request)
+        scope = self.scope_override or self.settings.scope
+        per_type = scopes_for_types(profile, request.types)
+        adapt = (
+            per_type is not None
+            and self._auth is None
+            and check_export_request(profile, request.level, params, scope=scope)
+            and not check_export_request(profile, request.level, params, scope=" ".join(per_type))
+        )
+        if adapt and per_type:
+            self.log.info(
+                "vendor profile %s wants a system read scope for each exported type: requesting %s instead "
+                "of the connection's scope %s",
+                profile.name,
+                " ".join(per_type),
+                scope,
+            )
+            self.scope_override = scope = " ".join(per_type)
+        try:
+            raise_for_violations(profile, check_export_request(profile, request.level, params, scope=scope))
+        except VendorRuleError as exc:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(str(exc)) from exc  # no retry can change a published rule
+        self.log.info(
+            "request checked against the published rules of %s (vendor profile %s)", profile.title, profile.name
+        )
+
+    def poll_policy(self, policy: PollPolicy) -> PollPolicy:
+        """``policy``, doubling the wait between status polls without Retry-After when the vendor asks
+        for exponential backoff (logged); unchanged otherwise."""
+        import dataclasses
+
+        from airflow_provider_smart.vendors import get_profile
+
+        if not self.settings.vendor or policy.backoff != 1.0:
+            return policy
+        profile = get_profile(self.settings.vendor)
+        fact = profile.fact("polling")
+        if fact is None or fact.value != "exponential-backoff":
+            return policy
+        self.log.info(
+            "vendor profile %s asks for exponential backoff (%s): status polls without Retry-After wait "
+            "%.0fs, then twice as long each time, up to %.0fs",
+            profile.name,
+            fact.source,
+            policy.interval,
+            policy.max_interval,
+        )
+        return dataclasses.replace(policy, backoff=2.0)
+
+    def capability_statement(self) -> dict[str, Any] | None:
+        """The server's CapabilityStatement (``GET [base]/metadata``), or None when it cannot be read."""
+        import json
+
+        from airflow_provider_smart.transport.bodies import read_bounded
+        from airflow_provider_smart.transport.sanitize import safe_text
+
+        try:
+            response = self.request(
+                "GET", "metadata", headers={"Accept": "application/fhir+json"}, stream=True, retries=0
+            )
+            body, too_big = read_bounded(response, MAX_CAPABILITY_BYTES)
+            response.close()
+            statement = None if too_big else json.loads(body)
+        except Exception as exc:
+            self.log.warning("could not read the CapabilityStatement: %s", safe_text(exc, limit=300))
+            return None
+        return statement if isinstance(statement, dict) else None
+
+    def preflight(self) -> Preflight:
+        """A fresh token, granted vs requested scopes, what /metadata reports, and the vendor profile's rules."""
+        from airflow_provider_smart.vendors import get_profile
+        from airflow_provider_smart.vendors.preflight import preflight
+
+        token = self.get_token(force_refresh=True)
+        report = scope_report(token.requested_scopes, token.scopes)
+        return preflight(
+            statement=self.capability_statement(),
+            requested_scopes=token.requested_scopes,
+            granted_scopes=token.scopes,
+            missing_scopes=report.missing,
+            token_lifetime=token.lifetime,
+            profile=get_profile(self.settings.vendor) if self.settings.vendor else None,
+        )
+
+    def _vendor_rows(
+        self, requested: Sequence[str], granted: Sequence[str], missing: Sequence[str], lifetime: float
+    ) -> list[Row]:
+        """The preflight rows the Test button shows: software, detected vendor, profile, mismatches."""
+        from airflow_provider_smart.vendors import get_profile
+        from airflow_provider_smart.vendors.preflight import preflight
+
+        report = preflight(
+            statement=self.capability_statement(),
+            requested_scopes=requested,
+            granted_scopes=granted,
+            missing_scopes=missing,
+            token_lifetime=lifetime,
+            profile=get_profile(self.settings.vendor) if self.settings.vendor else None,
+        )
+        shown = ("software", "detected vendor", "vendor profile", "CapabilityStatement")
+        return [row for row in report.rows if row.check in shown or row.status == "FAIL"]
+
     def test_connection(self) -> tuple[bool, str]:
-        """Discovery (unless token_url is set), a real token request, and requested vs granted scopes."""
+        """Discovery (unless token_url is set), a real token request, requested vs granted scopes, the
+        software the server reports, the detected vendor and mismatches with the chosen vendor profile
+        (a hard mismatch fails the test, as ``smart-fhir check`` exits non-zero)."""
         try:
             auth = self.get_auth_client()
             key = auth.signing_key
@@ -213,7 +355,9 @@ class SmartFhirHook(BaseHook):
             if report.missing:
                 lines.append(f"NOT granted: {' '.join(report.missing)}")
             lines.append(f"token valid for {token.lifetime:.0f}s")
-            return True, "; ".join(lines)
+            vendor_rows = self._vendor_rows(token.requested_scopes, token.scopes, report.missing, token.lifetime)
+            lines += [f"{row.check}: {row.value}" + (" (FAIL)" if row.status == "FAIL" else "") for row in vendor_rows]
+            return not any(row.status == "FAIL" for row in vendor_rows), "; ".join(lines)
         except Exception as exc:
             return False, f"{type(exc).__name__}: {exc}"
 

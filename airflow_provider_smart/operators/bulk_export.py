@@ -295,9 +295,12 @@ class FhirBulkExportOperator(ExportTask):
         from airflow_provider_smart.export.start import KickoffSettings, kick_off_export, resolve_since
         from airflow_provider_smart.storage.preflight import check_writable
 
-        scope = self.build_request().scope()
+        request = self.build_request()
+        scope = request.scope()
         layout = self._layout(context)
-        client = self._hook().get_client()
+        hook = self._hook()
+        hook.check_export(request)  # vendor profile: refuse what the vendor refuses, before any kick-off
+        client = hook.get_client()
         check_writable(layout.root)
         lease = self._own_lease(context, layout)
         lease.acquire()

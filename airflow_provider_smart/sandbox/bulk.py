@@ -105,6 +105,21 @@ async def _kickoff(request: Request, grant: AccessGrant, level: str, group_id: s
                 ) from None
             pairs += parameters_from_resource(body)
         store = state.store
+        vendor_warnings: list[dict[str, Any]] = []
+        if state.config.vendor:
+            from airflow_provider_smart.sandbox.vendor import apply_vendor_rules
+            from airflow_provider_smart.vendors import get_profile
+
+            members = store.group_member_ids(group_id) if group_id else None
+            pairs, vendor_warnings = apply_vendor_rules(
+                get_profile(state.config.vendor),
+                level,
+                pairs,
+                scopes=grant.scopes,
+                lenient=lenient,
+                group_size=None if members is None else len(members),
+                exports_in_progress=len(runtime.jobs.in_progress(grant.client_id)),
+            )
         supported = state.resource_types()
         compartment = set(store.patient_compartment_types())
         export_request = parse_kickoff(
@@ -117,6 +132,7 @@ async def _kickoff(request: Request, grant: AccessGrant, level: str, group_id: s
             lenient=lenient,
             group_id=group_id,
         )
+        export_request.warnings[:0] = vendor_warnings
         types = _granted_types(export_request.types, export_request, supported, compartment, grant, level)
         if export_request.include_associated and not grant.allows("Provenance", "read"):
             message = "includeAssociatedData needs a scope that reads Provenance, e.g. system/Provenance.read"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from airflow_provider_smart.sandbox.bulk_jobs import BulkSettings
 from airflow_provider_smart.sandbox.state import SandboxConfig
+from airflow_provider_smart.vendors.profiles import profile_names
 
 ADMIN_SECRET_ENV = "SMART_SANDBOX_ADMIN_SECRET"  # noqa: S105 (the name of a variable)
 
@@ -52,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--jwks-file", type=Path, help="the client's PUBLIC key set (JWKS JSON file)")
     keys.add_argument("--jwks-uri", help="the client's JWKS URL (loopback only)")
     parser.add_argument("--scope", default="system/*.read", help="the client's registered scope (space-separated)")
+    parser.add_argument(
+        "--vendor",
+        choices=profile_names(),
+        default=None,
+        help="play a vendor profile: refuse at kick-off what that vendor publishes it refuses, with an "
+        "OperationOutcome naming the rule and the vendor's page, and report the vendor in /fhir/metadata",
+    )
     bulk = parser.add_argument_group("Bulk Data export")
     bulk.add_argument(
         "--bulk-presigned",
@@ -75,6 +83,7 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         admin_secret=args.admin_secret or os.environ.get(ADMIN_SECRET_ENV) or None,
         next_links=args.next_links,
         base_url=args.base_url,
+        vendor=args.vendor,
         bulk=BulkSettings(
             presigned_files=args.bulk_presigned,
             max_file_resources=args.bulk_max_file_resources,
@@ -162,6 +171,8 @@ def main(argv: Sequence[str] | None = None, *, stop: threading.Event | None = No
         print(f"  Bulk Data files:     {files}", flush=True)
         counts = ", ".join(f"{name} {server.state.store.count(name)}" for name in server.state.store.types())
         print(f"  data:                {counts}", flush=True)
+        if config.vendor:
+            print(f"  plays vendor:        {config.vendor} (its published Bulk Data rules are enforced)", flush=True)
         if config.admin_secret:
             print(f"  admin (HTTP Basic):  user {config.admin_user!r}, password as {secret_source}", flush=True)
         else:

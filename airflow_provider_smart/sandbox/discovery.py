@@ -9,6 +9,7 @@ import jwt
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from airflow_provider_smart import __version__
 from airflow_provider_smart.sandbox.context import fhir_base, get_state, root_url, token_url
 from airflow_provider_smart.sandbox.outcomes import FHIR_JSON
 from airflow_provider_smart.sandbox.token_endpoint import ALLOWED_ALGORITHMS, TOKEN_ALGORITHM
@@ -45,9 +46,34 @@ def get_server_jwks(request: Request) -> JSONResponse:
     return JSONResponse({"keys": [public]})
 
 
+_EXPORT_DEFINITIONS = {
+    "system": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+    "patient": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
+    "group": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
+}
+
+
+def _played(request: Request) -> tuple[str, tuple[str, ...]]:
+    """The software name reported and the export levels declared (a played vendor's, when it publishes them)."""
+    from airflow_provider_smart.vendors import get_profile
+
+    vendor = get_state(request).config.vendor
+    if not vendor:
+        return "airflow-provider-smart sandbox", tuple(_EXPORT_DEFINITIONS)
+    profile = get_profile(vendor)
+    levels = profile.value("export_levels") or tuple(_EXPORT_DEFINITIONS)
+    return f"airflow-provider-smart sandbox playing {profile.title}", tuple(levels)
+
+
 @router.get("/fhir/metadata")
 def get_metadata(request: Request) -> JSONResponse:
     state = get_state(request)
+    software, levels = _played(request)
+    operations = {
+        "system": [{"name": "export", "definition": _EXPORT_DEFINITIONS["system"]}] if "system" in levels else [],
+        "Patient": [{"name": "export", "definition": _EXPORT_DEFINITIONS["patient"]}] if "patient" in levels else [],
+        "Group": [{"name": "export", "definition": _EXPORT_DEFINITIONS["group"]}] if "group" in levels else [],
+    }
     search_params = [
         {"name": name, "type": kind}
         for name, kind in (("_id", "token"), ("_lastUpdated", "date"), ("patient", "reference"), ("date", "date"))
@@ -59,7 +85,7 @@ def get_metadata(request: Request) -> JSONResponse:
         "kind": "instance",
         "fhirVersion": "4.0.1",
         "format": ["json"],
-        "software": {"name": "airflow-provider-smart sandbox"},
+        "software": {"name": software, "version": __version__},
         "implementation": {"description": "Local SMART/FHIR sandbox", "url": fhir_base(request)},
         "rest": [
             {
@@ -87,9 +113,11 @@ def get_metadata(request: Request) -> JSONResponse:
                         "type": resource_type,
                         "interaction": [{"code": "read"}, {"code": "search-type"}],
                         "searchParam": search_params,
+                        **({"operation": operations[resource_type]} if operations.get(resource_type) else {}),
                     }
                     for resource_type in state.resource_types()
                 ],
+                **({"operation": operations["system"]} if operations["system"] else {}),
             }
         ],
     }

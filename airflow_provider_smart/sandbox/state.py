@@ -67,6 +67,7 @@ class SandboxConfig:
     :param base_url: the server's public root URL (``http://host:port``, no trailing slash) when clients
         reach it through another address (a proxy, a port forward); by default the address it listens
         on. Issuer, token URL, FHIR base and the expected audiences come from it, never from ``Host``.
+    :param vendor: a vendor profile name the server plays (None: plain Bulk Data).
     :param bulk: how Bulk Data exports behave (:class:`~airflow_provider_smart.sandbox.bulk_jobs.BulkSettings`:
         polls before completion, file sizes, presigned files, ...).
     """
@@ -86,6 +87,9 @@ class SandboxConfig:
     resource_types: tuple[str, ...] = DEFAULT_RESOURCE_TYPES
     base_url: str | None = None
     bulk: BulkSettings = field(default_factory=BulkSettings)
+    #: A vendor profile to play (:mod:`airflow_provider_smart.vendors`): its export levels and refused
+    #: parameters are enforced at kick-off and its name is reported in the CapabilityStatement.
+    vendor: str | None = None
 
 
 class SandboxState:
@@ -100,6 +104,10 @@ class SandboxState:
         from cryptography.hazmat.primitives.asymmetric import rsa
 
         self.config = config or SandboxConfig()
+        if self.config.vendor:
+            from airflow_provider_smart.vendors import get_profile
+
+            get_profile(self.config.vendor)  # an unknown name fails here, listing the known ones
         #: The server's public root URL; set from the config, or by the server once it listens.
         self.base_url: str | None = self.config.base_url.rstrip("/") if self.config.base_url else None
         self.store = store or ResourceStore()

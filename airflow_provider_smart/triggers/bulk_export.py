@@ -169,18 +169,24 @@ class BulkExportStatusTrigger(BaseTrigger):
         settings = self._get_hook().settings
         return bool(settings.allow_insecure_http), float(settings.max_retry_after), settings.allowed_internal_hosts
 
+    def _vendor_policy(self) -> PollPolicy:
+        """The poll policy as the connection's vendor profile adapts it (exponential backoff)."""
+        policy: PollPolicy = self._get_hook().poll_policy(self.policy)
+        return policy
+
     def _token(self, force_refresh: bool) -> str:
         return str(self._get_hook().get_token(force_refresh=force_refresh).value)
 
     # The loop ----------------------------------------------------------------------------------
     async def run(self) -> AsyncIterator[TriggerEvent]:
         where = redact_url(self.status_url)
-        policy = self.policy
+        policy = await asyncio.to_thread(self._vendor_policy)
         base_url = await asyncio.to_thread(self._base_url)
         allow_insecure, max_retry_after, allowed_internal = await asyncio.to_thread(self._connection_policy)
         self._allow_insecure = self.allow_insecure_http or allow_insecure
         self._address_policy = AddressPolicy.for_server(base_url, allowed_internal)
         errors = 0
+        pending = 0
         last_progress: str | None = None
         self.log.info("polling Bulk Data export status at %s", where)
         async with self._http_client() as http:
@@ -200,6 +206,7 @@ class BulkExportStatusTrigger(BaseTrigger):
                     return
                 if isinstance(result, ExportPending):
                     errors = 0
+                    pending += 1
                     if result.progress and result.progress != last_progress:
                         self.log.info("export in progress: %s", safe_text(result.progress, limit=200))
                         last_progress = result.progress
@@ -214,7 +221,7 @@ class BulkExportStatusTrigger(BaseTrigger):
                             http_status=getattr(result, "status", 429),
                         )
                         return
-                delay = policy.delay(result, errors)
+                delay = policy.delay(result, errors, pending)
                 if not isinstance(result, ExportPending):
                     # Throttling and failures wait at most max_retry_after (a 202's Retry-After is the
                     # server's polling pace and keeps max_poll_interval as its cap).

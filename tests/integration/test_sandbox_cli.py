@@ -71,3 +71,14 @@ def test_cli_refuses_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--load-ndjson", str(tmp_path / "missing")])
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_cli_vendor_switch(capsys):
+    from airflow_provider_smart.sandbox.cli import build_parser, config_from_args
+
+    assert config_from_args(build_parser().parse_args(["--vendor", "oracle-health"])).vendor == "oracle-health"
+    assert config_from_args(build_parser().parse_args([])).vendor is None
+    with pytest.raises(SystemExit):
+        main(["--vendor", "cernr"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'cernr'" in err and "oracle-health" in err

@@ -64,3 +64,22 @@ def test_a_manifest_listing_too_many_files_over_its_pages_is_refused() -> None:
         fetch_manifest(client, page(1, 2), STATUS, limits=limits, sleep=lambda _s: None)
     assert len(responses.calls) == 2  # refused at the third page, before its entries were parsed
     assert len(fetch_manifest(client, page(1, 2), STATUS, sleep=lambda _s: None).output) == 120
+
+
+@responses.activate
+def test_exponential_backoff_doubles_the_wait_while_no_retry_after_is_given() -> None:
+    for _ in range(4):
+        responses.get(STATUS, status=202)
+    responses.get(STATUS, status=202, headers={"Retry-After": "7"})  # the server's pace still wins
+    responses.get(STATUS, json=MANIFEST)
+    slept: list[float] = []
+    client = FhirHttpClient(None, BASE)
+    policy = PollPolicy(interval=2, min_interval=0, max_interval=10, backoff=2.0)
+    wait_for_export(client, STATUS, policy=policy, sleep=slept.append)
+    assert slept == [2.0, 4.0, 8.0, 10.0, 7.0]  # doubled, capped by max_interval
+    plain: list[float] = []
+    for _ in range(3):
+        responses.get(STATUS, status=202)
+    responses.get(STATUS, json=MANIFEST)
+    wait_for_export(client, STATUS, policy=PollPolicy(interval=2, min_interval=0), sleep=plain.append)
+    assert plain[-3:] == [2.0, 2.0, 2.0]

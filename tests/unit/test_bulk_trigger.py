@@ -51,6 +51,7 @@ def make_trigger(script: Script, monkeypatch: pytest.MonkeyPatch, **kwargs: Any)
     # The connection's (allow_insecure_http, max_retry_after, allowed_internal_hosts) extras; tests set trigger.extras.
     trigger.extras = (False, 300.0, ())  # type: ignore[attr-defined]
     monkeypatch.setattr(trigger, "_connection_policy", lambda: trigger.extras)  # type: ignore[attr-defined]
+    monkeypatch.setattr(trigger, "_vendor_policy", lambda: trigger.policy)
     monkeypatch.setattr(trigger, "_token", token)
     monkeypatch.setattr(
         trigger,

@@ -18,6 +18,7 @@ ALLOWED = {
     "transport": set(),
     "auth": {"transport"},
     "fhir": {"transport"},
+    "vendors": {"fhir", "transport"},
 }
 
 

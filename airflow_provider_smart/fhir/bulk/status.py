@@ -197,21 +197,27 @@ def interpret_status(
 
 @dataclass(frozen=True)
 class PollPolicy:
-    """How often to poll. ``Retry-After`` wins, clamped to ``[min_interval, max_interval]``."""
+    """How often to poll. ``Retry-After`` wins, clamped to ``[min_interval, max_interval]``.
+
+    Without a ``Retry-After``, a running export is polled every ``interval`` seconds, or, with
+    ``backoff`` above 1 (a vendor asking for exponential backoff), ``interval * backoff**n`` after the
+    n-th poll in a row that found it still running.
+    """
 
     interval: float = 10.0
     min_interval: float = 1.0
     max_interval: float = DEFAULT_MAX_RETRY_AFTER
     max_transient_errors: int = 10
+    backoff: float = 1.0
 
-    def delay(self, result: ExportStatus, consecutive_errors: int = 0) -> float:
+    def delay(self, result: ExportStatus, consecutive_errors: int = 0, pending_polls: int = 0) -> float:
         retry_after = getattr(result, "retry_after", None)
         if retry_after is not None:
             wait = float(retry_after)
         elif isinstance(result, ExportThrottled | ExportTransientError):
             wait = self.interval * (2 ** min(max(consecutive_errors - 1, 0), 6))
         else:
-            wait = self.interval
+            wait = self.interval * self.backoff ** min(max(pending_polls - 1, 0), 16)
         return max(self.min_interval, min(self.max_interval, wait))
 
     def to_dict(self) -> dict[str, float | int]:
@@ -220,4 +226,5 @@ class PollPolicy:
             "min_interval": self.min_interval,
             "max_interval": self.max_interval,
             "max_transient_errors": self.max_transient_errors,
+            "backoff": self.backoff,
         }

@@ -156,6 +156,7 @@ def wait_for_export(
     """
     cap = float(getattr(client, "max_retry_after", DEFAULT_MAX_RETRY_AFTER))
     errors = 0
+    pending = 0
     last_progress: str | None = None
     while True:
         result = poll_once(client, status_url, max_retry_after=policy.max_interval, limits=limits)
@@ -165,6 +166,7 @@ def wait_for_export(
             raise ExportFailedError(result.message, status=result.status, outcome=result.outcome)
         if isinstance(result, ExportPending):
             errors = 0
+            pending += 1
             if result.progress and result.progress != last_progress:
                 log.info("export in progress: %s", safe_text(result.progress, limit=200))
                 last_progress = result.progress
@@ -172,7 +174,7 @@ def wait_for_export(
             errors += 1
             if errors > policy.max_transient_errors:
                 raise ExportFailedError(f"giving up after {errors} failed status polls in a row: {result.message}")
-        delay = policy.delay(result, errors)
+        delay = policy.delay(result, errors, pending)
         if not isinstance(result, ExportPending):
             delay = min(delay, max(cap, policy.min_interval))
         if deadline is not None and clock() + delay > deadline:

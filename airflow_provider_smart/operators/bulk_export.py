@@ -15,6 +15,7 @@ from airflow_provider_smart.fhir.bulk.kickoff import ExportRequest
 from airflow_provider_smart.fhir.bulk.manifest import Manifest, parse_manifest, plan_files
 from airflow_provider_smart.fhir.bulk.status import ExportComplete, ExportFailed, PollPolicy
 from airflow_provider_smart.storage.attachments import check_attachments_option
+from airflow_provider_smart.storage.export_log import ExportLog
 from airflow_provider_smart.storage.export_state import (
     ExportLayout,
     ExportStateError,
@@ -151,6 +152,11 @@ class _ExportBase(BaseOperator):
             "counts": {name: info["rows"] for name, info in sorted(tables.items())},
         }
 
+    @staticmethod
+    def _export_log(layout: ExportLayout, state: dict[str, Any]) -> ExportLog:
+        """The export's ``log.ndjson`` (storage/export_log.py), continued under its status URL."""
+        return ExportLog.beside(layout.export_dir, state.get("status_url"))
+
     def _finish(
         self,
         client: Any,
@@ -212,6 +218,13 @@ class _ExportBase(BaseOperator):
             deleted_on_server=deleted,
         )
         layout.write_state(dict(state, phase="complete", summary=summary, completed_at=utcnow_iso()))
+        self._export_log(layout, state).export_complete(  # export log: export_complete
+            files=sum(len(paths) for paths in summary.get("files", {}).values()),
+            resources=sum(summary.get("counts", {}).values()),
+            size=int(summary.get("bytes", 0)),
+            started_at=state.get("kicked_off_at"),
+            attachments=(summary.get("attachments") or {}).get("downloaded") if attachments is not None else None,
+        )
         if lease is not None:
             lease.release()
         self.log.info(
@@ -561,7 +574,7 @@ class FhirBulkExportOperator(_ExportBase):
             self.log.warning("could not cancel the export after the failure: %s", safe_text(cleanup))
 
     def _execute(self, context: Context) -> Any:
-        from airflow_provider_smart.fhir.bulk.sync import kick_off, poll_once
+        from airflow_provider_smart.fhir.bulk.sync import poll_once
         from airflow_provider_smart.storage.preflight import check_writable
 
         request = self.build_request()
@@ -592,6 +605,7 @@ class FhirBulkExportOperator(_ExportBase):
                 status_url = state["status_url"]
                 self.log.info("re-attaching to the running export at %s", redact_url(status_url))
                 result = poll_once(client, status_url, max_retry_after=float(self.max_poll_interval))
+                self._export_log(layout, state).polled(result)  # export log: the re-attaching poll
                 if isinstance(result, ExportComplete):
                     return self._on_manifest(context, client, layout, state, result.manifest)
                 if isinstance(result, ExportFailed):
@@ -606,7 +620,7 @@ class FhirBulkExportOperator(_ExportBase):
         since = self._resolve_since(context, layout, scope)
         request = self.build_request(since=since)
         layout.clear()
-        status_url = kick_off(client, request, max_retry_after=float(self.max_poll_interval))
+        status_url = self._kick_off_logged(client, layout, request)  # export log (log.ndjson): kickoff
         # From here until the state is durable, a kill or a failure must cancel the export (on_kill).
         self._active = (client, layout, status_url)
         now = time.time()
@@ -641,6 +655,22 @@ class FhirBulkExportOperator(_ExportBase):
         self.log.info("export kicked off; status at %s", redact_url(status_url))
         return self._wait(context, client, layout, state)
 
+    # -- the standard export log (storage/export_log.py): the operator's call sites ----------------------
+    def _kick_off_logged(self, client: Any, layout: ExportLayout, request: ExportRequest) -> str:
+        """``kick_off``, writing the ``kickoff`` event (with the error when it failed)."""
+        from airflow_provider_smart.fhir.bulk.kickoff import build_kickoff
+        from airflow_provider_smart.fhir.bulk.sync import kick_off
+        from airflow_provider_smart.fhir.errors import FhirError
+
+        kick = build_kickoff(client.base_url, request)
+        try:
+            status_url = kick_off(client, request, max_retry_after=float(self.max_poll_interval))
+        except FhirError as exc:
+            ExportLog.beside(layout.export_dir, None).kickoff(kick, error_code=exc.status, error_body=str(exc))
+            raise
+        ExportLog.beside(layout.export_dir, status_url).kickoff(kick)
+        return status_url
+
     def _wait(self, context: Context, client: Any, layout: ExportLayout, state: dict[str, Any]) -> Any:
         status_url = state["status_url"]
         deadline = state.get("deadline")
@@ -671,7 +701,14 @@ class FhirBulkExportOperator(_ExportBase):
         from airflow_provider_smart.fhir.bulk.sync import ExportTimeoutError, wait_for_export
 
         try:
-            result = wait_for_export(client, status_url, policy=self.policy, deadline=deadline, limits=self._limits())
+            result = wait_for_export(
+                client,
+                status_url,
+                policy=self.policy,
+                deadline=deadline,
+                limits=self._limits(),
+                on_status=self._export_log(layout, state).polled,  # export log: status_progress / status_error
+            )
         except (ExportTimeoutError, AirflowTaskTimeout) as exc:
             self._cancel_export(client, layout, state, f"timed out: {exc}")
             raise
@@ -715,6 +752,7 @@ class FhirBulkExportOperator(_ExportBase):
                 )
             return self._on_manifest(context, client, layout, state, first_page)
         message = safe_text((event or {}).get("message") or f"unexpected trigger event {event!r}", limit=2000)
+        self._export_log(layout, state).status_error(message)  # export log: the trigger's failure
         if status == "timeout":
             self._cancel_export(client, layout, state, message)
             raise RuntimeError(f"{message}; the export was cancelled with DELETE (export_timeout)")
@@ -769,6 +807,11 @@ class FhirBulkExportOperator(_ExportBase):
                 transaction_time=manifest.transaction_time,
             )
             layout.write_state(state)
+            # export log: status_complete, status_page_complete, manifest_complete (pages unknown when linked)
+            paged = isinstance(first_page, dict) and any(
+                isinstance(link, dict) and link.get("relation") == "next" for link in first_page.get("link") or []
+            )
+            self._export_log(layout, state).manifest(manifest, pages=0 if paged else 1)
             self.log.info(
                 "export complete: transactionTime %s, %d output, %d error and %d deleted files",
                 manifest.transaction_time,
@@ -794,6 +837,7 @@ class FhirBulkExportOperator(_ExportBase):
                 settings=settings,
                 refresh_manifest=(lambda: self._refetch_manifest(client, status_url)) if status_url else None,
                 logger=self.log,
+                export_log=self._export_log(layout, state),  # export log: download_* events
             )
         return self._finish(
             client,
@@ -961,6 +1005,8 @@ class FhirBulkDownloadOperator(_ExportBase):
             ),
             refresh_manifest=(lambda: self._refetch_manifest(client, status_url)) if status_url else None,
             logger=self.log,
+            # export log: this batch's download_* events (its own part file on object stores)
+            export_log=ExportLog.for_batch(layout.export_dir, status_url or None, list(self.batch.get("keys") or [])),
         )
         return {"export_label": layout.label, **counts}
 

@@ -150,3 +150,42 @@ def test_unfinished_or_unlogged_folders_are_refused(tmp_path: Path) -> None:
         read_bulk_folder(resolve_output(str(pending)))
     with pytest.raises(LandedRunError, match="is not a folder"):
         read_bulk_folder(resolve_output(str(tmp_path / "missing")))
+
+
+def test_parquet_and_views_read_a_flat_folder_but_not_its_log(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from airflow_provider_smart.operators.parquet import FhirNdjsonToParquetOperator
+    from airflow_provider_smart.operators.views import FhirViewRunOperator
+
+    folder = tmp_path / "export"
+    bulk_data_client_folder(folder, "2024-03-01T09:00:00Z")
+    with gzip.open(folder / "Patient.000.ndjson.gz", "wt") as handle:
+        handle.write("\n".join(json.dumps(_patient(p, "1")) for p in ("p1", "p2")) + "\n")
+    (folder / "Patient.001.ndjson").write_text(json.dumps(_patient("p3", "1")) + "\n")
+    (folder / "deleted").mkdir()
+    (folder / "deleted/Bundle.000.ndjson").write_text('{"resourceType": "Bundle", "type": "transaction"}\n')
+
+    parquet = FhirNdjsonToParquetOperator(
+        task_id="parquet", source=str(folder), destination=str(tmp_path / "parquet"), run="r1", source_layout="flat"
+    ).execute({})  # type: ignore[arg-type]
+    assert set(parquet["tables"]) == {"Patient"} and parquet["tables"]["Patient"]["rows"] == 3
+
+    views = FhirViewRunOperator(
+        task_id="views",
+        views=["patient_demographics"],
+        source=str(folder),
+        destination=str(tmp_path / "views"),
+        run="r1",
+        engine="python",
+        source_layout="flat",
+    ).execute({})  # type: ignore[arg-type]
+    assert views["views"]["patient_demographics"]["rows"] == 3
+    table = pq.read_table(tmp_path / "views/patient_demographics/r1/part-00000.parquet")
+    assert sorted(table.column("patient_id").to_pylist()) == ["p1", "p2", "p3"]
+
+    (folder / "log.ndjson").write_text(_log_line("kickoff", {"exportUrl": "https://e/$export"}) + "\n")
+    with pytest.raises(LandedRunError, match="no status_complete event"):
+        FhirNdjsonToParquetOperator(
+            task_id="p2", source=str(folder), destination=str(tmp_path / "parquet"), run="r2", source_layout="flat"
+        ).execute({})  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_smart.operators.flat_view import FhirExportFlatViewOperator
 from airflow_provider_smart.storage.paths import resolve_output
 from airflow_provider_smart.tables.bulk_folder import read_bulk_folder, write_flat_view
 from airflow_provider_smart.tables.runs import LandedRunError
@@ -38,7 +39,8 @@ def test_flat_view_of_an_export_reads_back_into_the_same_tables(
     out = tmp_path / "out"
     summary, _ = run_deferred(export_operator(out, deferrable=False), context("scheduled__1"))
     flat = tmp_path / "flat"
-    written = write_flat_view(resolve_output(str(out)), "scheduled__1", resolve_output(str(flat)))
+    op = FhirExportFlatViewOperator(task_id="flat", output=str(out), run_label="scheduled__1", destination=str(flat))
+    written = op.execute({})  # type: ignore[arg-type]
     names = sorted(p.name for p in flat.iterdir() if p.is_file())
     assert "log.ndjson" in names
     data = [n for n in names if n != "log.ndjson"]

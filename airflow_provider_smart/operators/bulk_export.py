@@ -223,7 +223,7 @@ class _ExportBase(BaseOperator):
             resources=sum(summary.get("counts", {}).values()),
             size=int(summary.get("bytes", 0)),
             started_at=state.get("kicked_off_at"),
-            attachments=(summary.get("attachments") or {}).get("downloaded") if attachments is not None else None,
+            attachments=(summary.get("attachments") or {}).get("landed") if attachments is not None else None,
         )
         if lease is not None:
             lease.release()

@@ -125,6 +125,8 @@ def summarize(root: Path) -> None:
     """One line per committed directory: what it holds."""
     for marker in sorted(root.rglob("_SUCCESS")):
         directory = marker.parent
+        if any(part.startswith("_") for part in directory.relative_to(root).parts):
+            continue  # the exports' own state (_exports/<label>/: state, manifest, log.ndjson), not data
         files = [p for p in directory.iterdir() if p.is_file() and not p.name.startswith(("_", "."))]
         ndjson = [p for p in files if ".ndjson" in p.name]
         parquet = [p for p in files if p.suffix == ".parquet"]
@@ -160,8 +162,9 @@ def show_export_log_and_flat_view(root: Path) -> None:
     print(f"    events by kind: {counted}")
     flat = root / "flat-view"
     written = write_flat_view(resolve_output(str(root)), log.parent.name, resolve_output(str(flat)), replace=True)
-    names = sorted(p.name for p in flat.iterdir() if p.is_file())
-    print(f"  flat view in {flat.relative_to(REPO)}/: {len(names)} files ({', '.join(names[:6])}, ...)")
+    names = sorted(str(p.relative_to(flat)) for p in flat.rglob("*") if p.is_file())
+    shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
+    print(f"  flat view in {flat.relative_to(REPO)}/: {shown}")
     print(f"    files by type: {written['files']}")
     print(f"    read it with: cumulus-etl etl {flat.relative_to(REPO)} <output> <phi> --target=...")
 

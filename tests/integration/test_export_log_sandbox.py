@@ -241,3 +241,40 @@ def test_a_failed_download_logs_download_error(bulk_server: Callable[..., Any], 
     assert all(r["eventDetail"]["fileUrl"].split("?")[0].endswith(".ndjson") for r in failed)
     assert all("404" in r["eventDetail"]["message"] for r in failed)
     assert not named(events, "export_complete")
+
+
+def test_a_worker_killed_mid_download_leaves_a_valid_log_the_resume_continues(
+    bulk_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    import signal
+
+    from airflow_provider_smart.sandbox.bulk_runtime import FHIR_FILE_PATHS
+    from airflow_provider_smart.storage.export_log import read_log
+    from tests.integration.bulk_helpers import committed_records, start_worker
+    from tests.integration.test_bulk_export_operator import _WORKER, _wait_for
+
+    server, _ = bulk_server(max_file_resources=3, seconds_to_complete=0)
+    out = tmp_path / "out"
+    server.state.faults.slow(FHIR_FILE_PATHS, delay=1.0)
+    worker = start_worker(_WORKER, str(out))
+    try:
+        _wait_for(lambda: len(committed_records(out / "_exports/manual__run1/files")) >= 2, worker=worker)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    log = out / "_exports/manual__run1/log.ndjson"
+    before = read_log(log)  # whole lines only (a torn tail, if the kill left one, is not a line)
+    assert before[0]["eventId"] == "kickoff" and named(before, "status_progress")
+    assert named(before, "manifest_complete") and not named(before, "export_complete")
+    server.state.faults.reset()
+    summary, _ = run_deferred(export_operator(out, deferrable=False), context())
+    events = read_events(out)  # after the resume every line is whole
+    assert len(named(events, "kickoff")) == 1 and len({row["exportId"] for row in events}) == 1
+    assert events[: len(before)] == before
+    completed = [row["_key"] for row in named(events, "download_complete")]
+    assert len(completed) == len(set(completed))  # the resume fetched only what was missing
+    done = named(events, "export_complete")[0]["eventDetail"]
+    assert done["resources"] == sum(summary["counts"].values())
+    assert cumulus_lookups(events) == ("", summary["transaction_time"])

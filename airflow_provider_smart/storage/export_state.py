@@ -14,6 +14,7 @@ Layout under the output root (``<label>`` is the export label, by default the Ai
     <root>/_exports/<label>/manifest.json                        the (merged) manifest, once complete
     <root>/_exports/<label>/files/<key>.json                     one record per committed file
     <root>/_exports/<label>/lease.json                           which run holds the label (see ``lease.py``)
+    <root>/_exports/<label>/log.ndjson                           the standard export log (see ``export_log.py``)
     <root>/_exports/<label>/_SUCCESS                             the export's summary, written last
     <root>/_watermarks/<scope>.json                              transactionTime of the last complete export
 

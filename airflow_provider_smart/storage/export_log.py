@@ -123,7 +123,8 @@ class ExportLog:
         line = json.dumps(row, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
         with self._lock:
             self._pending.append(line)
-            if self._buffering and len(self._pending) < FLUSH_EVERY:
+            # Local appends are cheap and go out at once; object stores rewrite the file, so they batch.
+            if self._buffering and not self._local and len(self._pending) < FLUSH_EVERY:
                 return
             self._flush_locked()
 
@@ -133,7 +134,8 @@ class ExportLog:
 
     @contextmanager
     def buffered(self) -> Iterator[ExportLog]:
-        """Hold lines (up to :data:`FLUSH_EVERY`) and write them together: for the many download events."""
+        """On object stores, hold lines (up to :data:`FLUSH_EVERY`) and write them together: for the many
+        download events. On local disk every line is appended at once."""
         with self._lock:
             self._buffering += 1
         try:

@@ -1005,8 +1005,8 @@ class FhirBulkDownloadOperator(_ExportBase):
             ),
             refresh_manifest=(lambda: self._refetch_manifest(client, status_url)) if status_url else None,
             logger=self.log,
-            # export log: this batch's download_* events (its own part file on object stores)
-            export_log=ExportLog.for_batch(layout.export_dir, status_url or None, list(self.batch.get("keys") or [])),
+            # export log: this batch's download_* events (part objects of their own on object stores)
+            export_log=self._export_log(layout, state),
         )
         return {"export_label": layout.label, **counts}
 

@@ -19,15 +19,17 @@ How a line is written, so a killed run leaves a valid prefix:
 - on local disk, each event is one ``write`` of one whole line to a file opened with ``O_APPEND``; the
   one thing a kill can leave is a torn last line, which the next writer cuts off before appending
   (and :func:`read_log` ignores);
-- on object stores, where nothing appends, the whole file is rewritten by atomic replace (it is small: a
-  few lines per file of the export). Download events are buffered and written every
-  :data:`FLUSH_EVERY` lines and at the end of each landing, so a large export costs a few rewrites,
-  not one per file; a kill loses at most the unflushed download lines, never the file's validity.
+- on object stores, where nothing appends, the few lines of the export's life (kick-off, status,
+  manifest) rewrite the small file by atomic replace; the many download events are buffered and written
+  every :data:`FLUSH_EVERY` lines (and at the end of each landing) as objects of their own under
+  ``log.parts/``, so the bytes written stay linear in the events and parallel download tasks never
+  overwrite each other. ``export_complete`` folds the parts into ``log.ndjson`` in time order
+  (:meth:`ExportLog.consolidate`); a kill loses at most the unflushed download lines, never the file's
+  validity.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
     from airflow_provider_smart.fhir.bulk.manifest import Manifest, PlannedFile
 
 LOG_FILE = "log.ndjson"
-#: Fanned-out download batches on object stores write their lines here (see :meth:`ExportLog.for_batch`).
+#: On object stores, batches of download events land here as objects of their own (see the module doc).
 PARTS_DIR = "log.parts"
 CLIENT_NAME = "airflow-provider-smart"
 #: Buffered download events per rewrite on object stores.
@@ -90,22 +92,13 @@ class ExportLog:
         self._content: bytes | None = None  # object stores: the file as last written
         self._repaired = False
         self._buffering = 0
+        self._writer = os.urandom(6).hex()  # names this writer's part objects
+        self._parts = 0
 
     @classmethod
     def beside(cls, export_dir: Any, status_url: str | None) -> ExportLog:
         """The log of the export whose state lives in ``export_dir`` (``ExportLayout.export_dir``)."""
         return cls(export_dir / LOG_FILE, status_url)
-
-    @classmethod
-    def for_batch(cls, export_dir: Any, status_url: str | None, keys: list[str]) -> ExportLog:
-        """The log a fanned-out download batch writes. On local disk: ``log.ndjson`` itself (appends of
-        whole lines from many processes interleave safely). On object stores, where the file is rewritten
-        whole and two batches would overwrite each other's lines: a part of its own,
-        ``log.parts/<batch>.ndjson``, which :func:`merged_log` folds in by timestamp."""
-        if _is_local(export_dir):
-            return cls.beside(export_dir, status_url)
-        name = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:16]
-        return cls(export_dir / PARTS_DIR / f"{name}.ndjson", status_url)
 
     # -- writing ---------------------------------------------------------------------------------
     def event(self, event_id: str, detail: Mapping[str, Any], **extra: Any) -> None:
@@ -142,8 +135,8 @@ class ExportLog:
             yield self
         finally:
             with self._lock:
+                self._flush_locked()  # still as a batch (a part object on object stores)
                 self._buffering -= 1
-                self._flush_locked()
 
     def _flush_locked(self) -> None:
         if not self._pending:
@@ -151,6 +144,13 @@ class ExportLog:
         data = b"".join(self._pending)
         if self._local:
             self._append_local(data)
+        elif self._buffering:
+            # A batch of download events: an object of its own, so the total written stays linear in the
+            # events (rewriting log.ndjson each time would be quadratic) and parallel batches never collide.
+            self._parts += 1
+            part = self.path.parent / PARTS_DIR / f"{self._writer}-{self._parts:06d}.ndjson"
+            part.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(part, data)
         else:
             if self._content is None:
                 self._content = _valid_prefix(_read_bytes(self.path))
@@ -326,6 +326,22 @@ class ExportLog:
             "export_complete",
             {"files": files, "resources": resources, "bytes": size, "attachments": attachments, "duration": duration},
         )
+        if not self._local:
+            self.consolidate()
+
+    def consolidate(self) -> None:
+        """Object stores: fold the part objects into ``log.ndjson`` (in time order), then remove them. A
+        kill in between leaves lines in both places; :func:`merged_log` drops such repeats."""
+        with self._lock:
+            self._flush_locked()
+            parts_dir = self.path.parent / PARTS_DIR
+            if not parts_dir.exists():
+                return
+            merged = merged_log(self.path.parent)
+            atomic_write_bytes(self.path, merged)
+            self._content = merged
+            for part in list(parts_dir.iterdir()):
+                part.unlink()
 
 
 def _version() -> str:
@@ -379,8 +395,8 @@ def log_lookups(events: list[dict[str, Any]]) -> tuple[str | None, str | None]:
 
 
 def merged_log(export_dir: Any) -> bytes:
-    """``log.ndjson`` with the lines of any fanned-out batch parts folded in, in timestamp order (a stable
-    sort: lines of one writer keep their order). Whole lines only."""
+    """``log.ndjson`` with the lines of any part objects (object stores) folded in, in timestamp order (a
+    stable sort: lines of one writer keep their order), repeated lines once. Whole lines only."""
     main = _valid_prefix(_read_bytes(export_dir / LOG_FILE))
     parts_dir = export_dir / PARTS_DIR
     if not parts_dir.exists():
@@ -396,5 +412,6 @@ def merged_log(export_dir: Any) -> bytes:
         except (ValueError, AttributeError):
             return ""
 
-    lines.sort(key=stamp)
-    return b"".join(line + b"\n" for line in lines)
+    unique = list(dict.fromkeys(lines))  # a consolidation killed before removing its parts
+    unique.sort(key=stamp)
+    return b"".join(line + b"\n" for line in unique)

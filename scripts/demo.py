@@ -125,6 +125,8 @@ def summarize(root: Path) -> None:
     """One line per committed directory: what it holds."""
     for marker in sorted(root.rglob("_SUCCESS")):
         directory = marker.parent
+        if any(part.startswith("_") for part in directory.relative_to(root).parts):
+            continue  # the exports' own state (_exports/<label>/: state, manifest, log.ndjson), not data
         files = [p for p in directory.iterdir() if p.is_file() and not p.name.startswith(("_", "."))]
         ndjson = [p for p in files if ".ndjson" in p.name]
         parquet = [p for p in files if p.suffix == ".parquet"]
@@ -165,6 +167,36 @@ def rehearse_vendor(home: Path, jwks: dict[str, object], env: dict[str, str]) ->
             rehearsal,
             "smart_fhir_oracle_like",
         )
+
+
+def show_export_log_and_flat_view(root: Path) -> None:
+    """The standard log.ndjson of the last complete export, and that export as the flat folder other SMART
+    tools (cumulus-etl, bulk-data-client readers) take."""
+    from airflow_provider_smart.storage.paths import resolve_output
+    from airflow_provider_smart.tables.bulk_folder import write_flat_view
+
+    logs = [p for p in sorted(root.glob("_exports/*/log.ndjson")) if (p.parent / "_SUCCESS").exists()]
+    if not logs:
+        print("  no complete export with a log.ndjson")
+        return
+    log = max(logs, key=lambda p: p.stat().st_mtime)
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    print(f"  {log.relative_to(REPO)}: {len(events)} events")
+    for row in events:
+        if row["eventId"] in ("download_request", "download_complete", "status_progress"):
+            continue
+        print(f"    {row['timestamp']} {row['eventId']:<21} {json.dumps(row['eventDetail'])[:110]}")
+    counted: dict[str, int] = {}
+    for row in events:
+        counted[row["eventId"]] = counted.get(row["eventId"], 0) + 1
+    print(f"    events by kind: {counted}")
+    flat = root / "flat-view"
+    written = write_flat_view(resolve_output(str(root)), log.parent.name, resolve_output(str(flat)), replace=True)
+    names = sorted(str(p.relative_to(flat)) for p in flat.rglob("*") if p.is_file())
+    shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
+    print(f"  flat view in {flat.relative_to(REPO)}/: {shown}")
+    print(f"    files by type: {written['files']}")
+    print(f"    read it with: cumulus-etl etl {flat.relative_to(REPO)} <output> <phi> --target=...")
 
 
 def dags_test(dag_id: str, what: str, env: dict[str, str], *extra: str, output: Path = OUTPUT) -> None:
@@ -220,6 +252,8 @@ def main() -> int:
 
     step(f"What landed in {OUTPUT.relative_to(REPO)}/")
     summarize(OUTPUT)
+    step("The standard export log (log.ndjson) and the flat view of the last export")
+    show_export_log_and_flat_view(OUTPUT)
     step(f"Current-state Delta tables in {(OUTPUT / 'current-state/tables').relative_to(REPO)}/")
     show_tables(OUTPUT / "current-state/tables", amended[0], removed)
     print("\nDemo complete.")

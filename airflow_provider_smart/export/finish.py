@@ -229,6 +229,15 @@ class Finisher:
         )
         self.state = dict(state, phase="complete", summary=summary, completed_at=utcnow_iso())
         self.layout.write_state(self.state)
+        from airflow_provider_smart.export.wait import export_log
+
+        export_log(self.layout, state).export_complete(
+            files=sum(len(paths) for paths in summary.get("files", {}).values()),
+            resources=sum(summary.get("counts", {}).values()),
+            size=int(summary.get("bytes", 0)),
+            started_at=state.get("kicked_off_at"),
+            attachments=(summary.get("attachments") or {}).get("landed") if self.options.attachments else None,
+        )
         if self.lease is not None:
             self.lease.release()
         from airflow_provider_smart.reporting import landed_types_table

@@ -26,6 +26,7 @@ def land(
     """Download the files not yet committed (of ``keys``, when given); expired file URLs are refreshed
     from the status URL. The lease beats meanwhile. Returns the download counts."""
     from airflow_provider_smart.export.manifests import refetch_manifest
+    from airflow_provider_smart.export.wait import export_log
     from airflow_provider_smart.storage.export_landing import land_files
 
     status_url = state.get("status_url") or ""
@@ -41,6 +42,7 @@ def land(
             settings=settings,
             refresh_manifest=refresh,
             logger=logger,
+            export_log=export_log(layout, state),  # download_* events (a part object per batch on object stores)
         )
 
 

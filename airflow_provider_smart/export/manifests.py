@@ -105,6 +105,13 @@ def record_manifest(
         transaction_time=manifest.transaction_time,
     )
     layout.write_state(state)
+    from airflow_provider_smart.export.wait import export_log
+
+    # status_complete, status_page_complete, manifest_complete (the page count is unknown when pages linked)
+    paged = isinstance(first_page, dict) and any(
+        isinstance(link, dict) and link.get("relation") == "next" for link in first_page.get("link") or []
+    )
+    export_log(layout, state).manifest(manifest, pages=0 if paged else 1)
     (logger or log).info(
         "export complete: transactionTime %s, %d output, %d error and %d deleted files",
         manifest.transaction_time,

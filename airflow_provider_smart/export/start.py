@@ -80,9 +80,18 @@ def kick_off_export(
     with DELETE, so it does not hold the server's export slot.
     """
     from airflow_provider_smart.fhir.bulk import sync
+    from airflow_provider_smart.fhir.bulk.kickoff import build_kickoff
+    from airflow_provider_smart.fhir.errors import FhirError
+    from airflow_provider_smart.storage.export_log import ExportLog
 
     layout.clear()
-    status_url = sync.kick_off(client, request, max_retry_after=settings.max_retry_after)
+    kick = build_kickoff(client.base_url, request)
+    try:
+        status_url = sync.kick_off(client, request, max_retry_after=settings.max_retry_after)
+    except FhirError as exc:  # the standard log records a refused kick-off too
+        ExportLog.beside(layout.export_dir, None).kickoff(kick, error_code=exc.status, error_body=str(exc))
+        raise
+    ExportLog.beside(layout.export_dir, status_url).kickoff(kick)
     if on_started is not None:
         on_started(status_url)
     state: dict[str, Any] = {
@@ -127,11 +136,13 @@ def reattach(
     """Poll the export the state file names once. A failed export is recorded and raised; one the server
     no longer knows is ``gone`` (the caller starts a new one)."""
     from airflow_provider_smart.fhir.bulk.sync import poll_once
+    from airflow_provider_smart.storage.export_log import ExportLog
 
     logger = logger or log
     status_url = state["status_url"]
     logger.info("re-attaching to the running export at %s", redact_url(status_url))
     result = poll_once(client, status_url, max_retry_after=max_retry_after)
+    ExportLog.beside(layout.export_dir, status_url).polled(result)
     if isinstance(result, ExportComplete):
         return Reattached("complete", result.manifest)
     if isinstance(result, ExportFailed):

@@ -39,7 +39,12 @@ def wait_in_worker(
 
     try:
         result = wait_for_export(
-            client, state["status_url"], policy=policy, deadline=state.get("deadline"), limits=limits
+            client,
+            state["status_url"],
+            policy=policy,
+            deadline=state.get("deadline"),
+            limits=limits,
+            on_status=export_log(layout, state).polled,  # status_progress / status_error events
         )
     except ExportFailedError as exc:
         layout.write_state(dict(state, phase="failed", message=safe_text(exc, limit=2000)))
@@ -71,6 +76,7 @@ def first_page_of_event(
             first_page = fetch_completed_page(client, state["status_url"], policy=policy, limits=limits)
         return dict(first_page)
     message = safe_text(event.get("message") or f"unexpected trigger event {event!r}", limit=2000)
+    export_log(layout, state).status_error(message)
     if event.get("status") == "timeout":
         cancel_export(client, layout, state, message)
         raise RuntimeError(f"{message}; the export was cancelled with DELETE (export_timeout)")
@@ -120,3 +126,10 @@ def check_event_export(layout: ExportLayout, state: dict[str, Any], event: dict[
             f"{layout.state_path} now belongs to another export than the one this task waited for; "
             "another run reused the export label. Run again with a label of its own"
         )
+
+
+def export_log(layout: ExportLayout, state: dict[str, Any]) -> Any:
+    """The export's standard ``log.ndjson`` (storage/export_log.py), continued under its status URL."""
+    from airflow_provider_smart.storage.export_log import ExportLog
+
+    return ExportLog.beside(layout.export_dir, state.get("status_url"))

@@ -410,15 +410,32 @@ class BulkDownloader:
 
     # -- many files -----------------------------------------------------------------------------
     def download_all(
-        self, files: Sequence[PlannedFile], sink: Sink, on_committed: Committed | None = None
+        self,
+        files: Sequence[PlannedFile],
+        sink: Sink,
+        on_committed: Committed | None = None,
+        *,
+        on_started: Callable[[PlannedFile], None] | None = None,
+        on_failed: Callable[[PlannedFile, BaseException], None] | None = None,
     ) -> list[FileResult]:
-        """Download ``files`` in parallel. Every file that can finish does; then the first failure is raised."""
+        """Download ``files`` in parallel. Every file that can finish does; then the first failure is raised.
+
+        ``on_started``/``on_failed`` see each file's first request and its final failure (after its retries):
+        the export log's ``download_request`` and ``download_error`` events.
+        """
         results: list[FileResult] = []
         failures: list[BaseException] = []
         lock = threading.Lock()
 
         def one(planned: PlannedFile) -> None:
-            result = self.download(planned, sink)
+            if on_started is not None:
+                on_started(planned)
+            try:
+                result = self.download(planned, sink)
+            except BaseException as exc:
+                if on_failed is not None:
+                    on_failed(planned, exc)
+                raise
             if on_committed is not None:
                 on_committed(planned, result)
             with lock:

@@ -9,7 +9,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_smart.operators._assets import declare_outlets, default_alias_name, emit_asset_events
 from airflow_provider_smart.operators._lineage import lineage_on_complete, location_uris
-from airflow_provider_smart.storage.paths import resolve_output, safe_segment
+from airflow_provider_smart.storage.paths import safe_segment
 from airflow_provider_smart.storage.preflight import storage_uri
 
 if TYPE_CHECKING:
@@ -37,6 +37,9 @@ class FhirNdjsonToParquetOperator(BaseOperator):
         a pinned type never grows and fields outside its record go to ``unmapped_json``. (templated)
     :param asset_alias: name of the ``AssetAlias`` each table is attached to (default
         ``fhir-parquet/<dag_id>/<task_id>``); each event carries the run and the table's rows.
+    :param source_layout: ``"provider"`` (default) or ``"flat"``: ``source`` is an export folder written by
+        bulk-data-client or smart-fetch (``<Type>.NNN.ndjson[.gz]`` files and ``log.ndjson``), converted only
+        when its log shows a finished export; the log, ``deleted/`` and ``error/`` are not converted.
     """
 
     template_fields: Sequence[str] = (
@@ -61,9 +64,13 @@ class FhirNdjsonToParquetOperator(BaseOperator):
         decimal: str = "float64",
         schemas: Mapping[str, Any] | None = None,
         asset_alias: str | None = None,
+        source_layout: str = "provider",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if source_layout not in ("provider", "flat"):
+            raise ValueError(f"source_layout must be 'provider' or 'flat', not {source_layout!r}")
+        self.source_layout = source_layout
         if decimal not in DECIMAL_MODES:
             raise ValueError(f"decimal must be 'float64' or 'string' (exact text); got {decimal!r}")
         self.source = source
@@ -84,8 +91,15 @@ class FhirNdjsonToParquetOperator(BaseOperator):
         from airflow_provider_smart.parquet.convert import convert_ndjson_to_parquet
 
         run = safe_segment(str(self.run or context.get("run_id") or "manual"))
+        source = self.source
+        if self.source_layout == "flat":  # a bulk-data-client / smart-fetch folder (tables/bulk_folder.py)
+            from airflow_provider_smart.storage.paths import resolve_output
+            from airflow_provider_smart.tables.bulk_folder import read_bulk_folder
+
+            folder = read_bulk_folder(resolve_output(self.source, self.source_conn_id))
+            source = sorted((f for files in folder.files.values() for f in files), key=str)
         result = convert_ndjson_to_parquet(
-            self.source,
+            source,
             self.destination,
             run,
             decimal=self.decimal,

@@ -97,8 +97,13 @@ def merge_landed_run(
     resource_types: Sequence[str] | None = None,
     transaction_time: str | None = None,
     logger: Any = None,
+    source_layout: str = "provider",
 ) -> dict[str, Any]:
     """Merge the run ``label`` landed under ``output`` into the tables; returns a JSON-safe summary.
+
+    With ``source_layout="flat"``, ``output`` is an export folder in bulk-data-client / smart-fetch layout
+    (flat ``<Type>.NNN.ndjson[.gz]`` files, ``deleted/``, ``log.ndjson``; see ``tables/bulk_folder.py``)
+    and ``label`` only names the run in summaries.
 
     :param options: ``output`` (tables root, default ``<output>/tables``), ``conn_id`` (its connection,
         default ``output_conn_id``), ``storage_options``, ``decimal``, ``compact`` (bool),
@@ -122,7 +127,12 @@ def merge_landed_run(
         max_attempts=int(opts.get("max_attempts", 5)),
         buckets=None if opts.get("buckets") is None else int(opts["buckets"]),
     )
-    run = find_landed_run(output, label, transaction_time=transaction_time)
+    if source_layout == "flat":
+        from airflow_provider_smart.tables.bulk_folder import read_bulk_folder
+
+        run = read_bulk_folder(output, transaction_time=transaction_time, label=label or None)
+    else:
+        run = find_landed_run(output, label, transaction_time=transaction_time)
     results = tables.merge_run(run, resource_types=resource_types)
     maintenance: dict[str, Any] = {}
     retention = opts.get("vacuum_retention_hours")
@@ -183,6 +193,10 @@ class FhirDeltaMergeOperator(BaseOperator):
         existing table keeps the count it was laid out with.
     :param asset_alias: name of the ``AssetAlias`` used when ``tables`` or ``resource_types`` is not known
         at parse time; with both static the operator declares ``Asset("<tables>/<Type>")`` per type.
+    :param source_layout: ``"provider"`` (default: a run this provider landed under ``output``) or
+        ``"flat"``: ``output`` is an export folder written by bulk-data-client or smart-fetch (flat
+        ``<Type>.NNN.ndjson[.gz]`` files, ``deleted/``, ``log.ndjson``), its time taken from the log's
+        ``status_complete`` event; ``run_label`` then only names the run (default: the folder's name).
     """
 
     template_fields: Sequence[str] = ("output_location", "run_label", "tables", "resource_types", "transaction_time")
@@ -192,7 +206,7 @@ class FhirDeltaMergeOperator(BaseOperator):
         self,
         *,
         output: Any,
-        run_label: str,
+        run_label: str = "",
         tables: Any = None,
         output_conn_id: str | None = None,
         tables_conn_id: str | None = None,
@@ -205,9 +219,15 @@ class FhirDeltaMergeOperator(BaseOperator):
         max_attempts: int = 5,
         buckets: int | None = None,
         asset_alias: str | None = None,
+        source_layout: str = "provider",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if source_layout not in ("provider", "flat"):
+            raise ValueError(f"source_layout must be 'provider' or 'flat', not {source_layout!r}")
+        if source_layout == "provider" and not run_label:
+            raise ValueError("run_label is required: the export label or search run under output to merge")
+        self.source_layout = source_layout
         # ``output`` is BaseOperator's XComArg property: the location is kept under another name.
         self.output_location = output
         self.run_label = run_label
@@ -271,6 +291,7 @@ class FhirDeltaMergeOperator(BaseOperator):
             resource_types=self.resource_types,
             transaction_time=self.transaction_time,
             logger=self.log,
+            source_layout=self.source_layout,
         )
         emit_table_events(context, summary, self._outlets)
         return summary

@@ -62,6 +62,9 @@ class FhirViewRunOperator(BaseOperator):
         source is on the local filesystem and DuckDB is installed (the ``views`` extra), and on the Python
         evaluator otherwise; ``"duckdb"`` requires DuckDB (an error names why it cannot run);
         ``"python"`` always uses the evaluator. The task log says which engine ran each view.
+    :param source_layout: ``"provider"`` (default) or ``"flat"``: ``source`` is an export folder written by
+        bulk-data-client or smart-fetch (``<Type>.NNN.ndjson[.gz]`` files and ``log.ndjson``), read only when
+        its log shows a finished export; the log, ``deleted/`` and ``error/`` are not read as data.
     :param duckdb_memory_limit: DuckDB's ``memory_limit``; past it DuckDB spills to the task's temp dir.
     """
 
@@ -90,9 +93,13 @@ class FhirViewRunOperator(BaseOperator):
         asset_alias: str | None = None,
         engine: str = "auto",
         duckdb_memory_limit: str = "1GB",
+        source_layout: str = "provider",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if source_layout not in ("provider", "flat"):
+            raise ValueError(f"source_layout must be 'provider' or 'flat', not {source_layout!r}")
+        self.source_layout = source_layout
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
         self.engine = engine
@@ -157,8 +164,16 @@ class FhirViewRunOperator(BaseOperator):
         for plan in plans:
             by_type.setdefault(plan.resource, []).append(plan)
         results: dict[str, dict[str, Any]] = {}
+        flat = None
+        if self.source_layout == "flat":  # a bulk-data-client / smart-fetch folder (tables/bulk_folder.py)
+            from airflow_provider_smart.tables.bulk_folder import read_bulk_folder
+
+            flat = read_bulk_folder(source)
         for resource_type, group in by_type.items():
-            files = source_files(source, resource_type, self.source_label)
+            if flat is not None:
+                files = sorted(flat.files.get(resource_type, []) + flat.files.get(None, []), key=str)
+            else:
+                files = source_files(source, resource_type, self.source_label)
             engines = {plan.name: self._sql_engine(plan, files) for plan in group}
             results.update(self._run_group(resource_type, group, engines, files, destination, run))
         self._emit_asset_events(context, destination, results)

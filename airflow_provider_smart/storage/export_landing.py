@@ -17,6 +17,7 @@ from airflow_provider_smart.fhir.bulk.manifest import Manifest, PlannedFile, pla
 from airflow_provider_smart.fhir.bulk.outcomes import OutcomeSummary, severity_rank
 from airflow_provider_smart.fhir.download import BulkDownloader, FileResult, HttpClient, Progress
 from airflow_provider_smart.storage.atomic import StaleTemps, atomic_open, atomic_write_json, mark_complete
+from airflow_provider_smart.storage.export_log import ExportLog
 from airflow_provider_smart.storage.export_state import ExportLayout, utcnow_iso
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,11 @@ def land_files(
     settings: DownloadSettings | None = None,
     refresh_manifest: Callable[[], Manifest] | None = None,
     logger: Any = None,
+    export_log: ExportLog | None = None,
 ) -> dict[str, int]:
     """Download the manifest's files (or only ``keys``) that are not committed yet.
+
+    ``export_log`` receives each file's ``download_request``, ``download_complete`` and ``download_error``.
 
     Returns counts: ``planned``, ``skipped`` (already committed), ``downloaded``, ``bytes``, ``lines``.
     """
@@ -110,8 +114,17 @@ def land_files(
         if result.outcomes is not None:
             record["outcomes"] = result.outcomes.to_dict()
         layout.write_record(p, record, stale=stale)
+        if export_log is not None:
+            export_log.download_complete(p, result.lines, result.bytes)
 
-    results = downloader.download_all(todo, sink, committed)
+    with export_log.buffered() if export_log is not None else contextlib.nullcontext():
+        results = downloader.download_all(
+            todo,
+            sink,
+            committed,
+            on_started=export_log.download_request if export_log is not None else None,
+            on_failed=export_log.download_error if export_log is not None else None,
+        )
     if todo:
         logger.info("%s", progress.summary())
     return {

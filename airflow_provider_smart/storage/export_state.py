@@ -14,6 +14,7 @@ Layout under the output root (``<label>`` is the export label, by default the Ai
     <root>/_exports/<label>/manifest.json                        the (merged) manifest, once complete
     <root>/_exports/<label>/files/<key>.json                     one record per committed file
     <root>/_exports/<label>/lease.json                           which run holds the label (see ``lease.py``)
+    <root>/_exports/<label>/log.ndjson                           the standard export log (see ``export_log.py``)
     <root>/_exports/<label>/_SUCCESS                             the export's summary, written last
     <root>/_watermarks/<scope>.json                              transactionTime of the last complete export
 
@@ -43,6 +44,7 @@ from airflow_provider_smart.storage.atomic import (
     read_json,
     replace,
 )
+from airflow_provider_smart.storage.export_log import LOG_FILE
 from airflow_provider_smart.storage.lease import LEASE_FILE
 from airflow_provider_smart.storage.paths import safe_segment
 
@@ -198,8 +200,9 @@ class ExportLayout:
                         clear_directory(target)
                         target.rmdir()
         if self.export_dir.exists():
-            # The lease stays: it is this run's claim on the label.
-            clear_directory(self.export_dir, keep=frozenset({LEASE_FILE}))
+            # The lease stays: it is this run's claim on the label. So does log.ndjson: the standard export
+            # log is the history of every attempt under the label (readers take its last kick-off).
+            clear_directory(self.export_dir, keep=frozenset({LEASE_FILE, LOG_FILE}))
 
 
 def manifest_without_queries(manifest: Manifest) -> tuple[dict[str, Any], bool]:

@@ -94,6 +94,8 @@ def landed(root: Path, label: str, directory: str | None = None) -> dict[str, di
     found: dict[str, dict[str, dict[str, Any]]] = {}
     for path in sorted(root.glob(f"*/{label}/*.ndjson")):
         kind = path.parent.parent.name  # errors/, deleted/ and attachments/ are not resource types
+        if kind.startswith("_"):  # the export's own state (_exports/<label>/log.ndjson), not data
+            continue
         if kind in ("errors", "deleted", "attachments") or (directory and kind != directory):
             continue
         for line in path.read_text().splitlines():

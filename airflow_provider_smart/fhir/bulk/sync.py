@@ -148,8 +148,11 @@ def wait_for_export(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.time,
     limits: StreamLimits | None = None,
+    on_status: Callable[[ExportStatus], None] | None = None,
 ) -> ExportComplete:
     """Poll in-process until the export completes, fails, or ``deadline`` (epoch seconds) passes.
+
+    ``on_status`` sees every answer (the export log's ``status_progress``/``status_error`` events).
 
     A 202's ``Retry-After`` is the server's polling pace (capped by ``policy.max_interval``); a throttled
     or failed poll waits at most the client's ``max_retry_after`` (the connection extra), like the trigger.
@@ -160,6 +163,8 @@ def wait_for_export(
     last_progress: str | None = None
     while True:
         result = poll_once(client, status_url, max_retry_after=policy.max_interval, limits=limits)
+        if on_status is not None:
+            on_status(result)
         if isinstance(result, ExportComplete):
             return result
         if isinstance(result, ExportFailed):

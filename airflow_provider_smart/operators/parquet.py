@@ -9,7 +9,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_smart.operators._assets import declare_outlets, default_alias_name, emit_asset_events
 from airflow_provider_smart.operators._lineage import lineage_on_complete, location_uris
-from airflow_provider_smart.storage.paths import safe_segment
+from airflow_provider_smart.storage.paths import resolve_output, safe_segment
 from airflow_provider_smart.storage.preflight import storage_uri
 
 if TYPE_CHECKING:
@@ -93,7 +93,6 @@ class FhirNdjsonToParquetOperator(BaseOperator):
         run = safe_segment(str(self.run or context.get("run_id") or "manual"))
         source = self.source
         if self.source_layout == "flat":  # a bulk-data-client / smart-fetch folder (tables/bulk_folder.py)
-            from airflow_provider_smart.storage.paths import resolve_output
             from airflow_provider_smart.tables.bulk_folder import read_bulk_folder
 
             folder = read_bulk_folder(resolve_output(self.source, self.source_conn_id))

@@ -215,6 +215,7 @@ def test_the_status_trigger_judges_addresses_like_the_worker(
     trigger = BulkExportStatusTrigger(smart_fhir_conn_id="c", status_url=status_url, poll_interval=0.01)
     monkeypatch.setattr(trigger, "_base_url", lambda: FHIR)
     monkeypatch.setattr(trigger, "_connection_policy", lambda: (False, 300.0, ()))
+    monkeypatch.setattr(trigger, "_vendor_policy", lambda: trigger.policy)  # no vendor profile
 
     async def first() -> dict[str, Any]:
         async for event in trigger.run():

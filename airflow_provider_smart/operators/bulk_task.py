@@ -76,8 +76,9 @@ class ExportTask(ExportTaskBase):
 
         from airflow_provider_smart.export.wait import wait_in_worker
 
+        policy = self._hook().poll_policy(self.policy)  # the vendor profile's backoff, as the trigger applies it
         first_page = wait_in_worker(
-            client, layout, state, policy=self.policy, cancel_on=(AirflowTaskTimeout,), limits=self._limits()
+            client, layout, state, policy=policy, cancel_on=(AirflowTaskTimeout,), limits=self._limits()
         )
         return self._on_manifest(context, client, layout, state, first_page)
 

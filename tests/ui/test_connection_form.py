@@ -7,129 +7,33 @@ saved under ``tests/ui/artifacts/`` (not committed).
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from tests.sandbox_fixtures import SmartClient
 
 # Starting the API server (and migrating the DB, once per session) takes a minute or two on a busy machine.
 pytestmark = [pytest.mark.integration, pytest.mark.ui, pytest.mark.timeout(900)]
 
-CHROMIUM = os.environ.get("SMART_UI_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-AIRFLOW_BIN = str(Path(sys.executable).with_name("airflow"))
 #: Chakra toasts stay a few seconds; the test only waits for them to appear.
 TOAST_TIMEOUT_MS = 90_000
-
-
-def _require_browser() -> None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:  # pragma: no cover - a dev install has it
-        pytest.fail("playwright is not installed: run `make setup`")
-    if not Path(CHROMIUM).exists():
-        message = f"{CHROMIUM} is missing: `make test-ui` installs Debian's chromium (apt-get install chromium)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 #: The connections the tests add through the form (removed afterwards: the server encrypted them with its
 #: own Fernet key, which other tests' processes do not have).
 UI_CONNECTIONS = ("ui_smart_fhir", "ui_smart_fhir_wrong")
 
 
-def _delete_connections(conn_ids: tuple[str, ...]) -> None:
+@pytest.fixture(scope="module", autouse=True)
+def _delete_ui_connections(api_server: str) -> Iterator[None]:
+    yield
     from airflow.models.connection import Connection
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        session.query(Connection).filter(Connection.conn_id.in_(conn_ids)).delete(synchronize_session=False)
-
-
-@pytest.fixture(scope="module")
-def api_server(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``airflow api-server`` on 127.0.0.1 with connection tests enabled and every user an admin."""
-    from cryptography.fernet import Fernet
-
-    _require_browser()
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("api-server") / "api-server.log"
-    env = dict(os.environ)
-    env.update(
-        {
-            "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-            # One key for the server's processes: in unit-test mode each process would make its own.
-            "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
-        }
-    )
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(
-            [AIRFLOW_BIN, "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"airflow api-server exited: {log_path.read_text(errors='replace')[-3000:]}")
-            try:
-                if requests.get(f"{base}/api/v2/version", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"airflow api-server did not start: {log_path.read_text(errors='replace')[-3000:]}")
-            time.sleep(1)
-        yield base
-    finally:
-        _delete_connections(UI_CONNECTIONS)
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=30)
-
-
-@pytest.fixture
-def page(api_server: str) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            yield browser.new_page(viewport={"width": 1280, "height": 1400})
-        finally:
-            browser.close()
-
-
-@pytest.fixture(scope="module")
-def artifacts() -> Path:
-    shutil.rmtree(ARTIFACTS, ignore_errors=True)
-    ARTIFACTS.mkdir(parents=True)
-    return ARTIFACTS
+        session.query(Connection).filter(Connection.conn_id.in_(UI_CONNECTIONS)).delete(synchronize_session=False)
 
 
 def add_connection(

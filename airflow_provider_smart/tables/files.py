@@ -6,6 +6,12 @@ files, and commits the new files' ``add`` and the old files' ``remove`` actions 
 (``merge.py``). Remote tables are read and written through delta-rs' own object store
 (``DeltaStorageHandler``), so S3, GCS and Azure work with the same ``storage_options`` as the commit;
 local tables through Arrow's local file system.
+
+Remote reads go through Arrow's ``PyFileSystem`` (Python-backed I/O), the kind that aborted processes at
+exit when a dataset scan read ahead (``read.py``). Here every read is a plain ``ParquetFile`` read with
+no read-ahead (``pre_buffer`` off) and every write is awaited, so no native request is left in flight
+when a call returns; ``tests/integration/test_delta_clean_exit.py`` merges into a table on S3 in many
+fresh processes and requires every one to exit 0.
 """
 
 from __future__ import annotations
@@ -79,7 +85,8 @@ class TableFiles:
         ]
 
     def open(self, path: str) -> pq.ParquetFile:
-        return pq.ParquetFile(self.fs.open_input_file(path))
+        # No read-ahead: nothing of a read may still be running on Arrow's I/O threads after it returns.
+        return pq.ParquetFile(self.fs.open_input_file(path), pre_buffer=False)
 
     def read_columns(self, path: str, columns: list[str]) -> pa.Table:
         handle = self.open(path)

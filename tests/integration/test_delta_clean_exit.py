@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.process_exits import exit_codes, forked_exit_codes
+from tests.s3_fixtures import MotoS3
 
 pytestmark = pytest.mark.integration
 
@@ -109,3 +110,42 @@ def test_merging_into_the_tables_exits_cleanly_in_50_fresh_processes(tables: Pat
     """
     codes = forked_exit_codes(preload, work, RUNS, timeout=1700)
     assert codes == {0: RUNS}, f"exit statuses of {RUNS} merges: {dict(codes)} (134/-6: SIGABRT at exit)"
+
+
+S3_RUNS = 30
+
+
+@pytest.mark.timeout(1800)
+def test_merging_into_a_table_on_s3_exits_cleanly_in_fresh_processes(moto_s3: MotoS3) -> None:
+    # A table on S3 is read and written through delta-rs' object store wrapped in Arrow's PyFileSystem
+    # (tables/files.py): Python-backed I/O, the kind that aborted at exit when a scan read ahead. The
+    # merge reads keys and rewrites files one row group at a time with no read-ahead; this proves the
+    # remote path ends as cleanly as the local one (the connection reaches the children by env var).
+    preload = """
+    import json, tempfile
+    from pathlib import Path
+    from airflow_provider_smart.operators.tables import storage_options_for
+    from airflow_provider_smart.storage.paths import resolve_output
+    """
+    root = f"s3://{moto_s3.bucket}/fhir/tables"
+    work = f"""
+    from airflow_provider_smart.tables.merge import DeltaTables
+
+    index = int(os.environ["RUN_INDEX"])
+    # Every third run brings an older copy: the merge plans (reads the keys) and commits nothing.
+    version = 1 if index % 3 == 2 else 10 + index
+    run = Path(tempfile.mkdtemp())
+    lines = [
+        {{"resourceType": "Observation", "id": f"obs-{{n}}", "status": "amended",
+          "meta": {{"versionId": str(version), "lastUpdated": "2024-06-01T10:00:00Z"}}}}
+        for n in range(0, 300, 7)
+    ]
+    (run / "Observation.ndjson").write_text("".join(json.dumps(r) + "\\n" for r in lines))
+    table_root = resolve_output({root!r}, {moto_s3.conn_id!r})
+    merged = DeltaTables(table_root, storage_options=storage_options_for(table_root, {moto_s3.conn_id!r})).merge(
+        [resolve_output(str(run / "Observation.ndjson"))], source=f"v{{index}}", transaction_time="2024-06-01T12:00:00Z"
+    )["Observation"]
+    assert merged.committed == (version != 1), merged
+    """
+    codes = forked_exit_codes(preload, work, S3_RUNS, timeout=1700)
+    assert codes == {0: S3_RUNS}, f"exit statuses of {S3_RUNS} merges on S3: {dict(codes)} (134/-6: SIGABRT at exit)"

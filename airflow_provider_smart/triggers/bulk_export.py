@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -34,6 +35,17 @@ from airflow_provider_smart.transport.urls import (
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 10
+
+
+@dataclass(frozen=True)
+class _TriggerSettings:
+    """What the poll loop takes from the connection, read once when it starts."""
+
+    policy: PollPolicy
+    base_url: str
+    allow_insecure_http: bool
+    max_retry_after: float
+    allowed_internal_hosts: tuple[str, ...]
 
 
 async def _read_capped(response: Any, limit: int) -> bytes:
@@ -164,15 +176,19 @@ class BulkExportStatusTrigger(BaseTrigger):
     def _base_url(self) -> str:
         return str(self._get_hook().base_url)
 
-    def _connection_policy(self) -> tuple[bool, float, tuple[str, ...]]:
-        """The connection's ``allow_insecure_http``, ``max_retry_after`` and ``allowed_internal_hosts`` extras."""
-        settings = self._get_hook().settings
-        return bool(settings.allow_insecure_http), float(settings.max_retry_after), settings.allowed_internal_hosts
-
-    def _vendor_policy(self) -> PollPolicy:
-        """The poll policy as the connection's vendor profile adapts it (exponential backoff)."""
-        policy: PollPolicy = self._get_hook().poll_policy(self.policy)
-        return policy
+    def _connection_settings(self) -> _TriggerSettings:
+        """What the loop needs from the connection, read once (one connection lookup, one thread hop): the
+        poll policy as the vendor profile adapts it, the FHIR base URL, and the ``allow_insecure_http``,
+        ``max_retry_after`` and ``allowed_internal_hosts`` extras."""
+        hook = self._get_hook()
+        settings = hook.settings
+        return _TriggerSettings(
+            policy=hook.poll_policy(self.policy),
+            base_url=str(settings.base_url),
+            allow_insecure_http=bool(settings.allow_insecure_http),
+            max_retry_after=float(settings.max_retry_after),
+            allowed_internal_hosts=tuple(settings.allowed_internal_hosts),
+        )
 
     def _token(self, force_refresh: bool) -> str:
         return str(self._get_hook().get_token(force_refresh=force_refresh).value)
@@ -180,11 +196,10 @@ class BulkExportStatusTrigger(BaseTrigger):
     # The loop ----------------------------------------------------------------------------------
     async def run(self) -> AsyncIterator[TriggerEvent]:
         where = redact_url(self.status_url)
-        policy = await asyncio.to_thread(self._vendor_policy)
-        base_url = await asyncio.to_thread(self._base_url)
-        allow_insecure, max_retry_after, allowed_internal = await asyncio.to_thread(self._connection_policy)
-        self._allow_insecure = self.allow_insecure_http or allow_insecure
-        self._address_policy = AddressPolicy.for_server(base_url, allowed_internal)
+        connection = await asyncio.to_thread(self._connection_settings)
+        policy, base_url, max_retry_after = connection.policy, connection.base_url, connection.max_retry_after
+        self._allow_insecure = self.allow_insecure_http or connection.allow_insecure_http
+        self._address_policy = AddressPolicy.for_server(base_url, connection.allowed_internal_hosts)
         errors = 0
         pending = 0
         last_progress: str | None = None

@@ -203,7 +203,7 @@ def test_the_status_trigger_judges_addresses_like_the_worker(
     also when a proxy from the environment would carry it (the proxy is the listener here)."""
     import asyncio
 
-    from airflow_provider_smart.triggers.bulk_export import BulkExportStatusTrigger
+    from airflow_provider_smart.triggers.bulk_export import BulkExportStatusTrigger, _TriggerSettings
 
     server, seen = listener
     for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
@@ -214,8 +214,9 @@ def test_the_status_trigger_judges_addresses_like_the_worker(
         status_url = "http://169.254.169.254/fhir/$bulk-status/1"
     trigger = BulkExportStatusTrigger(smart_fhir_conn_id="c", status_url=status_url, poll_interval=0.01)
     monkeypatch.setattr(trigger, "_base_url", lambda: FHIR)
-    monkeypatch.setattr(trigger, "_connection_policy", lambda: (False, 300.0, ()))
-    monkeypatch.setattr(trigger, "_vendor_policy", lambda: trigger.policy)  # no vendor profile
+    # No vendor profile, no extras.
+    settings = _TriggerSettings(trigger.policy, FHIR, False, 300.0, ())
+    monkeypatch.setattr(trigger, "_connection_settings", lambda: settings)
 
     async def first() -> dict[str, Any]:
         async for event in trigger.run():

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from airflow_provider_smart.triggers.bulk_export import BulkExportStatusTrigger
+from airflow_provider_smart.triggers.bulk_export import BulkExportStatusTrigger, _TriggerSettings
 
 BASE = "http://fhir.test/fhir"
 STATUS = f"{BASE}/status/9"
@@ -50,8 +50,7 @@ def make_trigger(script: Script, monkeypatch: pytest.MonkeyPatch, **kwargs: Any)
     monkeypatch.setattr(trigger, "_base_url", lambda: BASE)
     # The connection's (allow_insecure_http, max_retry_after, allowed_internal_hosts) extras; tests set trigger.extras.
     trigger.extras = (False, 300.0, ())  # type: ignore[attr-defined]
-    monkeypatch.setattr(trigger, "_connection_policy", lambda: trigger.extras)  # type: ignore[attr-defined]
-    monkeypatch.setattr(trigger, "_vendor_policy", lambda: trigger.policy)
+    monkeypatch.setattr(trigger, "_connection_settings", lambda: connection_settings(trigger))
     monkeypatch.setattr(trigger, "_token", token)
     monkeypatch.setattr(
         trigger,
@@ -60,6 +59,12 @@ def make_trigger(script: Script, monkeypatch: pytest.MonkeyPatch, **kwargs: Any)
     )
     trigger.forced = forced  # type: ignore[attr-defined]
     return trigger
+
+
+def connection_settings(trigger: BulkExportStatusTrigger) -> _TriggerSettings:
+    """What the trigger reads from the connection, from the test's ``_base_url`` and ``extras``."""
+    allow_insecure, max_retry_after, allowed_internal = trigger.extras  # type: ignore[attr-defined]
+    return _TriggerSettings(trigger.policy, trigger._base_url(), allow_insecure, max_retry_after, allowed_internal)
 
 
 async def first_event(trigger: BulkExportStatusTrigger) -> dict[str, Any]:

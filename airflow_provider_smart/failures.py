@@ -5,6 +5,10 @@ A retry sends the same credentials, the same scopes and the same parameters agai
 them comes back the same way; retrying only delays the failure (``retries=2`` five minutes apart: ten
 minutes to learn what the first answer said). Operators turn a failure this module names into Airflow's
 fail-now exception; everything else (timeouts, throttling, 5xx, lost connections) keeps its retries.
+
+This is about the task, not one export: ``export.wait.is_unfixable`` names failures after which an export
+cannot be rescued (a broken manifest, error outcomes), so it is cancelled, but a retry may start a new
+export that succeeds, so those keep their retries.
 """
 
 from __future__ import annotations
@@ -26,12 +30,21 @@ def retry_cannot_fix(exc: BaseException) -> str | None:
     this is the sentence that goes after it.
     """
     from airflow_provider_smart.auth.settings import ConnectionSettingsError
+    from airflow_provider_smart.fhir.download import DownloadError, ExportTooLargeError
     from airflow_provider_smart.fhir.http import RefusedRequestError
 
+    if type(exc) is DownloadError and isinstance(exc.__cause__, Exception):
+        # "N of M files failed": as fixable as the failure it names first (a refused file URL comes first).
+        return retry_cannot_fix(exc.__cause__)
     if isinstance(exc, RefusedRequestError):
         return "the client refuses to send this request (its message says why); no retry changes that"
     if isinstance(exc, KeyLoadError | ConnectionSettingsError):
         return "the connection's key or settings are unusable; fix the connection, then clear the task"
+    if isinstance(exc, ExportTooLargeError):
+        return (
+            "the export holds more than the operator's max_export_bytes; narrow it (types, _since) or raise "
+            "the limit, then clear the task"
+        )
     if isinstance(exc, TokenRequestError) and exc.error in REFUSED_AUTHORIZATION:
         return (
             f"the authorization server refused the client ({exc.error}); a retry sends the same credentials. "

@@ -32,6 +32,7 @@ from airflow_provider_smart.fhir.bulk.lines import LineChecker, NdjsonCheckError
 from airflow_provider_smart.fhir.bulk.manifest import PlannedFile
 from airflow_provider_smart.fhir.bulk.outcomes import OutcomeSummary
 from airflow_provider_smart.fhir.errors import FhirError, describe_error_body
+from airflow_provider_smart.fhir.http import RefusedRequestError
 from airflow_provider_smart.transport.bodies import read_limited
 from airflow_provider_smart.transport.retry import (
     DEFAULT_MAX_RETRY_AFTER,
@@ -334,6 +335,8 @@ class BulkDownloader:
             # A refused request (an unsafe URL or address) says retryable=False: trying again cannot help.
             if exc.retryable or is_retryable_status(int(exc.status or 0)):
                 raise _RetryableError(str(exc), getattr(exc, "retry_after", None)) from None
+            if isinstance(exc, RefusedRequestError):  # keeps its kind: no retry of the task can help either
+                raise RefusedRequestError(f"{source}: {exc}", status=exc.status) from None
             raise DownloadError(f"{source}: {exc}", status=exc.status) from None
         except requests.RequestException as exc:
             raise _RetryableError(f"{type(exc).__name__}: {exc}") from None
@@ -458,7 +461,8 @@ class BulkDownloader:
                     fut.cancel()
                 raise
         if failures:
-            first = failures[0]
+            # A refusal first: it decides whether a retry of the task can help (failures.retry_cannot_fix).
+            first = next((f for f in failures if isinstance(f, RefusedRequestError)), failures[0])
             if len(failures) > 1:
                 message = f"{len(failures)} of {len(files)} files failed; first: {first}"
                 raise DownloadError(message) from first

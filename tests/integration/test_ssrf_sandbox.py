@@ -15,16 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_smart.fhir.bulk.sync import ExportFailedError
-from airflow_provider_smart.fhir.download import DownloadError
 from airflow_provider_smart.fhir.errors import FhirError
+from airflow_provider_smart.fhir.http import RefusedRequestError
 from airflow_provider_smart.operators.search import FhirSearchOperator
 from airflow_provider_smart.sandbox.bulk_runtime import FHIR_FILE_PATHS, KICKOFF_PATHS, STATUS_PATHS
 from airflow_provider_smart.sandbox.server import SandboxServer
 from tests.integration.bulk_helpers import context, landed, run_deferred, store_view
 from tests.integration.sandbox_content import put_document
-from tests.integration.test_bulk_export_operator import export_op
+from tests.integration.test_bulk_export_operator import export_op, status_gone
 from tests.integration.test_hostile_sandbox import Bouncer, _assert_nowhere, _logs, _token_of
 from tests.loopback import AnswerServer, Seen, recording
 from tests.sandbox_fixtures import SmartClient
@@ -147,11 +148,18 @@ def test_headers_extra_never_reaches_a_redirected_file_host(
 def test_presigned_files_on_an_unlisted_loopback_origin_are_refused_unsent(
     bulk_server: Callable[..., tuple[SandboxServer, SmartClient]], tmp_path: Path
 ) -> None:
-    server, _ = bulk_server(patients=4, seed=11, presigned_files=True)
-    with pytest.raises(DownloadError, match=r"loopback address.*allowed_internal_hosts") as info:
-        run_deferred(export_op(tmp_path, types=TYPES, deferrable=False), context())
-    assert "attempts" not in str(info.value)  # a refusal is final: never retried
+    server, client = bulk_server(patients=4, seed=11, presigned_files=True)
+    op = export_op(tmp_path, types=TYPES, deferrable=False, retries=2)
+    with pytest.raises(AirflowFailException, match=r"loopback address.*allowed_internal_hosts") as info:
+        run_deferred(op, context())
+    # A refusal is final: not retried file by file, and the task fails now instead of spending its retries
+    # on the same manifest; the export is cancelled on the server rather than kept for a retry.
+    assert "attempts" not in str(info.value) and "No retry" in str(info.value)
+    assert isinstance(info.value.__cause__.__cause__, RefusedRequestError)  # "2 of 2 files failed", from it
     assert server.state.bulk.origins.requests.get("files", 0) == 0
+    state = json.loads(next((tmp_path / "out").glob("_exports/manual__run1/state.json")).read_text())
+    assert state["phase"] == "failed"
+    assert status_gone(server, client, state["status_url"])
     assert not list((tmp_path / "out").glob("[A-Z]*/manual__run1/*.ndjson"))  # no resource file (the log is kept)
 
 

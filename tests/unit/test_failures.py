@@ -7,9 +7,21 @@ import pytest
 from airflow_provider_smart.auth.errors import DiscoveryError, KeyLoadError, TokenRequestError
 from airflow_provider_smart.auth.settings import ConnectionSettingsError
 from airflow_provider_smart.failures import retry_cannot_fix
+from airflow_provider_smart.fhir.bulk.manifest import ManifestError
+from airflow_provider_smart.fhir.download import DownloadError, ExportTooLargeError
 from airflow_provider_smart.fhir.errors import FhirError, TransientFhirError
 from airflow_provider_smart.fhir.http import RefusedRequestError
+from airflow_provider_smart.fhir.instants import WatermarkError
+from airflow_provider_smart.storage.export_landing import ExportOutcomeError
 from tests.fhir_fakes import outcome
+
+
+def _aggregate(first: Exception) -> DownloadError:
+    """What a download step raises when several files failed: "N of M files failed", from the first."""
+    try:
+        raise DownloadError(f"2 of 4 files failed; first: {first}") from first
+    except DownloadError as exc:
+        return exc
 
 
 @pytest.mark.parametrize(
@@ -24,6 +36,8 @@ from tests.fhir_fakes import outcome
         FhirError("HTTP 403: forbidden", status=403),
         FhirError("HTTP 422", status=422, outcome=outcome("unprocessable")),
         RefusedRequestError("redirect to another origin refused"),
+        _aggregate(RefusedRequestError("Patient.00000: loopback address refused")),
+        ExportTooLargeError("the files hold more than max_export_bytes"),
     ],
     ids=lambda e: type(e).__name__ + ":" + str(getattr(e, "error", None) or getattr(e, "status", None)),
 )
@@ -46,6 +60,12 @@ def test_failures_no_retry_can_fix(exc: BaseException) -> None:
         FhirError("HTTP 400 transient", status=400, outcome=outcome("busy", code="transient")),
         TimeoutError("read timed out"),
         OSError("disk full"),
+        _aggregate(DownloadError("Patient.00000 answered HTTP 500", status=500)),
+        DownloadError("Patient.00000: gave up after 5 attempts"),
+        # This export cannot be rescued (it is cancelled), but a new one, on a retry, may well succeed.
+        ManifestError("output[0].url is not a URL"),
+        ExportOutcomeError("error files hold 3 issues of severity error"),
+        WatermarkError("transactionTime is in the future"),
     ],
     ids=lambda e: type(e).__name__ + ":" + str(e)[:20],
 )

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_smart.fhir.bulk.manifest import ManifestError
+from airflow_provider_smart.fhir.bulk.sync import ExportFailedError
 from airflow_provider_smart.fhir.download import DownloadError
 from airflow_provider_smart.fhir.instants import WatermarkError
 from airflow_provider_smart.operators.bulk_export import FhirBulkExportOperator
@@ -97,7 +99,7 @@ def test_outcomes_listed_under_output_fail_the_run_like_error_files_and_keep_the
     first, _ = run_deferred(export_op(out, since="watermark"), context("scheduled__1"))
     faults = server.state.bulk.faults
     faults.error_file, faults.error_file_severity, faults.errors_in_output = True, "error", True
-    with pytest.raises(Exception, match="storage node failed") as info:
+    with pytest.raises(ExportOutcomeError, match="storage node failed") as info:
         run_deferred(export_op(out, since="watermark"), context("scheduled__2"))
     assert "OperationOutcome" in str(info.value) and "watermark did not move" in str(info.value)
     manifest = json.loads((out / "_exports/scheduled__2/manifest.json").read_text())
@@ -116,39 +118,49 @@ def test_outcomes_listed_under_output_fail_the_run_like_error_files_and_keep_the
 
 @pytest.mark.parametrize("deferrable", [True, False])
 @pytest.mark.parametrize(
-    ("limit", "words"),
+    ("limit", "words", "error"),
     [
-        ({"max_manifest_files": 1}, "more than max_manifest_files=1 files"),
-        ({"max_manifest_bytes": 200}, "larger than max_manifest_bytes=200 bytes"),
+        ({"max_manifest_files": 1}, "more than max_manifest_files=1 files", ManifestError),
+        ({"max_manifest_bytes": 200}, "larger than max_manifest_bytes=200 bytes", ExportFailedError),
     ],
 )
 def test_a_manifest_over_its_caps_fails_naming_the_setting(
-    bulk_server: Callable[..., Any], tmp_path: Path, limit: dict[str, int], words: str, deferrable: bool
+    bulk_server: Callable[..., Any],
+    tmp_path: Path,
+    limit: dict[str, int],
+    words: str,
+    error: type[Exception],
+    deferrable: bool,
 ) -> None:
     bulk_server()
     out = tmp_path / "out"
-    with pytest.raises(Exception, match=words) as info:
+    with pytest.raises(error, match=words) as info:
         run_deferred(export_op(out, download_limits=limit, deferrable=deferrable), context())
     assert "download_limits" in str(info.value)
     assert not visible_files(out) and not list(out.glob("_watermarks/*.json"))
 
 
 @pytest.mark.parametrize(
-    ("limits", "words"),
+    ("limits", "words", "error"),
     [
-        ({"max_file_bytes": 4 << 20}, "more than max_file_bytes=4194304 bytes"),
-        ({"max_file_bytes": None, "max_export_bytes": 8 << 20}, "more than max_export_bytes=8388608 bytes"),
+        ({"max_file_bytes": 4 << 20}, "more than max_file_bytes=4194304 bytes", DownloadError),
+        # No export of the same request is smaller: the task fails without its retries.
+        (
+            {"max_file_bytes": None, "max_export_bytes": 8 << 20},
+            "more than max_export_bytes=8388608 bytes",
+            AirflowFailException,
+        ),
     ],
 )
 def test_endless_files_stop_at_the_byte_caps_and_keep_the_watermark(
-    bulk_server: Callable[..., Any], tmp_path: Path, limits: dict[str, Any], words: str
+    bulk_server: Callable[..., Any], tmp_path: Path, limits: dict[str, Any], words: str, error: type[Exception]
 ) -> None:
     server, _ = bulk_server()
     out = tmp_path / "out"
     first, _ = run_deferred(export_op(out, since="watermark"), context("scheduled__1"))
     # Every data file never ends (the sandbox gives up after 256 MiB per request, so a regression ends).
     server.state.bulk.faults.endless_files = 256 << 20
-    with pytest.raises(Exception, match=words):
+    with pytest.raises(error, match=words):
         run_deferred(export_op(out, download_limits=limits), context("scheduled__2"))  # a full export
     assert not any("scheduled__2" in f for f in visible_files(out))
     assert not list((out / "_exports/scheduled__2/staging").rglob("*.ndjson"))  # no endless file committed

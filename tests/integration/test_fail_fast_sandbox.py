@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
+from airflow_provider_smart.fhir.errors import FhirError
 from airflow_provider_smart.operators.search import FhirSearchOperator
 from airflow_provider_smart.sandbox.server import SandboxServer
 from tests.integration.bulk_helpers import context, export_operator, kickoffs
@@ -87,7 +88,7 @@ def test_a_failure_a_retry_can_fix_keeps_its_retries(
 ) -> None:
     """A server error (HTTP 500 at the kick-off) may be gone on the next try: the task fails normally."""
     sandbox.state.faults.fail("*$export", status=500, times=None)
-    with caplog.at_level(logging.INFO), pytest.raises(Exception) as failed:
+    with caplog.at_level(logging.INFO), pytest.raises(FhirError) as failed:
         export_operator(tmp_path / "out", retries=2).execute(context())
     assert not isinstance(failed.value, AirflowFailException), failed.value
     assert "HTTP 500" in str(failed.value)

@@ -4,14 +4,19 @@ Two DAGs in a temporary dags folder, parsed into this worker's metadata DB by ``
 (what the DAG processor does): one whose output and types are static, so its task declares an Asset per
 type and format, listed before any run; and the example ``fhir_bulk_export_nightly``, whose output is a
 template, so its Assets are attached at run time through the task's AssetAlias. ``airflow dags test`` runs
-the example against the sandbox; the scheduler's asset pass then lists what it landed. The ``airflow
-api-server`` the browser talks to reads the same DB. Screenshots of each step are saved under
+the example against the sandbox; a real ``airflow scheduler`` then lists what it landed (its periodic asset
+pass). The ``airflow api-server`` the browser talks to reads the same DB. Screenshots of each step are saved under
 ``tests/ui/artifacts/test_assets_and_links/`` (not committed).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -21,9 +26,10 @@ import requests
 
 from airflow_provider_smart.sandbox.server import SandboxServer
 from tests.conftest import REPO, run_airflow
-from tests.integration.asset_helpers import active_asset_uris, run_scheduler_asset_pass
+from tests.integration.asset_helpers import active_asset_uris
 from tests.integration.bulk_helpers import store_view
 from tests.sandbox_fixtures import SmartClient
+from tests.ui.conftest import AIRFLOW_BIN
 
 # `airflow dags test` plus the API server's start take minutes on a shared two-core machine.
 pytestmark = [pytest.mark.integration, pytest.mark.ui, pytest.mark.timeout(900)]
@@ -78,6 +84,25 @@ def _parse(dags: Path, static_root: Path) -> dict[str, str]:
     return env
 
 
+@contextmanager
+def _scheduler(env: dict[str, str], log_path: Path) -> Iterator[None]:
+    """``airflow scheduler`` on this worker's DB, its asset pass every 2 s instead of every 60 s."""
+    full_env = {**os.environ, **env, "AIRFLOW__SCHEDULER__PARSING_CLEANUP_INTERVAL": "2"}
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [AIRFLOW_BIN, "scheduler"], stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
+        )
+    try:
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
 def _run_example(env: dict[str, str], out: Path, api_server: str) -> str:
     """Run the example export into ``out`` and return its run id."""
     # The API server's address, as a deployment sets it: the "Landed output" page is built from it.
@@ -111,8 +136,12 @@ def test_the_export_shows_its_assets_and_links(
     run_id = _run_example(env, out, api_server)
     landed = {f"{root}/{t}" for t in store_view(sandbox)} | {f"{root}/parquet/{t}" for t in store_view(sandbox)}
     assert _listed(api_server, root) == set()
-    run_scheduler_asset_pass()
-    assert _listed(api_server, root) == landed
+    log_path = tmp_path / "scheduler.log"
+    with _scheduler(env, log_path):
+        deadline = time.monotonic() + 300
+        while _listed(api_server, root) != landed:
+            assert time.monotonic() < deadline, log_path.read_text(errors="replace")[-4000:]
+            time.sleep(2)
     assert active_asset_uris(root) == landed
 
     page.goto(f"{api_server}/assets")

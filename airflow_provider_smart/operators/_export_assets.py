@@ -105,16 +105,17 @@ def export_asset_events(summary: Mapping[str, Any]) -> dict[str, dict[str, Any]]
 __all__ = ["declare_export_outlets", "export_asset_events"]
 
 
-def publish_export(context: Any, outlets: Outlets, result: Any) -> None:
+def publish_export(context: Any, outlets: Outlets, result: Any, output_conn_id: str | None = None) -> None:
     """After a landed export (an export summary; a fan-out batch list publishes nothing): one Asset event
-    per written location and the "Landed output" link."""
+    per written location and the "Landed output" link (``output_conn_id`` tells an AWS bucket from an
+    S3-compatible server)."""
     from airflow_provider_smart.operators._assets import emit_asset_events
-    from airflow_provider_smart.operators.links import FhirOutputLink, store_link
+    from airflow_provider_smart.operators.links import store_output_link
 
     if not isinstance(result, Mapping) or not result.get("output"):
         return
     emit_asset_events(context, outlets, export_asset_events(result))
-    store_link(context, FhirOutputLink, _root_uri(result["output"]))
+    store_output_link(context, _root_uri(result["output"]), output_conn_id)
 
 
 def _root_uri(output: str) -> str:

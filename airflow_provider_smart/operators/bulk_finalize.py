@@ -57,7 +57,8 @@ class FhirBulkExportFinalizeOperator(ExportTaskBase):
 
         with failing_fast():
             result = self._finalize()
-        publish_export(context, self._outlets, result)
+        conn_id = self.export.get("output_conn_id") if isinstance(self.export, dict) else None
+        publish_export(context, self._outlets, result, conn_id)
         return result
 
     def _finalize(self) -> Any:

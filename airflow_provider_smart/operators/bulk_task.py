@@ -30,6 +30,7 @@ class ExportTask(ExportTaskBase):
     _active: tuple[Any, ExportLayout, str] | None = None
     _held: tuple[ExportLayout, ExportLease] | None = None
     _outlets: Any  # the Assets it declares (operators._export_assets)
+    output_conn_id: str | None
     deferrable: bool
     poll_interval: float
     min_poll_interval: float
@@ -125,7 +126,7 @@ class ExportTask(ExportTaskBase):
             if failed is not None:
                 raise failed from exc
             raise
-        publish_export(context, self._outlets, result)
+        publish_export(context, self._outlets, result, self.output_conn_id)
         return result
 
     def _after_failure(self, context: Context, exc: BaseException, layout: ExportLayout, lease: ExportLease) -> None:

@@ -22,10 +22,15 @@ FAST_POLLING: dict[str, Any] = {"poll_interval": 0.2, "min_poll_interval": 0.0, 
 
 
 class FakeTI:
-    """The parts of a task instance the operators use: map_index and xcom_push."""
+    """The parts of a task instance the operators use: its key and xcom_push."""
 
-    def __init__(self, map_index: int = -1) -> None:
+    def __init__(
+        self, map_index: int = -1, *, dag_id: str = "fhir_dag", task_id: str = "export", run_id: str = "manual__run1"
+    ) -> None:
         self.map_index = map_index
+        self.dag_id = dag_id
+        self.task_id = task_id
+        self.run_id = run_id
         self.xcoms: dict[str, Any] = {}
 
     def xcom_push(self, key: str, value: Any) -> None:
@@ -63,7 +68,7 @@ def start_worker(code: str, *args: str) -> subprocess.Popen[bytes]:
 
 
 def context(run_id: str = "manual__run1", **extra: Any) -> dict[str, Any]:
-    return {"run_id": run_id, "ti": FakeTI(), **extra}
+    return {"run_id": run_id, "ti": FakeTI(run_id=run_id), **extra}
 
 
 async def first_event(trigger: Any) -> dict[str, Any]:

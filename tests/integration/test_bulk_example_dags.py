@@ -9,6 +9,7 @@ import pytest
 
 from airflow_provider_smart.sandbox.server import SandboxServer
 from tests.conftest import run_airflow
+from tests.integration.asset_helpers import active_asset_uris, run_scheduler_asset_pass
 from tests.integration.bulk_helpers import landed, store_view
 from tests.integration.test_attachments_operators import _generated_notes, _index
 from tests.sandbox_fixtures import SmartClient
@@ -23,6 +24,13 @@ def _run(dag_id: str, conf: dict[str, str], date: str, *, succeeds: bool = True)
     if succeeds:
         assert result.returncode == 0, output
     return result.stdout + result.stderr
+
+
+def _assert_listed(out: Path, locations: set[str]) -> None:
+    """Airflow lists every location the run landed under ``out`` (relative paths): the example's output is
+    a template, so they came through the task's alias and are listed after the scheduler's asset pass."""
+    run_scheduler_asset_pass()
+    assert active_asset_uris(f"file://{out}") == {f"file://{out}/{location}" for location in locations}
 
 
 def _labels(root: Path, directory: str) -> list[str]:
@@ -44,6 +52,7 @@ def test_nightly_dag_exports_then_exports_only_changes(
     counts = json.loads((out / "_exports" / label / "state.json").read_text())["summary"]["attachments"]
     assert counts["landed"] == len(_generated_notes(sandbox)) > 0 and counts["failed"] == 0
     assert (out / "attachments" / label / "_SUCCESS").exists()
+    _assert_listed(out, {f"{layer}{t}" for layer in ("", "parquet/") for t in store_view(sandbox)})
     assert len(_index(out, label)) == sum(
         len(d.get("content", [])) for d in sandbox.state.store.iter_type("DocumentReference")
     )
@@ -76,6 +85,7 @@ def test_group_fanout_dag(airflow_db: Path, sandbox: SandboxServer, smart_client
         assert (out / "parquet" / rtype / label / "_SUCCESS").exists()
         assert (out / "_exports" / label / "finished" / f"{rtype}.json").exists()
     assert list((out / "_watermarks").glob("*.json"))
+    _assert_listed(out, {f"{layer}{t}" for layer in ("", "parquet/", "tables/") for t in got})
 
 
 def test_group_fanout_dag_with_a_failed_type_keeps_the_watermark(

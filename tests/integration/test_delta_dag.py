@@ -11,6 +11,7 @@ import pytest
 
 from airflow_provider_smart.sandbox.server import SandboxServer
 from tests.conftest import run_airflow
+from tests.integration.asset_helpers import active_asset_uris, run_scheduler_asset_pass
 from tests.integration.bulk_helpers import store_view
 from tests.integration.test_delta_tables import server_view, table_view
 from tests.sandbox_fixtures import SmartClient
@@ -55,6 +56,8 @@ def test_nightly_delta_dag_keeps_each_table_equal_to_the_server(
     events = _asset_events(root)
     types = set(server_view(sandbox))
     assert {f"{root}/{t}" for t in types} | {f"{root}/tables/{t}" for t in types} <= set(events)
+    run_scheduler_asset_pass()  # the alias's assets are listed after the scheduler's asset pass
+    assert active_asset_uris(root) == {f"{root}/{t}" for t in types} | {f"{root}/tables/{t}" for t in types}
     patients = events[f"{root}/tables/Patient"][-1]
     assert patients["format"] == "delta" and patients["rows"] == len(server_view(sandbox)["Patient"])
     assert patients["transaction_time"] and patients["export_label"]

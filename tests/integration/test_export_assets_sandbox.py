@@ -16,8 +16,9 @@ import pytest
 from airflow.sdk import DAG, Asset, AssetAlias
 from airflow.sdk.execution_time.context import OutletEventAccessors
 
-from airflow_provider_smart.operators.links import FhirExportStatusLink, FhirOutputLink
+from airflow_provider_smart.operators.links import LANDED_OUTPUT_KEY, FhirExportStatusLink, FhirOutputLink
 from tests.integration.bulk_helpers import context, export_operator, run_deferred, store_view
+from tests.s3_fixtures import MotoS3
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +57,9 @@ def test_static_types_give_an_asset_per_type_and_format(bulk_server: Callable[..
     links = ctx["ti"].xcoms
     status = links[FhirExportStatusLink().xcom_key]
     assert status.startswith(f"{server.fhir_base}/$bulk-status/") and "?" not in status
-    assert links[FhirOutputLink().xcom_key] == root
+    # A local root has no web page of its own: the button opens the task's XCom tab, which names it.
+    assert links[LANDED_OUTPUT_KEY] == root
+    assert links[FhirOutputLink().xcom_key] == "/dags/fhir_dag/runs/manual__run1/tasks/export/xcom"
 
 
 def test_a_templated_output_attaches_every_type_through_the_alias(
@@ -76,3 +79,20 @@ def test_a_templated_output_attaches_every_type_through_the_alias(
     observation = events[f"file://{out}/Observation"]
     assert observation["rows"] == summary["counts"]["Observation"] and observation["files"] >= 1
     assert observation["transaction_time"] == summary["transaction_time"]
+
+
+def test_an_s3_compatible_server_gets_the_task_page_as_its_link(
+    bulk_server: Callable[..., Any], moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bulk_server(polls_to_complete=1)
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "http://airflow.test:8080")
+    root = f"s3://{moto_s3.bucket}/fhir"
+    op = export_operator(root, output_conn_id=moto_s3.conn_id, types=TYPES)
+    ctx = context()
+    run_deferred(op, ctx)
+    links = ctx["ti"].xcoms
+    # AWS's console does not show a bucket on moto's endpoint: the link opens Airflow's page of the task.
+    assert links[LANDED_OUTPUT_KEY] == root
+    assert (
+        links[FhirOutputLink().xcom_key] == "http://airflow.test:8080/dags/fhir_dag/runs/manual__run1/tasks/export/xcom"
+    )

@@ -19,6 +19,7 @@ from airflow_provider_smart.operators.search import FhirSearchOperator, interval
 from airflow_provider_smart.sandbox.server import SandboxServer
 from airflow_provider_smart.sandbox.state import SandboxConfig
 from tests.conftest import run_airflow
+from tests.integration.asset_helpers import active_asset_uris, run_scheduler_asset_pass
 from tests.s3_fixtures import MotoS3
 from tests.sandbox_fixtures import SmartClient
 
@@ -351,6 +352,9 @@ def test_example_dag_under_airflow_dags_test(
     assert ids(landed) == ids(expected)
     assert sorted(ids(read_dir(out / "Patient" / window))) == sorted(patient_ids(expected))
     assert smart_client.private_key_pem[40:80] not in log
+    # The templated output's Assets came through the alias: Airflow lists them after the scheduler's pass.
+    run_scheduler_asset_pass()
+    assert active_asset_uris(f"file://{out}") == {f"file://{out}/Observation", f"file://{out}/Patient"}
 
 
 def test_watermark_on_s3_stays_put_after_a_failed_run(

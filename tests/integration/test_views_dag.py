@@ -12,11 +12,14 @@ import pytest
 
 from airflow_provider_smart.sandbox.server import SandboxServer
 from tests.conftest import run_airflow
+from tests.integration.asset_helpers import active_asset_uris, run_scheduler_asset_pass
 from tests.integration.bulk_helpers import landed
 from tests.sandbox_fixtures import SmartClient
 
 # Each test runs `airflow dags test` (minutes on a busy machine).
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+#: The views the example DAG runs.
+VIEWS = ("patient_demographics", "observations", "conditions", "encounters", "medication_requests")
 
 
 def test_example_dag_exports_then_writes_typed_view_tables(
@@ -49,6 +52,11 @@ def test_example_dag_exports_then_writes_typed_view_tables(
     for name in ("patient_demographics", "observations", "conditions", "encounters", "medication_requests"):
         assert json.loads((out / "views" / name / label / "_SUCCESS").read_text())["engine"] == "duckdb", name
     assert "view observations: engine duckdb" in result.stdout + result.stderr
+    # Every exported type and every view table is listed by Airflow (through the tasks' aliases: the output
+    # is a template) once the scheduler's asset pass has run.
+    run_scheduler_asset_pass()
+    root = f"file://{out}"
+    assert active_asset_uris(root) == {f"{root}/{t}" for t in exported} | {f"{root}/views/{v}" for v in VIEWS}
 
 
 BAD_VIEW_DAG = """

@@ -204,6 +204,8 @@ REFERENCES = [
     "Patient/p1", "Patient/p1/_history/3", "https://ehr.example/fhir/Patient/p1/_history/3", "urn:uuid:p1",
     "urn:oid:1.2.3", "", "p1", "/p1", "Patient/", "Patient/_history/1", "Obs/Patient/_history/1", "a/Patient/x/y",
     "Patient/x/_history/", "Group/g1", "https://h/fhir/Group/g1", "Patient//x", "#contained",
+    "Patient/x/_history", "Patient/a:b", "urn:uuid:Patient/x", "urn:x/y", "PatientX/p1", "XPatient/p1", "/",
+    "Patient/x/", "a:b/Patient/p1", "https://h/fhir/Patient/p1",
 ]  # fmt: skip
 
 

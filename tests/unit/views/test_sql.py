@@ -104,6 +104,46 @@ def test_partial_dates_are_stored_as_their_first_day(tmp_path: Path) -> None:
     assert pa.Table.from_batches(batches).column("b").to_pylist() == [__import__("datetime").date(1970, 6, 1)]
 
 
+TYPED_OBSERVATIONS = [
+    {
+        "resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "x"},
+        "effectiveDateTime": "2020-03-04T05:06:07+02:00", "issued": "2020-03-04T05:06:07.123Z", "valueTime": "10:11:12",
+        "component": [
+            {"code": {"text": "a"}, "valueDateTime": "2021-01-02T03:04:05Z", "valueInteger": 3},
+            {"code": {"text": "b"}, "valueDateTime": "2022"},
+        ],
+        "category": [{"coding": [{"code": "c1"}, {"code": "c2"}]}],
+    },
+    {"resourceType": "Observation", "id": "o2", "status": "final", "code": {"text": "y"}, "valueBoolean": True},
+]  # fmt: skip
+TYPED_COLUMNS = [
+    ("id", "id", "id", False), ("effective", "effective.ofType(dateTime)", "dateTime", False),
+    ("issued", "issued", "instant", False), ("time", "value.ofType(time)", "time", False),
+    ("flag", "value.ofType(boolean)", "boolean", False), ("n", "value.ofType(integer)", "integer", False),
+    ("when", "component.value.ofType(dateTime)", "dateTime", True), ("codes", "category.coding.code", "code", True),
+    ("counts", "component.value.ofType(integer)", "integer", True),
+]  # fmt: skip
+
+
+def test_every_declared_type_comes_out_in_the_tables_exact_schema(tmp_path: Path) -> None:
+    """DuckDB's Arrow types name the time zone and list items its own way: the batches carry the table's."""
+    view = {
+        "resource": "Observation",
+        "select": [{"column": [{"name": n, "path": p, "type": t, "collection": c} for n, p, t, c in TYPED_COLUMNS]}],
+    }
+    plan = compile_view(view)
+    expected = pa.Table.from_batches([BatchBuilder(plan).batch(list(iter_rows(plan, TYPED_OBSERVATIONS)))])
+    source = tmp_path / "Observation.ndjson"
+    source.write_text("\n".join(json.dumps(o) for o in TYPED_OBSERVATIONS) + "\n")
+    batches = list(iter_batches(compile_sql(plan), [str(source)], connect(str(tmp_path)), arrow_schema(plan)))
+    got = pa.Table.from_batches(batches)
+    assert got.schema.equals(arrow_schema(plan), check_metadata=True)
+    for column in got.columns:
+        column.validate(full=True)
+    assert _sorted_rows(got) == _sorted_rows(expected)
+    assert got.column("when").to_pylist()[0] is not None
+
+
 def _operator(tmp_path: Path, views: list[Any], engine: str) -> FhirViewRunOperator:
     return FhirViewRunOperator(
         task_id="v",

@@ -18,6 +18,7 @@ from typing import Any
 from airflow_provider_smart.parquet import model
 from airflow_provider_smart.views.errors import ViewError
 from airflow_provider_smart.views.fhirpath.parser import Node, parse
+from airflow_provider_smart.views.sql.boundaries import boundary_sql
 from airflow_provider_smart.views.sql.errors import ViewCompileError
 
 # Leaf kinds of the R4 model -> the SQL type an NDJSON reader gives them.
@@ -336,6 +337,27 @@ class SqlExpressions:
             return Expr(f"(CASE WHEN coalesce({test}, false) THEN 1 END)", False, None, None)
         test = self.boolean(self.node(criteria, scope.at(item)), "where()")
         return Expr(f"list_filter({items(base)}, lambda {x}: coalesce({test}, false))", True, base.type, base.path)
+
+    def f_lowBoundary(self, node: Node, base: Expr, scope: Scope) -> Expr:
+        return self._boundary(node, base, high=False)
+
+    def f_highBoundary(self, node: Node, base: Expr, scope: Scope) -> Expr:
+        return self._boundary(node, base, high=True)
+
+    def _boundary(self, node: Node, base: Expr, high: bool) -> Expr:
+        self._arity(node, 0, 1)
+        if node.args:
+            raise self.refuse(f"{node.name}() with a precision")
+        if base.type in _NUMERIC:
+            raise self.refuse(f"{node.name}() of a number (its digits as written decide it; DuckDB reads 1 as 1.0)")
+        if base.type != "string":
+            raise self.refuse(f"{node.name}() of a value that is not a date, dateTime or time")
+        # As in the evaluator: x.ofType(dateTime).lowBoundary() says whether a date-like text is a dateTime.
+        source = node.base
+        hint = None
+        if source is not None and source.kind == "call" and source.name == "ofType" and source.args:
+            hint = source.args[0].name
+        return Expr(boundary_sql(as_one(base, f"{node.name}()"), high, hint), False, "string")
 
     def f_join(self, node: Node, base: Expr, scope: Scope) -> Expr:
         self._arity(node, 0, 1)

@@ -58,7 +58,7 @@ def test_shipped_views_give_the_evaluators_typed_rows_from_ndjson_and_parquet(na
 @pytest.mark.parametrize(
     ("path", "refused"),
     [
-        ("birthDate.lowBoundary()", "function lowBoundary()"),
+        ("birthDate.lowBoundary(6)", "lowBoundary() with a precision"),
         ("name.family.matches('F')", "function matches()"),
         ("deceased", "'deceased' (a choice element) without ofType()"),
         ("nickname", "'nickname', which FHIR R4 Patient does not define"),
@@ -165,15 +165,15 @@ def test_operator_runs_compiled_views_on_duckdb_and_refused_ones_on_the_evaluato
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _source(tmp_path)
-    boundary = {"name": "low", "resource": "Patient"} | {
-        "select": [{"column": [{"name": "b", "path": "birthDate.lowBoundary()", "type": "string"}]}]
+    refused = {"name": "matching", "resource": "Patient"} | {
+        "select": [{"column": [{"name": "b", "path": "name.family.matches('F')", "type": "boolean"}]}]
     }
-    result = _operator(tmp_path, ["patient_demographics", boundary], "auto").execute({})  # type: ignore[arg-type]
+    result = _operator(tmp_path, ["patient_demographics", refused], "auto").execute({})  # type: ignore[arg-type]
     log = capsys.readouterr().out
     views = result["views"]
     assert views["patient_demographics"]["engine"] == "duckdb"
-    assert views["low"]["engine"] == "python"
-    assert "view low: engine python (the SQL compiler refused it" in log
+    assert views["matching"]["engine"] == "python"
+    assert "view matching: engine python (the SQL compiler refused it" in log
     assert "view patient_demographics: engine duckdb" in log
     table = pq.read_table(tmp_path / "out" / "patient_demographics" / "r1" / "part-00000.parquet")
     assert sorted(table.column("patient_id").to_pylist()) == ["p1", "p2"]
@@ -186,13 +186,13 @@ def test_operator_engine_choice_is_explicit(tmp_path: Path) -> None:
     _source(tmp_path)
     result = _operator(tmp_path, ["patient_demographics"], "python").execute({})  # type: ignore[arg-type]
     assert result["views"]["patient_demographics"]["engine"] == "python"
-    boundary = {"name": "low", "resource": "Patient"} | {
-        "select": [{"column": [{"name": "b", "path": "birthDate.lowBoundary()"}]}]
+    refused = {"name": "matching", "resource": "Patient"} | {
+        "select": [{"column": [{"name": "b", "path": "name.family.matches('F')"}]}]
     }
     with pytest.raises(ValueError, match="cannot run on DuckDB \\(engine='duckdb'\\): the SQL compiler refused"):
-        _operator(tmp_path, [boundary], "duckdb").execute({})  # type: ignore[arg-type]
+        _operator(tmp_path, [refused], "duckdb").execute({})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="engine must be one of auto, duckdb, python"):
-        _operator(tmp_path, [boundary], "spark")
+        _operator(tmp_path, [refused], "spark")
 
 
 def test_a_failing_duckdb_view_commits_nothing_of_its_resource_type(tmp_path: Path) -> None:
@@ -262,3 +262,42 @@ def test_reference_keys_match_the_evaluator_on_every_form(wanted: str | None) ->
     expected = run_view(view, observations, engine="python")
     assert len(expected) == len(REFERENCES)
     assert sorted(run_rows(view, observations), key=lambda r: r["id"]) == sorted(expected, key=lambda r: r["id"])
+
+
+BOUNDARY_TEXTS = [
+    "1970", "1970-06", "1970-02", "2000-02", "1970-06-15", "2010-10-10T10:11", "2010-10-10T10:11:12.5Z",
+    "2010-10-10T10:11:12.123456+02:00", "2010-10-10T", "2010-10-10TZ", "2010-10-10T25:61-03:30", "2010-10Tx",
+    "12", "12:34", "12:34:56", "12:34:56.7", "12:34:56.1234", "12:34Z", "abc", "", "T", "19700", "1970-6",
+    "1970\n", "\u0661\u0669\u0667\u0660", "1970-06-15T10:11:12+0200",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("source", ["status", "value.ofType(dateTime)", "value.ofType(time)", "ext"])
+def test_boundaries_of_dates_datetimes_and_times_match_the_evaluator(source: str) -> None:
+    """lowBoundary()/highBoundary() in SQL give the evaluator's text on every form, valid or not."""
+    if source == "ext":
+        path = "extension('u').value.ofType(date)"
+        where = [{"url": "u", "valueDate": text} for text in BOUNDARY_TEXTS]
+        observations = [{"resourceType": "Observation", "id": f"o{i}", "extension": [e]} for i, e in enumerate(where)]
+    else:
+        path = source
+        key = {"status": "status", "value.ofType(dateTime)": "valueDateTime", "value.ofType(time)": "valueTime"}[source]
+        observations = [{"resourceType": "Observation", "id": f"o{i}", key: t} for i, t in enumerate(BOUNDARY_TEXTS)]
+    observations.append({"resourceType": "Observation", "id": "empty"})
+    columns = [{"name": "id", "path": "id"}]
+    columns += [{"name": f, "path": f"{path}.{f}()"} for f in ("lowBoundary", "highBoundary")]
+    view = {"resource": "Observation", "select": [{"column": columns}]}
+    expected = run_view(view, observations, engine="python")
+    assert any(row["lowBoundary"] is not None for row in expected)
+    assert sorted(run_rows(view, observations), key=lambda r: r["id"]) == sorted(expected, key=lambda r: r["id"])
+
+
+def test_boundaries_the_compiler_cannot_express_are_refused() -> None:
+    quantity = {
+        "resource": "Observation",
+        "select": [{"column": [{"name": "v", "path": "value.ofType(Quantity).value.lowBoundary()"}]}],
+    }
+    with pytest.raises(ViewCompileError, match=r"lowBoundary\(\) of a number"):
+        compile_sql(quantity)
+    with pytest.raises(ViewCompileError, match=r"highBoundary\(\) with a precision"):
+        compile_sql(_view(("b", "birthDate.highBoundary(6)")))

@@ -17,7 +17,7 @@ from airflow_provider_smart.views import ViewError, compile_view, iter_rows, lib
 from airflow_provider_smart.views.arrow import BatchBuilder, arrow_schema
 from airflow_provider_smart.views.sql import ViewCompileError, compile_sql
 from airflow_provider_smart.views.sql.duckdb_engine import connect, iter_batches, run_rows
-from tests.conftest import SHARED_FIXTURES
+from tests.conftest import REPO, SHARED_FIXTURES
 
 SYNTHEA = SHARED_FIXTURES / "synthea-100"
 PATIENT = {
@@ -226,6 +226,21 @@ def test_view_sql_command_prints_sql_that_duckdb_runs_as_the_view(
     assert "neither a shipped view" in capsys.readouterr().err
     assert main(["view-sql", "patient_demographics", "--source", str(tmp_path / "src" / "nothing")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_docs_show_the_sql_the_command_prints_today(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/views.rst quotes ``smart-fhir view-sql patient_demographics``: a compiler change must update it."""
+    from airflow_provider_smart.cli import main
+
+    text = (REPO / "docs" / "views.rst").read_text()
+    block = text.split("``smart-fhir view-sql patient_demographics`` prints:", 1)[1].split(".. code-block:: text", 1)[1]
+    quoted = []
+    for line in block.splitlines()[2:]:
+        if line and not line.startswith("    "):
+            break
+        quoted.append(line[4:])
+    assert main(["view-sql", "patient_demographics"]) == 0
+    assert "\n".join(quoted).strip() == capsys.readouterr().out.strip()
 
 
 def test_a_source_not_named_for_the_type_runs_on_the_evaluator(

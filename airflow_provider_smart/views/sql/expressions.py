@@ -11,7 +11,9 @@ computes something the Python evaluator would not.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,11 +101,27 @@ def literal(value: Any) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-_names = itertools.count()
+# Lambda and alias names count from 0 in each compilation (see :func:`fresh_names`): the SQL of a view is
+# the same text whatever was compiled before it, and threads compiling at once never share a counter.
+_names: ContextVar[Iterator[int]] = ContextVar("sql_names")
+
+
+@contextmanager
+def fresh_names() -> Iterator[None]:
+    token = _names.set(itertools.count())
+    try:
+        yield
+    finally:
+        _names.reset(token)
 
 
 def fresh(prefix: str = "x") -> str:
-    return f"{prefix}{next(_names)}"
+    try:
+        counter = _names.get()
+    except LookupError:
+        counter = itertools.count()
+        _names.set(counter)
+    return f"{prefix}{next(counter)}"
 
 
 class Scope:

@@ -228,6 +228,13 @@ def test_view_sql_command_prints_sql_that_duckdb_runs_as_the_view(
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_a_views_sql_is_the_same_text_whatever_was_compiled_before() -> None:
+    first = compile_sql(library.load("patient_demographics")).sql
+    compile_sql(library.load("observations"))
+    assert compile_sql(library.load("patient_demographics")).sql == first
+    assert "lambda x0:" in first
+
+
 def test_the_docs_show_the_sql_the_command_prints_today(capsys: pytest.CaptureFixture[str]) -> None:
     """docs/views.rst quotes ``smart-fhir view-sql patient_demographics``: a compiler change must update it."""
     from airflow_provider_smart.cli import main

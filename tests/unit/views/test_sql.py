@@ -323,3 +323,26 @@ def test_boundaries_the_compiler_cannot_express_are_refused() -> None:
         compile_sql(quantity)
     with pytest.raises(ViewCompileError, match=r"highBoundary\(\) with a precision"):
         compile_sql(_view(("b", "birthDate.highBoundary(6)")))
+
+
+def test_the_table_is_written_in_row_groups_of_useful_size_whatever_the_batches(tmp_path: Path) -> None:
+    """Small batches (DuckDB's stream, the evaluator's 8,192 rows) are held and written as large row groups."""
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_smart.views import writer as writer_module
+
+    plan = compile_view(_view(("id", "id")))
+    writer = writer_module.ViewTableWriter(plan, ObjectStoragePath(f"file://{tmp_path}"), "r")
+    writer.start()
+    schema = arrow_schema(plan)
+    total = writer_module.ROW_GROUP_ROWS * 2 + 5_000
+    for start in range(0, total, 20_000):
+        ids = [f"p{i}" for i in range(start, min(start + 20_000, total))]
+        writer.add_batch(pa.RecordBatch.from_arrays([pa.array(ids)], schema=schema))
+    writer.add([("last",)])
+    assert writer.commit({})["rows"] == total + 1
+    parquet = pq.ParquetFile(tmp_path / plan.name / "r" / "part-00000.parquet")
+    sizes = [parquet.metadata.row_group(i).num_rows for i in range(parquet.metadata.num_row_groups)]
+    assert len(sizes) == 2 and sizes[0] >= writer_module.ROW_GROUP_ROWS, sizes  # 14 batches, 2 row groups
+    column = parquet.read().column("id").to_pylist()
+    assert column == [f"p{i}" for i in range(total)] + ["last"]

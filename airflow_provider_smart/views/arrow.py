@@ -10,6 +10,7 @@ dateTime with no zone is read as UTC; keep such columns as ``string`` in the vie
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, time
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 _INTEGERS = frozenset({"integer", "positiveInt", "unsignedInt", "integer64"})
+_ZONE = re.compile(r"(Z|[+-]\d{2}:\d{2})$")
 
 
 def arrow_type(spec: ColumnSpec) -> pa.DataType:
@@ -59,7 +61,14 @@ def _to_date(value: Any) -> date:
 
 
 def _to_datetime(value: Any) -> datetime:
-    text = boundary(value, False, "dateTime") if len(value) < 19 or "T" not in value else value
+    text = value
+    if len(value) < 19 or "T" not in value:
+        # A partial dateTime (1970, 1970-06, 1970-06-15) as its first instant; it has no zone, so it is read
+        # as UTC like a full dateTime without one (lowBoundary() would take the earliest zone, +14:00).
+        first = boundary(value, False, "dateTime")
+        if first is None:
+            raise ValueError(f"{shown(value)} is not a dateTime")
+        text = first if _ZONE.search(value) else _ZONE.sub("", first)
     parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)

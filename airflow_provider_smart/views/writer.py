@@ -20,11 +20,16 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
 BATCH_ROWS = 8192
+# Rows per Parquet row group (at least; at most this plus one batch): batches (8,192 rows from the
+# evaluator, ~20,000 from DuckDB's stream, each written as its own row group before) are held until this
+# many are pending, so readers get row groups of a useful size while memory stays bounded.
+ROW_GROUP_ROWS = 131_072
 PART_NAME = "part-00000.parquet"
 
 
 class ViewTableWriter:
-    """Collects rows of one view in bounded batches and writes them as one Parquet file on :meth:`close`."""
+    """Collects rows of one view in bounded batches and writes them as one Parquet file, committed by
+    :meth:`commit` (row groups of up to ``ROW_GROUP_ROWS`` rows)."""
 
     def __init__(self, plan: ViewPlan, destination: ObjectStoragePath, run: str) -> None:
         self.plan = plan
@@ -32,6 +37,8 @@ class ViewTableWriter:
         self.builder = BatchBuilder(plan)
         self.rows = 0
         self._pending: list[tuple[Any, ...]] = []
+        self._batches: list[Any] = []  # Arrow batches not written yet
+        self._batched_rows = 0
         self._context: Any = None
         self._handle: Any = None
         self._writer: Any = None
@@ -52,19 +59,33 @@ class ViewTableWriter:
             self._flush()
 
     def add_batch(self, batch: Any) -> None:
-        """Write an Arrow record batch already in the table's schema (rows computed by the SQL engine)."""
+        """Add an Arrow record batch already in the table's schema (rows computed by the SQL engine)."""
         self._flush()
-        self._writer.write_batch(batch)
-        self.rows += batch.num_rows
+        self._hold(batch)
 
     def _flush(self) -> None:
         if self._pending:
-            self._writer.write_batch(self.builder.batch(self._pending))
-            self.rows += len(self._pending)
+            self._hold(self.builder.batch(self._pending))
             self._pending = []
+
+    def _hold(self, batch: Any) -> None:
+        self._batches.append(batch)
+        self._batched_rows += batch.num_rows
+        self.rows += batch.num_rows
+        if self._batched_rows >= ROW_GROUP_ROWS:
+            self._write_held()
+
+    def _write_held(self) -> None:
+        import pyarrow as pa
+
+        if self._batches:
+            table = pa.Table.from_batches(self._batches, schema=self.builder.schema)
+            self._writer.write_table(table, row_group_size=table.num_rows)  # one row group, no small remainder
+            self._batches, self._batched_rows = [], 0
 
     def commit(self, summary: dict[str, Any]) -> dict[str, Any]:
         self._flush()
+        self._write_held()
         self._writer.close()
         self._context.__exit__(None, None, None)
         self._context = None

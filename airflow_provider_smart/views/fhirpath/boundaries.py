@@ -7,8 +7,11 @@ import re
 from decimal import Decimal
 from typing import Any
 
-_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
-_TIME = re.compile(r"^(\d{2})(?::(\d{2})(?::(\d{2})(?:\.(\d+))?)?)?$")
+# ASCII digits to the very end (\Z, not $, which also matches before a final newline): exactly what the SQL
+# compiler's regular expressions (views/sql/boundaries.py) accept.
+_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?\Z", re.ASCII)
+_TIME = re.compile(r"^(\d{2})(?::(\d{2})(?::(\d{2})(?:\.(\d+))?)?)?\Z", re.ASCII)
+_ZONE = re.compile(r"(Z|[+-]\d{2}:\d{2})\Z", re.ASCII)
 
 
 def boundary(value: Any, high: bool, type_hint: str | None = None) -> Any:
@@ -64,7 +67,7 @@ def _datetime(value: str, high: bool) -> str | None:
         return None
     date = _date(match, high)
     zone = ""
-    zone_match = re.search(r"(Z|[+-]\d{2}:\d{2})$", rest)
+    zone_match = _ZONE.search(rest)
     if zone_match:
         zone = zone_match.group(1)
         rest = rest[: zone_match.start()]

@@ -26,6 +26,7 @@ from airflow_provider_smart.views.sql.expressions import (
     as_list,
     as_one,
     fresh,
+    fresh_names,
     items,
     literal,
     model_elements,
@@ -373,6 +374,7 @@ def compile_sql(view: Mapping[str, Any] | ViewPlan, *, dialect: str = "duckdb", 
     if values not in ("typed", "json"):
         raise ValueError(f"values must be 'typed' or 'json', got {values!r}")
     plan = view if isinstance(view, ViewPlan) else compile_view(view)
-    compiler = _ViewCompiler(plan, values)
-    sql = compiler.query()
-    return CompiledView(plan=plan, sql=sql, columns_spec=compiler.columns_spec(), values=values)
+    with fresh_names():
+        compiler = _ViewCompiler(plan, values)
+        sql = compiler.query()
+        return CompiledView(plan=plan, sql=sql, columns_spec=compiler.columns_spec(), values=values)

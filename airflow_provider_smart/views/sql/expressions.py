@@ -11,13 +11,16 @@ computes something the Python evaluator would not.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_provider_smart.parquet import model
 from airflow_provider_smart.views.errors import ViewError
 from airflow_provider_smart.views.fhirpath.parser import Node, parse
+from airflow_provider_smart.views.sql.boundaries import boundary_sql
 from airflow_provider_smart.views.sql.errors import ViewCompileError
 
 # Leaf kinds of the R4 model -> the SQL type an NDJSON reader gives them.
@@ -98,11 +101,27 @@ def literal(value: Any) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-_names = itertools.count()
+# Lambda and alias names count from 0 in each compilation (see :func:`fresh_names`): the SQL of a view is
+# the same text whatever was compiled before it, and threads compiling at once never share a counter.
+_names: ContextVar[Iterator[int]] = ContextVar("sql_names")
+
+
+@contextmanager
+def fresh_names() -> Iterator[None]:
+    token = _names.set(itertools.count())
+    try:
+        yield
+    finally:
+        _names.reset(token)
 
 
 def fresh(prefix: str = "x") -> str:
-    return f"{prefix}{next(_names)}"
+    try:
+        counter = _names.get()
+    except LookupError:
+        counter = itertools.count()
+        _names.set(counter)
+    return f"{prefix}{next(counter)}"
 
 
 class Scope:
@@ -337,6 +356,27 @@ class SqlExpressions:
         test = self.boolean(self.node(criteria, scope.at(item)), "where()")
         return Expr(f"list_filter({items(base)}, lambda {x}: coalesce({test}, false))", True, base.type, base.path)
 
+    def f_lowBoundary(self, node: Node, base: Expr, scope: Scope) -> Expr:
+        return self._boundary(node, base, high=False)
+
+    def f_highBoundary(self, node: Node, base: Expr, scope: Scope) -> Expr:
+        return self._boundary(node, base, high=True)
+
+    def _boundary(self, node: Node, base: Expr, high: bool) -> Expr:
+        self._arity(node, 0, 1)
+        if node.args:
+            raise self.refuse(f"{node.name}() with a precision")
+        if base.type in _NUMERIC:
+            raise self.refuse(f"{node.name}() of a number (its digits as written decide it; DuckDB reads 1 as 1.0)")
+        if base.type != "string":
+            raise self.refuse(f"{node.name}() of a value that is not a date, dateTime or time")
+        # As in the evaluator: x.ofType(dateTime).lowBoundary() says whether a date-like text is a dateTime.
+        source = node.base
+        hint = None
+        if source is not None and source.kind == "call" and source.name == "ofType" and source.args:
+            hint = source.args[0].name
+        return Expr(boundary_sql(as_one(base, f"{node.name}()"), high, hint), False, "string")
+
     def f_join(self, node: Node, base: Expr, scope: Scope) -> Expr:
         self._arity(node, 0, 1)
         separator = "''"
@@ -450,10 +490,26 @@ def reference_key_sql(ref: str, wanted: str | None) -> str:
 
     Written with string functions, no lambdas: ``ref`` is a cheap field access, repeated rather than bound.
     ``Type/id``, ``.../Type/id/_history/v`` and ``urn:uuid:id`` give ``id``; with ``wanted``, a typed
-    reference of another type gives NULL.
+    reference of another type gives NULL. The first branch takes the common relative form (``Patient/id``,
+    no other ``/``, no ``:``) with plain string functions: measured 9x cheaper than the regular expression,
+    which was a third of the observations view's CPU.
     """
     if wanted is not None and not wanted.isalnum():
         raise ViewCompileError(f"getReferenceKey({wanted}): not a resource type name")
+    if wanted is not None:
+        skip = len(wanted) + 2  # substr is 1-based: the text after 'Type/'
+        common = (
+            f"WHEN starts_with({ref}, '{wanted}/') AND NOT contains(substr({ref}, {skip}), '/') "
+            f"THEN nullif(substr({ref}, {skip}), '') "
+        )
+        # Type/id without a version: the last segment when the one before it is the wanted type.
+        last = f"(CASE WHEN split_part({ref}, '/', -2) = '{wanted}' THEN nullif(split_part({ref}, '/', -1), '') END)"
+    else:
+        common = (
+            f"WHEN NOT contains({ref}, ':') AND NOT contains({ref}, '/_history/') "
+            f"THEN (CASE WHEN contains({ref}, '/') THEN nullif(split_part({ref}, '/', -1), '') END) "
+        )
+        last = f"(CASE WHEN contains({ref}, '/') THEN nullif(split_part({ref}, '/', -1), '') END)"
     # Drop a trailing /_history/<version> when at least Type/id is left before it (the rare, slow path).
     plain = f"regexp_replace({ref}, '^(.*/.*)/_history/[^/]*$', '\\1')"
     typed = f"WHEN NOT regexp_matches({plain}, '(^|/){wanted}/[^/]*$') THEN NULL " if wanted is not None else ""
@@ -461,12 +517,11 @@ def reference_key_sql(ref: str, wanted: str | None) -> str:
         f"CASE WHEN NOT contains({plain}, '/') OR ends_with({plain}, '/') THEN NULL "
         f"{typed}ELSE regexp_extract({plain}, '[^/]*$') END"
     )
-    # Without a version: the last segment after 'Type/' (or after any '/'), one regular expression.
-    last = f"(?:^|/){wanted}/([^/]+)$" if wanted is not None else "/([^/]+)$"
     return (
-        f"(CASE WHEN {ref} IS NULL OR {ref} = '' THEN NULL "
+        f"(CASE {common}"
+        f"WHEN {ref} IS NULL OR {ref} = '' THEN NULL "
         f"WHEN starts_with({ref}, 'urn:uuid:') THEN substr({ref}, 10) "
         f"WHEN starts_with({ref}, 'urn:oid:') THEN substr({ref}, 9) "
         f"WHEN contains({ref}, '/_history/') THEN {versioned} "
-        f"ELSE nullif(regexp_extract({ref}, '{last}', 1), '') END)"
+        f"ELSE {last} END)"
     )

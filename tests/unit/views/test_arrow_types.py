@@ -23,6 +23,7 @@ VIEW = {
                 {"name": "births", "path": "multipleBirth.ofType(integer)", "type": "integer"},
                 {"name": "score", "path": "extension.value.ofType(decimal)", "type": "decimal"},
                 {"name": "given", "path": "name.given", "type": "string", "collection": True},
+                {"name": "born_at", "path": "birthDate", "type": "dateTime"},
             ]
         }
     ],
@@ -54,10 +55,13 @@ def test_declared_types_become_arrow_types() -> None:
         "births": pa.int64(),
         "score": pa.float64(),
         "given": pa.list_(pa.string()),
+        "born_at": pa.timestamp("us", tz="UTC"),
     }
     rows = batch.to_pylist()
     assert rows[0]["born"] == date(1970, 6, 1)  # a partial date is stored as its first day
     assert rows[0]["seen"] == datetime(2024, 1, 2, 1, 4, 5, 500000, tzinfo=UTC)
+    # ... and a partial dateTime as its first instant; without a zone it is read as UTC, as DuckDB reads it.
+    assert rows[0]["born_at"] == datetime(1970, 6, 1, tzinfo=UTC)
     assert rows[0]["given"] == ["Ann", "Bo"] and rows[0]["births"] == 2 and rows[0]["score"] == 1.5
     assert rows[1] == {k: None for k in types} | {"id": "b", "given": []}
     assert batch.schema.field("born").metadata[b"fhir.type"] == b"date"

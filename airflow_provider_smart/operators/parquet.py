@@ -11,6 +11,7 @@ from airflow_provider_smart.operators._assets import declare_outlets, default_al
 from airflow_provider_smart.operators._lineage import lineage_on_complete, location_uris
 from airflow_provider_smart.storage.paths import resolve_output, safe_segment
 from airflow_provider_smart.storage.preflight import storage_uri
+from airflow_provider_smart.tables.runs import checked_source_layout
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -68,8 +69,7 @@ class FhirNdjsonToParquetOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if source_layout not in ("provider", "flat"):
-            raise ValueError(f"source_layout must be 'provider' or 'flat', not {source_layout!r}")
+        checked_source_layout(source_layout)
         self.source_layout = source_layout
         if decimal not in DECIMAL_MODES:
             raise ValueError(f"decimal must be 'float64' or 'string' (exact text); got {decimal!r}")

@@ -23,6 +23,7 @@ from airflow_provider_smart.operators._assets import (
 )
 from airflow_provider_smart.operators._lineage import lineage_on_complete, location_uris
 from airflow_provider_smart.storage.paths import resolve_output, safe_segment
+from airflow_provider_smart.tables.runs import checked_source_layout
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
@@ -223,8 +224,7 @@ class FhirDeltaMergeOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if source_layout not in ("provider", "flat"):
-            raise ValueError(f"source_layout must be 'provider' or 'flat', not {source_layout!r}")
+        checked_source_layout(source_layout)
         if source_layout == "provider" and not run_label:
             raise ValueError("run_label is required: the export label or search run under output to merge")
         self.source_layout = source_layout

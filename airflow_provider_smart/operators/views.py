@@ -12,6 +12,7 @@ from airflow.sdk import BaseOperator
 from airflow_provider_smart.operators._assets import declare_outlets, default_alias_name, emit_asset_events
 from airflow_provider_smart.operators._lineage import lineage_on_complete, location_uris
 from airflow_provider_smart.storage.paths import safe_segment
+from airflow_provider_smart.tables.runs import checked_source_layout
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
@@ -97,8 +98,7 @@ class FhirViewRunOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if source_layout not in ("provider", "flat"):
-            raise ValueError(f"source_layout must be 'provider' or 'flat', not {source_layout!r}")
+        checked_source_layout(source_layout)
         self.source_layout = source_layout
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")

@@ -22,6 +22,18 @@ from typing import Any
 from airflow_provider_smart.storage.atomic import SUCCESS_MARKER, is_hidden, read_json
 from airflow_provider_smart.storage.paths import safe_segment
 
+#: Where a run's files come from: a run this provider landed (``provider``), or an export folder written
+#: by bulk-data-client / smart-fetch (``flat``, see ``bulk_folder.py``).
+SOURCE_LAYOUTS = ("provider", "flat")
+
+
+def checked_source_layout(value: str) -> str:
+    """``value`` when it names a source layout; a ValueError naming the choices otherwise."""
+    if value not in SOURCE_LAYOUTS:
+        raise ValueError(f"source_layout must be 'provider' or 'flat', not {value!r}")
+    return value
+
+
 EXPORTS_DIR = "_exports"
 DELETED_DIR = "deleted"
 ERRORS_DIR = "errors"

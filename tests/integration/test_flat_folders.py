@@ -191,3 +191,22 @@ def test_parquet_and_views_read_a_flat_folder_but_not_its_log(tmp_path: Path) ->
         FhirNdjsonToParquetOperator(
             task_id="p2", source=str(folder), destination=str(tmp_path / "parquet"), run="r2", source_layout="flat"
         ).execute({})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("operator", ["parquet", "views", "delta"])
+def test_every_operator_that_reads_runs_refuses_an_unknown_source_layout(operator: str) -> None:
+    from airflow_provider_smart.operators.parquet import FhirNdjsonToParquetOperator
+    from airflow_provider_smart.operators.tables import FhirDeltaMergeOperator
+    from airflow_provider_smart.operators.views import FhirViewRunOperator
+
+    build: dict[str, Callable[[], Any]] = {
+        "parquet": lambda: FhirNdjsonToParquetOperator(
+            task_id="p", source="/in", destination="/out", source_layout="bulk"
+        ),
+        "views": lambda: FhirViewRunOperator(
+            task_id="v", views=["patient_demographics"], source="/in", destination="/out", source_layout="bulk"
+        ),
+        "delta": lambda: FhirDeltaMergeOperator(task_id="d", output="/in", source_layout="bulk"),
+    }
+    with pytest.raises(ValueError, match=r"source_layout must be 'provider' or 'flat', not 'bulk'"):
+        build[operator]()

@@ -15,12 +15,14 @@ so the next export asks again for whatever a failed finish did not deliver.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Iterator
 from typing import Any
 
 from airflow_provider_smart.export.options import FinishOptions, available_cpus, storage_uri
 from airflow_provider_smart.export.per_type import TypeJob, combine_delta, finish_type, plan_type_jobs
+from airflow_provider_smart.export.places import portable_places
 from airflow_provider_smart.fhir.bulk.manifest import Manifest, plan_files
 from airflow_provider_smart.storage.atomic import atomic_write_json, is_hidden, read_json
 from airflow_provider_smart.storage.export_state import ExportLayout, utcnow_iso, write_watermark
@@ -181,8 +183,10 @@ class Finisher:
             self.state = dict(self.state, **{FINISHED_TYPES: sorted(finished)})
             self.layout.write_state(self.state)  # the parent is the state file's only writer
 
+        # Resolved here once: a child handed plain local paths needs no Airflow import (export/places.py).
+        fn = functools.partial(finish_type, places=portable_places(todo[0]) if todo else None)
         with self._lease_kept():
-            run_jobs(finish_type, todo, workers=workers, cpus=available_cpus(), on_done=record)
+            run_jobs(fn, todo, workers=workers, cpus=available_cpus(), on_done=record)
         return self.summarize_types([finished[job.resource_type] for job in jobs])
 
     def summarize_types(self, results: list[dict[str, Any]]) -> dict[str, Any]:

@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from airflow_provider_smart.export.places import Places, resolve_places
 from airflow_provider_smart.fhir.bulk.manifest import Manifest, plan_files
 from airflow_provider_smart.storage.export_state import ExportLayout
-from airflow_provider_smart.storage.paths import resolve_output
 
 log = logging.getLogger(__name__)
 
@@ -92,32 +92,31 @@ def plan_type_jobs(
     return jobs
 
 
-def finish_type(job: TypeJob) -> dict[str, Any]:
+def finish_type(job: TypeJob, places: Places | None = None) -> dict[str, Any]:
     """Parquet, then Delta, for one job; returns ``{"resource_type", "parquet": {type: rows}, "delta":
-    merge summary}`` (JSON-safe)."""
+    merge summary}`` (JSON-safe). ``places``: the job's roots as the parent resolved them (a child process
+    of the pool gets them so it needs no Airflow import); None resolves them here."""
+    if places is None:
+        places = resolve_places(job)
     result: dict[str, Any] = {"resource_type": job.resource_type, "parquet": None, "delta": None}
     if job.parquet is not None and job.files:
-        result["parquet"] = write_parquet(job)
+        result["parquet"] = write_parquet(job, places)
     if job.delta is not None:
-        result["delta"] = merge_delta(job)
+        result["delta"] = merge_delta(job, places)
     return result
 
 
-def write_parquet(job: TypeJob) -> dict[str, int]:
+def write_parquet(job: TypeJob, places: Places) -> dict[str, int]:
     """The job's files into the Parquet tables; the type's directory commits whole (parts under temp
     names, renamed, ``_SUCCESS`` last) or not at all."""
-    from airflow_provider_smart.parquet.sink import parquet_root
     from airflow_provider_smart.parquet.writer import FhirParquetWriter
 
-    assert job.parquet is not None
-    root = parquet_root(
-        resolve_output(job.output, job.output_conn_id), job.parquet.get("output"), job.parquet.get("output_conn_id")
-    )
+    assert job.parquet is not None and places.parquet is not None
     expected = None if job.resource_type == MIXED else job.resource_type
-    writer = FhirParquetWriter(root, job.label, **(job.parquet.get("options") or {}))
+    writer = FhirParquetWriter(places.parquet, job.label, **(job.parquet.get("options") or {}))
     try:
         for uri in job.files:
-            writer.write_ndjson(resolve_output(uri, job.output_conn_id), expected)
+            writer.write_ndjson(places.source(uri, job.output_conn_id), expected)
         strays = sorted(set(writer.writers) - {expected}) if expected is not None else []
         if strays:
             raise StrayTypeError(
@@ -133,11 +132,11 @@ def write_parquet(job: TypeJob) -> dict[str, int]:
     return {name: int(info["rows"]) for name, info in sorted(tables.items())}
 
 
-def merge_delta(job: TypeJob) -> dict[str, Any]:
+def merge_delta(job: TypeJob, places: Places) -> dict[str, Any]:
     """The job's types merged into their current-state Delta tables (idempotent: a rerun changes nothing)."""
-    from airflow_provider_smart.operators.tables import merge_landed_run
+    from airflow_provider_smart.tables.landed import merge_landed
 
-    assert job.delta is not None
+    assert job.delta is not None and places.tables is not None
     types: list[str] | None
     if job.resource_type != MIXED:
         types = [job.resource_type, *job.delta_types]
@@ -145,11 +144,12 @@ def merge_delta(job: TypeJob) -> dict[str, Any]:
         types = None  # files of mixed types: every type of the run, in this one job
     else:
         types = list(job.delta_types)  # types with deletions only (or none at all)
-    return merge_landed_run(
-        resolve_output(job.output, job.output_conn_id),
+    return merge_landed(
+        places.output,
         job.label,
+        root=places.tables,
+        storage_options=places.tables_options,
         options=job.delta.get("options"),
-        output_conn_id=job.delta.get("output_conn_id"),
         resource_types=types,
         logger=log,
     )

@@ -1,13 +1,16 @@
 """Run independent jobs in this process and up to ``workers - 1`` child processes, failing on the first
 error.
 
-This process takes jobs too, the largest first: it has every import done already, while a child spends
-seconds of CPU importing Airflow (for ``ObjectStoragePath``) and pyarrow before its first job. Children
-start with ``spawn``: forking a process that already runs Airflow's threads (heartbeats, log shipping)
-can copy a lock held mid-operation. ``spawn`` rather than ``forkserver``: the children are this
-process's own, so they end with the pool (no server process outlives it) and their CPU time and memory
-count as the task's. Each child gets a fair share of the CPUs for pyarrow's own thread pool, so N
-processes do not each start one thread per CPU.
+This process takes jobs too, the largest first. Children start with ``spawn``: forking a process that
+already runs Airflow's threads (heartbeats, log shipping) can copy a lock held mid-operation. ``spawn``
+rather than ``forkserver``: the children are this process's own, so they end with the pool (no server
+process outlives it) and their CPU time and memory count as the task's. Each child gets a fair share of
+the CPUs for pyarrow's own thread pool, so N processes do not each start one thread per CPU.
+
+A spawned child pays for what it imports before its first job, so it imports as little as it can: the
+jobs take places the parent resolved (``export/places.py``, no Airflow import), and the child does not
+re-run this process's ``__main__`` (in a task that is the ``airflow`` command, which imports all of
+Airflow: 4-5 CPU-seconds): see :func:`_children_skip_main`.
 
 Results come back here as each job ends (``on_done``), so this process stays the only writer of the
 export's state file. On the first failure the jobs not yet started are cancelled, the running ones are
@@ -17,11 +20,13 @@ shut down, so no child outlives the call.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import sys
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from typing import TypeVar
+from typing import Any, TypeVar
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -32,6 +37,26 @@ def _share_cpus(threads: int) -> None:
     import pyarrow as pa
 
     pa.set_cpu_count(max(1, threads))
+
+
+@contextlib.contextmanager
+def _children_skip_main() -> Iterator[None]:
+    """While children start: a ``spawn`` child re-runs the parent's ``__main__`` script (named by its
+    ``__file__``, or its ``__spec__`` for ``python -m``) before its first job. The jobs are module-level
+    functions and never need it, so the child is told there is none; the parent's module is put back
+    as it was right after."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved: dict[str, Any] = {name: main.__dict__[name] for name in ("__file__", "__spec__") if name in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__dict__["__spec__"] = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
 
 
 def run_jobs(
@@ -67,9 +92,10 @@ def run_jobs(
     ) as pool:
 
         def fill() -> None:
-            while todo and len(running) < count - 1:
-                i = todo.popleft()
-                running[pool.submit(fn, jobs[i])] = i
+            with _children_skip_main():  # the first submit starts the children
+                while todo and len(running) < count - 1:
+                    i = todo.popleft()
+                    running[pool.submit(fn, jobs[i])] = i
 
         def collect(timeout: float | None) -> None:
             nonlocal failure

@@ -120,6 +120,61 @@ def test_pool_runs_jobs_in_child_processes_and_leaves_none_behind() -> None:
     assert not multiprocessing.active_children()
 
 
+def _imported(_: int) -> list[str]:
+    import sys
+
+    return sorted(name for name in ("airflow", "airflow.sdk") if name in sys.modules)
+
+
+def test_pool_children_do_not_rerun_this_process_main_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a task, ``__main__`` is the ``airflow`` command: a spawned child re-running it imports all of
+    Airflow before its first job. The children skip it, and the parent's module is left as it was."""
+    import sys
+
+    script = tmp_path / "main_script.py"
+    ran = tmp_path / "ran"
+    script.write_text(f"open({str(ran)!r}, 'w').close()\n")
+    main = sys.modules["__main__"]
+    monkeypatch.setattr(main, "__file__", str(script), raising=False)
+    monkeypatch.setattr(main, "__spec__", None, raising=False)
+    run_jobs(_imported, [0, 1], workers=2, cpus=2)
+    assert not ran.exists(), "a child ran the parent's __main__ script"
+    assert main.__file__ == str(script) and main.__spec__ is None
+
+
+def test_a_finishing_child_imports_no_airflow_for_local_places(tmp_path: Path) -> None:
+    """The parent resolves the places; the child's job runs on plain local paths (no Airflow import, which
+    cost a child ~4 CPU-seconds before its first job)."""
+    import functools
+
+    from airflow_provider_smart.export.places import portable_places
+
+    source = tmp_path / "Patient.ndjson"
+    source.write_text(_line("Patient", 1) + "\n")
+    spec: dict[str, Any] = {"output": None, "output_conn_id": None, "options": {}}
+    job = TypeJob("Patient", (f"file://{source}",), str(tmp_path), None, "run1", spec)
+    places = portable_places(job)
+    assert places is not None and places.local
+    fn = functools.partial(_finish_and_report, places=places)
+    _, (result, modules) = run_jobs(fn, [job, job], workers=2, cpus=2)
+    assert result["parquet"] == {"Patient": 1}
+    assert "airflow" not in modules and "airflow.sdk" not in modules
+    assert (tmp_path / "parquet/Patient/run1/_SUCCESS").exists()
+
+
+def _finish_and_report(job: TypeJob, places: Any) -> tuple[dict[str, Any], list[str]]:
+    import sys
+
+    return finish_type(job, places), [name for name in ("airflow", "airflow.sdk") if name in sys.modules]
+
+
+def test_places_on_an_object_store_are_resolved_by_the_child() -> None:
+    from airflow_provider_smart.export.places import portable_places
+
+    spec: dict[str, Any] = {"output": None, "output_conn_id": None, "options": {}}
+    assert portable_places(TypeJob("Patient", (), "s3://bucket/fhir", None, "run1", spec)) is None
+
+
 def test_pool_of_one_runs_in_this_process() -> None:
     assert run_jobs(_pid, [0, 1], workers=1, cpus=4) == [os.getpid(), os.getpid()]
 

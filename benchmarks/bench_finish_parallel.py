@@ -22,6 +22,7 @@ two as one JSON line. Run on demand::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -61,6 +62,7 @@ def peak_rss() -> float:
 def child_parquet(corpus: str, out: str) -> dict[str, Any]:
     from airflow_provider_smart.export.options import available_cpus
     from airflow_provider_smart.export.per_type import TypeJob, finish_type
+    from airflow_provider_smart.export.places import portable_places
     from airflow_provider_smart.export.pool import run_jobs
 
     files = sorted(Path(corpus).glob("*.ndjson"), key=lambda p: -p.stat().st_size)
@@ -77,7 +79,8 @@ def child_parquet(corpus: str, out: str) -> dict[str, Any]:
     shutil.rmtree(warm)
     workers = available_cpus()
     start, (own, kids) = time.perf_counter(), cpu_split()
-    run_jobs(finish_type, jobs, workers=workers, cpus=workers)
+    # As the finishing step does: the places resolved here, so a child imports no Airflow.
+    run_jobs(functools.partial(finish_type, places=portable_places(jobs[0])), jobs, workers=workers, cpus=workers)
     own_after, kids_after = cpu_split()
     return {
         "seconds": time.perf_counter() - start,

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from airflow_provider_smart.export.places import Places, resolve_places
-from airflow_provider_smart.fhir.bulk.manifest import Manifest, plan_files
+from airflow_provider_smart.fhir.bulk.manifest import Manifest, PlannedFile, plan_files
 from airflow_provider_smart.storage.export_state import ExportLayout
 
 log = logging.getLogger(__name__)
@@ -41,13 +41,17 @@ class TypeJob:
     delta: dict[str, Any] | None = None
     size: int = 0
     delta_types: tuple[str, ...] = field(default_factory=tuple)
+    #: The export's deleted-resource Bundles (their deletions of this job's types go into its Delta tables).
+    deleted: tuple[str, ...] = field(default_factory=tuple)
+    transaction_time: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TypeJob:
-        return cls(**{**data, "files": tuple(data["files"]), "delta_types": tuple(data.get("delta_types") or ())})
+        tuples = {name: tuple(data.get(name) or ()) for name in ("files", "delta_types", "deleted")}
+        return cls(**{**data, **tuples})
 
 
 def plan_type_jobs(
@@ -64,32 +68,53 @@ def plan_type_jobs(
     first, so the pool's last job is a short one). Files of mixed types (``by-<Type>/``) make a single job
     of everything: their lines may belong to any type, so one writer must hold every table.
 
+    The jobs read the files where they are: still in the export's staging area (the types are finished
+    before the export is published, so a failed type leaves nothing published), or at their published
+    place when an earlier attempt published them.
+
     ``extra_delta_types``: types with deletions but no output file; their Delta tables are merged by
     the job of the first type (a Delta table has one writer either way)."""
     files: dict[str, list[str]] = {}
     sizes: dict[str, int] = {}
+    deleted: list[str] = []
     for p in plan_files(manifest):
+        if p.kind == "deleted":
+            deleted.append(str(landed_path(layout, p)))
         if p.kind != "output":
             continue
         rtype = p.expected_type if p.expected_type and not p.directory.startswith("by-") else MIXED
-        files.setdefault(rtype, []).append(str(layout.final_path(p)))
+        files.setdefault(rtype, []).append(str(landed_path(layout, p)))
         record = layout.read_record(p.key) or {}
         sizes[rtype] = sizes.get(rtype, 0) + int(record.get("bytes", 0))
     if MIXED in files and len(files) > 1:
         files = {MIXED: [f for group in files.values() for f in group]}
         sizes = {MIXED: sum(sizes.values())}
+    common: dict[str, Any] = {
+        "output": output,
+        "output_conn_id": output_conn_id,
+        "label": layout.label,
+        "delta": delta,
+        "deleted": tuple(deleted) if delta is not None else (),
+        "transaction_time": manifest.transaction_time,
+    }
     jobs = [
-        TypeJob(rtype, tuple(paths), output, output_conn_id, layout.label, parquet, delta, sizes.get(rtype, 0))
+        TypeJob(resource_type=rtype, files=tuple(paths), parquet=parquet, size=sizes.get(rtype, 0), **common)
         for rtype, paths in files.items()
     ]
     jobs.sort(key=lambda j: (-j.size, j.resource_type))
     extra = sorted(set(extra_delta_types) - set(files))
     if delta is not None and (extra or not jobs):
         if jobs and jobs[0].resource_type != MIXED:
-            jobs[0] = TypeJob(**{**asdict(jobs[0]), "files": jobs[0].files, "delta_types": tuple(extra)})
+            jobs[0] = replace(jobs[0], delta_types=tuple(extra))
         elif not jobs:
-            jobs.append(TypeJob(MIXED, (), output, output_conn_id, layout.label, None, delta, 0, tuple(extra)))
+            jobs.append(TypeJob(resource_type=MIXED, files=(), delta_types=tuple(extra), **common))
     return jobs
+
+
+def landed_path(layout: ExportLayout, planned: PlannedFile) -> Any:
+    """Where a landed file is now: in the staging area until the export is published, then in its place."""
+    staged = layout.staged_path(planned)
+    return staged if staged.exists() else layout.final_path(planned)
 
 
 def finish_type(job: TypeJob, places: Places | None = None) -> dict[str, Any]:
@@ -114,6 +139,7 @@ def write_parquet(job: TypeJob, places: Places) -> dict[str, int]:
     assert job.parquet is not None and places.parquet is not None
     expected = None if job.resource_type == MIXED else job.resource_type
     writer = FhirParquetWriter(places.parquet, job.label, **(job.parquet.get("options") or {}))
+    # The tables commit whole now; their _SUCCESS markers come when the export is published (finish.py).
     try:
         for uri in job.files:
             writer.write_ndjson(places.source(uri, job.output_conn_id), expected)
@@ -124,7 +150,7 @@ def write_parquet(job: TypeJob, places: Places) -> dict[str, int]:
                 "table has one writer, so these cannot be converted with the type's own files. Land the export "
                 "with organizeOutputBy or fix the server's files"
             )
-        tables = writer.commit()
+        tables = writer.commit(mark=False)
     except BaseException:
         if not writer.closed:  # a failed commit has cleaned up already
             writer.abort()
@@ -135,6 +161,7 @@ def write_parquet(job: TypeJob, places: Places) -> dict[str, int]:
 def merge_delta(job: TypeJob, places: Places) -> dict[str, Any]:
     """The job's types merged into their current-state Delta tables (idempotent: a rerun changes nothing)."""
     from airflow_provider_smart.tables.landed import merge_landed
+    from airflow_provider_smart.tables.runs import LandedRun
 
     assert job.delta is not None and places.tables is not None
     types: list[str] | None
@@ -144,6 +171,20 @@ def merge_delta(job: TypeJob, places: Places) -> dict[str, Any]:
         types = None  # files of mixed types: every type of the run, in this one job
     else:
         types = list(job.delta_types)  # types with deletions only (or none at all)
+    # The run as the manifest lists it (the export is not published yet, so it cannot be looked up).
+    run = LandedRun(
+        "export",
+        job.label,
+        job.transaction_time or "",
+        files={
+            (None if job.resource_type == MIXED else job.resource_type): [
+                places.source(u, job.output_conn_id) for u in job.files
+            ]
+        },
+        deleted=[places.source(u, job.output_conn_id) for u in job.deleted],
+    )
+    for rtype in types or ():
+        run.files.setdefault(rtype, [])
     return merge_landed(
         places.output,
         job.label,
@@ -152,6 +193,7 @@ def merge_delta(job: TypeJob, places: Places) -> dict[str, Any]:
         options=job.delta.get("options"),
         resource_types=types,
         logger=log,
+        run=run,
     )
 
 

@@ -5,14 +5,17 @@
     export >> download.expand(batch=export.output)        # the files, in batches
            >> plan = FhirBulkExportPlanFinishOperator(export=export.output["export"])
            >> FhirBulkFinishTypeOperator.partial(export=export.output["export"]).expand(job=plan.output)
-           >> FhirBulkExportFinalizeOperator(export=export.output["export"])  # watermark, DELETE
+           >> FhirBulkExportFinalizeOperator(export=export.output["export"])  # publish, watermark, DELETE
 
-The plan task checks that every file landed and the error files allow the export, publishes the NDJSON
-and returns one job per resource type; each mapped task writes its type's Parquet and Delta tables (a
-table has one writer: its type's task) and records them; the finalize task then finds every type done
-and fetches attachments (if asked), advances the watermark and sends DELETE. When a type's task fails,
-the finalize task does not run (its trigger rule is ``none_failed``): the watermark stays, the export
-stays on the server, and a retry of the failed type (or a rerun of the finalize task) finishes it.
+The plan task checks that every file landed and the error files allow the export, and returns one job
+per resource type; it publishes nothing. Each mapped task writes its type's Parquet table (its parts,
+not yet its ``_SUCCESS`` marker) and merges its Delta table from the still unpublished NDJSON (a table
+has one writer: its type's task), and records them; the finalize task then finds every type done and
+publishes the export (the NDJSON, every marker, the export's marker last, the Asset events), fetches
+attachments (if asked), advances the watermark and sends DELETE. When a type's task fails, the finalize
+task does not run (its trigger rule is ``none_failed``): nothing of the run is published, the watermark
+stays, the export stays on the server, and a retry of the failed type (or a rerun of the finalize task)
+finishes it.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ if TYPE_CHECKING:
 
 
 class FhirBulkExportPlanFinishOperator(ExportTaskBase):
-    """After every batch landed: check, publish the NDJSON, and return the per-type finishing jobs still to
-    do (map :class:`FhirBulkFinishTypeOperator` over them). Use ``trigger_rule="none_failed"``.
+    """After every batch landed: check it (publishing nothing), and return the per-type finishing jobs still
+    to do (map :class:`FhirBulkFinishTypeOperator` over them). Use ``trigger_rule="none_failed"``.
 
     :param export: the export reference (``export_task.output["export"]``). (templated)
     :param smart_fhir_conn_id: the ``smart_fhir`` connection (DELETE when the error files refuse the export).
@@ -60,7 +63,7 @@ class FhirBulkExportPlanFinishOperator(ExportTaskBase):
         finisher = Finisher(
             self._hook().get_client(), layout, state, manifest, FinishOptions.from_ref(self.export), logger=self.log
         )
-        finisher.publish()
+        finisher.check()
         if finisher.options.parquet is None and finisher.options.delta is None:
             return []
         done = finished_types(layout)

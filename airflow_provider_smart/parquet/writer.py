@@ -686,8 +686,12 @@ class FhirParquetWriter:
         if self.closed:
             raise RuntimeError("this FhirParquetWriter was already committed or aborted; make a new one")
 
-    def commit(self) -> dict[str, dict[str, Any]]:
-        """Finish every table; returns ``{resourceType: {"rows", "files", "schema"}}``."""
+    def commit(self, *, mark: bool = True) -> dict[str, dict[str, Any]]:
+        """Finish every table; returns ``{resourceType: {"rows", "files", "schema"}}``.
+
+        ``mark=False`` leaves out each table's ``_SUCCESS`` marker: the caller publishes the run later with
+        :func:`mark_table_complete` (an export's finishing step marks its tables together with the export).
+        """
         self._check_open()
         try:
             result: dict[str, dict[str, Any]] = {}
@@ -710,7 +714,8 @@ class FhirParquetWriter:
                     "schema": str(schema_path),
                     "columns": len(tw.record.root.children) + 1,
                 }
-                mark_complete(tw.directory, {"resourceType": rtype, "rows": tw.summary.rows})
+                if mark:
+                    mark_table_complete(tw.directory, rtype, tw.summary.rows)
                 # DEBUG: the operators log one table of every type's rows; how the rows were converted
                 # (fast chunks, exact lines) is for whoever tunes the converter.
                 log.debug(
@@ -741,6 +746,11 @@ class FhirParquetWriter:
             except Exception:
                 log.warning("could not clean %s", tw.directory, exc_info=True)
         self.closed = True
+
+
+def mark_table_complete(directory: Any, resource_type: str, rows: int) -> None:
+    """The ``_SUCCESS`` marker of one type's Parquet directory of a run (readers take the run from here)."""
+    mark_complete(directory, {"resourceType": resource_type, "rows": rows})
 
 
 def _without(count: int, dropped: list[int]) -> list[int]:

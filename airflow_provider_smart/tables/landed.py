@@ -8,9 +8,12 @@ directly from a child process with places its parent resolved, so the child neve
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_smart.storage.paths import safe_segment
+
+if TYPE_CHECKING:
+    from airflow_provider_smart.tables.runs import LandedRun
 
 #: The keys ``delta_options`` may hold.
 DELTA_OPTIONS = frozenset(
@@ -47,8 +50,12 @@ def merge_landed(
     transaction_time: str | None = None,
     logger: Any = None,
     source_layout: str = "provider",
+    run: LandedRun | None = None,
 ) -> dict[str, Any]:
     """Merge the run ``label`` landed under ``output`` into the tables at ``root``; a JSON-safe summary.
+
+    ``run``: the run's files as the caller knows them (an export being finished, not yet published);
+    by default the run is looked up under ``output``.
 
     ``output`` and ``root`` are path objects (an ObjectStoragePath or a UPath); ``storage_options`` are
     delta-rs's for ``root`` (credentials). ``options`` as ``delta_options`` (its ``output`` and ``conn_id``
@@ -66,7 +73,9 @@ def merge_landed(
         max_attempts=int(opts.get("max_attempts", 5)),
         buckets=None if opts.get("buckets") is None else int(opts["buckets"]),
     )
-    if source_layout == "flat":
+    if run is not None:
+        pass
+    elif source_layout == "flat":
         from airflow_provider_smart.tables.bulk_folder import read_bulk_folder
 
         run = read_bulk_folder(output, transaction_time=transaction_time, label=label or None)

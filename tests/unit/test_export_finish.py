@@ -149,17 +149,21 @@ def test_a_finishing_child_imports_no_airflow_for_local_places(tmp_path: Path) -
 
     from airflow_provider_smart.export.places import portable_places
 
-    source = tmp_path / "Patient.ndjson"
-    source.write_text(_line("Patient", 1) + "\n")
     spec: dict[str, Any] = {"output": None, "output_conn_id": None, "options": {}}
-    job = TypeJob("Patient", (f"file://{source}",), str(tmp_path), None, "run1", spec)
-    places = portable_places(job)
+    jobs = []
+    for rtype in ("Patient", "Observation"):
+        source = tmp_path / f"{rtype}.ndjson"
+        source.write_text(_line(rtype, 1) + "\n")
+        jobs.append(TypeJob(rtype, (f"file://{source}",), str(tmp_path), None, "run1", spec))
+    places = portable_places(jobs[0])
     assert places is not None and places.local
     fn = functools.partial(_finish_and_report, places=places)
-    _, (result, modules) = run_jobs(fn, [job, job], workers=2, cpus=2)
-    assert result["parquet"] == {"Patient": 1}
+    _, (result, modules) = run_jobs(fn, jobs, workers=2, cpus=2)
+    assert result["parquet"] == {"Observation": 1}
     assert "airflow" not in modules and "airflow.sdk" not in modules
-    assert (tmp_path / "parquet/Patient/run1/_SUCCESS").exists()
+    # The table committed its part; its _SUCCESS marker waits for the export's publication.
+    assert (tmp_path / "parquet/Observation/run1/part-00000.parquet").exists()
+    assert not (tmp_path / "parquet/Observation/run1/_SUCCESS").exists()
 
 
 def _finish_and_report(job: TypeJob, places: Any) -> tuple[dict[str, Any], list[str]]:
@@ -211,7 +215,7 @@ def test_resumed_finish_redoes_only_the_types_that_did_not_commit(
     layout, manifest = landed_export(tmp_path)
     state = state_of(layout)
     finisher = Finisher(None, layout, state, manifest, parquet_options(max_workers=1))
-    finisher.publish()
+    finisher.check()
     # An earlier attempt committed Observation, then died: its table and its record are there.
     first = next(j for j in finisher.type_jobs() if j.resource_type == "Observation")
     recorded = finish_type(first)
@@ -235,6 +239,15 @@ def test_a_type_file_holding_another_type_fails_clearly_and_commits_nothing_of_i
     state = layout.read_state() or {}
     assert state["phase"] == "downloading"  # the watermark did not move; a retry finishes the rest
     assert "Patient" not in (state.get(FINISHED_TYPES) or []) and "Patient" not in finished_types(layout)
+    # Nothing of the run is published: the other types finished, but no marker of the run is readable.
+    assert set(finished_types(layout)) == {"Observation", "Encounter"}
+    out = tmp_path / "out"
+    assert not (out / "_exports/run1/_SUCCESS").exists()
+    published = [p.name for p in out.iterdir() if p.name in ("Patient", "Observation", "Encounter")]
+    assert not published  # no NDJSON in a type's visible place
+    assert not list((out / "parquet").glob("*/run1/_SUCCESS"))
+    assert (out / "parquet/Observation/run1/part-00000.parquet").exists()  # committed, kept for the retry
+    assert not (out / "_watermarks").exists()
 
 
 def test_finish_workers_option() -> None:

@@ -21,14 +21,12 @@ run: its merge commits when the type finishes, and merging the same run again ch
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 from collections.abc import Iterator
 from typing import Any
 
 from airflow_provider_smart.export.options import FinishOptions, available_cpus, storage_uri
-from airflow_provider_smart.export.per_type import TypeJob, combine_delta, finish_type, landed_path, plan_type_jobs
-from airflow_provider_smart.export.places import portable_places
+from airflow_provider_smart.export.per_type import TypeJob, combine_delta, file_sizes, landed_path, plan_type_jobs
 from airflow_provider_smart.fhir.bulk.manifest import Manifest, plan_files
 from airflow_provider_smart.storage.atomic import atomic_write_json, is_hidden, read_json
 from airflow_provider_smart.storage.export_state import ExportLayout, utcnow_iso, write_watermark
@@ -43,8 +41,9 @@ log = logging.getLogger(__name__)
 FINISHED_TYPES = "finished_types"
 FINISHED_DIR = "finished"
 #: A process is started per this many bytes of NDJSON still to convert, up to ``max_finish_workers``:
-#: starting one costs about a CPU-second of imports, which converts some 90 MB, so a small export is
-#: finished in the task's own process.
+#: starting one costs about 0.4 CPU-s (spawn and imports, no Airflow: export/places.py), which converts
+#: some 35 MB, plus its share of the pool's bookkeeping, so a small export is finished in the task's own
+#: process.
 MIN_BYTES_PER_PROCESS = 64 << 20
 
 
@@ -161,7 +160,7 @@ class Finisher:
         returns the summary's ``parquet`` and ``delta`` entries (those asked for)."""
         if self.options.parquet is None and self.options.delta is None:
             return {}
-        from airflow_provider_smart.export.pool import run_jobs
+        from airflow_provider_smart.export.shards import finish_jobs
 
         jobs = self.type_jobs()
         finished = finished_types(self.layout)
@@ -177,10 +176,14 @@ class Finisher:
             self.state = dict(self.state, **{FINISHED_TYPES: sorted(finished)})
             self.layout.write_state(self.state)  # the parent is the state file's only writer
 
-        # Resolved here once: a child handed plain local paths needs no Airflow import (export/places.py).
-        fn = functools.partial(finish_type, places=portable_places(todo[0]) if todo else None)
         with self._lease_kept():
-            run_jobs(fn, todo, workers=workers, cpus=available_cpus(), on_done=record)
+            finish_jobs(
+                todo,
+                workers=workers,
+                cpus=available_cpus(),
+                file_bytes=file_sizes(self.layout, self.manifest),
+                on_done=record,
+            )
         return self.summarize_types([finished[job.resource_type] for job in jobs])
 
     def summarize_types(self, results: list[dict[str, Any]]) -> dict[str, Any]:

@@ -44,13 +44,19 @@ class TypeJob:
     #: The export's deleted-resource Bundles (their deletions of this job's types go into its Delta tables).
     deleted: tuple[str, ...] = field(default_factory=tuple)
     transaction_time: str | None = None
+    #: A shard of a large type (``export/shards.py``): the byte range of each file (``(0, -1)``: all of it),
+    #: and which of the type's ``shards`` this is. Shards run in the finishing pool only.
+    ranges: tuple[tuple[int, int], ...] = field(default_factory=tuple)
+    shard: int = 0
+    shards: int = 1
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TypeJob:
-        tuples = {name: tuple(data.get(name) or ()) for name in ("files", "delta_types", "deleted")}
+        tuples: dict[str, Any] = {name: tuple(data.get(name) or ()) for name in ("files", "delta_types", "deleted")}
+        tuples["ranges"] = tuple((int(a), int(b)) for a, b in data.get("ranges") or ())
         return cls(**{**data, **tuples})
 
 
@@ -111,6 +117,15 @@ def plan_type_jobs(
     return jobs
 
 
+def file_sizes(layout: ExportLayout, manifest: Manifest) -> dict[str, int]:
+    """Each landed output file's bytes (from its record), by the URI the jobs name it with."""
+    sizes: dict[str, int] = {}
+    for p in plan_files(manifest):
+        if p.kind == "output":
+            sizes[str(landed_path(layout, p))] = int((layout.read_record(p.key) or {}).get("bytes", 0))
+    return sizes
+
+
 def landed_path(layout: ExportLayout, planned: PlannedFile) -> Any:
     """Where a landed file is now: in the staging area until the export is published, then in its place."""
     staged = layout.staged_path(planned)
@@ -138,11 +153,17 @@ def write_parquet(job: TypeJob, places: Places) -> dict[str, int]:
 
     assert job.parquet is not None and places.parquet is not None
     expected = None if job.resource_type == MIXED else job.resource_type
-    writer = FhirParquetWriter(places.parquet, job.label, **(job.parquet.get("options") or {}))
+    destination = places.parquet
+    if job.shards > 1:
+        from airflow_provider_smart.export.shards import seed_shard
+
+        destination = seed_shard(places.parquet, job)
+    writer = FhirParquetWriter(destination, job.label, **(job.parquet.get("options") or {}))
     # The tables commit whole now; their _SUCCESS markers come when the export is published (finish.py).
     try:
-        for uri in job.files:
-            writer.write_ndjson(places.source(uri, job.output_conn_id), expected)
+        for i, uri in enumerate(job.files):
+            span = job.ranges[i] if job.ranges and job.ranges[i][1] >= 0 else None
+            writer.write_ndjson(places.source(uri, job.output_conn_id), expected, span)
         strays = sorted(set(writer.writers) - {expected}) if expected is not None else []
         if strays:
             raise StrayTypeError(

@@ -45,6 +45,7 @@ from airflow_provider_smart.parquet.arrow import (
     unexpected_paths,
 )
 from airflow_provider_smart.parquet.chunks import (
+    LineRange,
     cut_lines,
     drop_blank_lines,
     iter_chunks,
@@ -535,14 +536,27 @@ class FhirParquetWriter:
         self._writer_for(resource_type)
 
     # -- inputs ----------------------------------------------------------------------------------
-    def write_ndjson(self, source: Any, resource_type: str | None = None) -> int:
+    def write_ndjson(
+        self, source: Any, resource_type: str | None = None, byte_range: tuple[int, int] | None = None
+    ) -> int:
         """Convert one NDJSON file (plain or gzipped). Returns the number of resources read.
 
         :param resource_type: the type the file should hold (Bulk Data files hold one type); lines of
             other types still land in their own tables.
+        :param byte_range: only the lines starting in these bytes ``[start, end)`` of a plain file (see
+            :class:`~airflow_provider_smart.parquet.chunks.LineRange`): writers sharing a large file.
         """
-        with open_ndjson(source) as handle:
-            return self._write_chunks(iter_chunks(handle, self.chunk_bytes), str(source), resource_type)
+        if byte_range is None:
+            with open_ndjson(source) as handle:
+                return self._write_chunks(iter_chunks(handle, self.chunk_bytes), str(source), resource_type)
+        with source.open("rb") if hasattr(source, "open") else open(source, "rb") as raw:
+            if raw.read(2) == b"\x1f\x8b":
+                raise ValueError(
+                    f"{source} is gzipped: a byte range of it cannot be read on its own; convert the file whole"
+                )
+            ranged = LineRange(raw, *byte_range)
+            where = f"{source} bytes {byte_range[0]}-{byte_range[1]}"
+            return self._write_chunks(iter_chunks(ranged, self.chunk_bytes), where, resource_type)  # type: ignore[arg-type]
 
     def write_lines(self, lines: Iterable[bytes | str], resource_type: str | None = None) -> int:
         """Convert NDJSON lines (each one resource) arriving from a stream."""

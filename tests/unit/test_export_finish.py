@@ -275,3 +275,63 @@ def test_small_exports_are_finished_in_this_process(tmp_path: Path, monkeypatch:
     layout, manifest = landed_export(tmp_path)
     Finisher(None, layout, state_of(layout), manifest, parquet_options(max_workers=4)).run()
     assert used == [1]  # a few kB: no process is worth starting
+
+
+# -- a large type in shards ------------------------------------------------------------------------------
+def test_a_large_type_is_written_in_shards_combined_into_one_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One large Observation file is cut into byte ranges written by two processes; the combine gives one
+    table: every row once, part names that never collide, one schema for every part (the shard that met
+    a field later is rewritten to it), the type's record grown once, no shard left."""
+    import pyarrow.parquet as pq
+
+    from airflow_provider_smart.export import shards
+
+    monkeypatch.setattr(finish, "MIN_BYTES_PER_PROCESS", 1)
+    monkeypatch.setattr(shards, "MIN_PIECE_BYTES", 1)
+    counts = {"Observation": 400, "Patient": 3}
+    layout, manifest = landed_export(tmp_path, counts)
+    # The second half of the Observations has a field the first half lacks: the shards' records differ.
+    obs = next(p for p in plan_files(manifest) if p.expected_type == "Observation")
+    lines = [
+        json.dumps({"resourceType": "Observation", "id": f"o-{i}", **({"status": "final"} if i >= 200 else {})})
+        for i in range(400)
+    ]
+    body = ("\n".join(lines) + "\n").encode()
+    layout.staged_path(obs).write_bytes(body)
+    layout.write_record(obs, {"kind": "output", "lines": 400, "bytes": len(body)})
+    summary = Finisher(None, layout, state_of(layout), manifest, parquet_options(max_workers=2)).run()
+    assert summary["parquet"]["counts"] == {"Observation": 400, "Patient": 3}
+    table = tmp_path / "out/parquet/Observation/run1"
+    parts = sorted(p.name for p in table.glob("*.parquet"))
+    assert len(parts) >= 2 and all(p.startswith("part-") for p in parts) and len(set(parts)) == len(parts)
+    schemas = {str(pq.read_schema(table / p)) for p in parts}
+    assert len(schemas) == 1 and "status" in schemas.pop()
+    ids = [i for p in parts for i in pq.read_table(table / p, columns=["id"]).column("id").to_pylist()]
+    assert sorted(ids) == sorted(f"o-{i}" for i in range(400))  # every row once
+    record = json.loads((tmp_path / "out/parquet/Observation/_schema.json").read_text())
+    assert "status" in record["fields"]
+    assert (table / "_SUCCESS").exists()  # published
+    assert not (tmp_path / "out/parquet/_shards").exists()
+    assert finished_types(layout)["Observation"]["parquet"] == {"Observation": 400}
+
+
+def test_split_for_pool_cuts_only_large_plain_types(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from airflow_provider_smart.export import shards
+
+    spec: dict[str, Any] = {"output": None, "output_conn_id": None, "options": {}}
+    mb = 1 << 20
+    big = TypeJob("Observation", ("file:///a.ndjson",), "/o", None, "r", spec, size=400 * mb)
+    small = TypeJob("Patient", ("file:///p.ndjson",), "/o", None, "r", spec, size=40 * mb)
+    out = shards.split_for_pool([big, small], 2, {"file:///a.ndjson": 400 * mb, "file:///p.ndjson": 40 * mb})
+    cut = [j for j in out if j.resource_type == "Observation"]
+    assert len(cut) == 4 and {j.shards for j in cut} == {4} and sorted(j.shard for j in cut) == [0, 1, 2, 3]
+    assert [r for j in cut for r in j.ranges] == [(i * 100 * mb, (i + 1) * 100 * mb) for i in range(4)]
+    assert all(j.delta is None for j in cut)  # the type's Delta merge runs once, after the combine
+    assert out[-1] == small and out[0].size >= out[-2].size  # largest first
+    gz = replace(big, files=("file:///a.ndjson.gz",))
+    assert shards.split_for_pool([gz, small], 2, {"file:///a.ndjson.gz": 400 * mb}) == [gz, small]  # stays whole
+    assert shards.split_for_pool([big, small], 1, {}) == [big, small]  # one process: nothing to balance

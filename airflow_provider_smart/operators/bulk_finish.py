@@ -75,6 +75,9 @@ class FhirBulkExportPlanFinishOperator(ExportTaskBase):
 class FhirBulkFinishTypeOperator(ExportTaskBase):
     """The Parquet and Delta tables of one resource type of a fanned-out export (one mapped task per type).
 
+    A large type is written in shards by up to ``max_finish_workers`` processes (the export task's
+    setting; default the CPUs this task may use), then combined into its one table.
+
     :param export: the export reference (``export_task.output["export"]``). (templated)
     :param job: one item of :class:`FhirBulkExportPlanFinishOperator`'s return value. (templated)
     """
@@ -88,9 +91,12 @@ class FhirBulkFinishTypeOperator(ExportTaskBase):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_smart.export.finish import finished_types, record_finished_type
-        from airflow_provider_smart.export.per_type import TypeJob, finish_type
+        from airflow_provider_smart.export.options import available_cpus
+        from airflow_provider_smart.export.per_type import TypeJob, file_sizes
+        from airflow_provider_smart.export.shards import finish_jobs
+        from airflow_provider_smart.fhir.bulk.manifest import parse_manifest
 
-        layout, _ = bound_state(self.export)
+        layout, state = bound_state(self.export)
         if not isinstance(self.job, dict) or "resource_type" not in self.job:
             raise ValueError(
                 f"expected one job of the plan task's return value (a dict with 'resource_type'), got "
@@ -103,7 +109,17 @@ class FhirBulkFinishTypeOperator(ExportTaskBase):
         if done is not None:
             self.log.info("%s of export %s already finished", job.resource_type, layout.label)
             return done
-        result = finish_type(job)
+        # The type on this worker's CPUs: a large one in shards (export/shards.py), like the inline finish.
+        options = FinishOptions.from_ref(self.export)
+        results: list[dict[str, Any]] = []
+        finish_jobs(
+            [job],
+            workers=options.workers,
+            cpus=available_cpus(),
+            file_bytes=file_sizes(layout, parse_manifest(state["manifest"])),
+            on_done=lambda _, result: results.append(result),
+        )
+        (result,) = results
         record_finished_type(layout, job, result)
         self.log.info("%s of export %s finished: %s", job.resource_type, layout.label, result.get("parquet"))
         return result

@@ -335,3 +335,28 @@ def test_split_for_pool_cuts_only_large_plain_types(tmp_path: Path) -> None:
     gz = replace(big, files=("file:///a.ndjson.gz",))
     assert shards.split_for_pool([gz, small], 2, {"file:///a.ndjson.gz": 400 * mb}) == [gz, small]  # stays whole
     assert shards.split_for_pool([big, small], 1, {}) == [big, small]  # one process: nothing to balance
+
+
+def test_a_mapped_type_task_writes_a_large_type_in_shards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fan-out: the one task of a large type spreads it over the task's CPUs too, and records it once."""
+    import pyarrow.parquet as pq
+
+    from airflow_provider_smart.export import shards
+    from airflow_provider_smart.fhir.bulk.manifest import manifest_to_dict
+    from airflow_provider_smart.operators.bulk_common import fanout_reference
+    from airflow_provider_smart.operators.bulk_finish import FhirBulkFinishTypeOperator
+
+    monkeypatch.setattr(shards, "MIN_PIECE_BYTES", 1)
+    layout, manifest = landed_export(tmp_path, {"Observation": 300})
+    layout.write_state(dict(state_of(layout), manifest=manifest_to_dict(manifest)))
+    options = parquet_options(max_workers=2)
+    ref = fanout_reference(str(tmp_path / "out"), None, layout, manifest.transaction_time, options)
+    finisher = Finisher(None, layout, layout.read_state() or {}, manifest, options)
+    (job,) = finisher.type_jobs()
+    result = FhirBulkFinishTypeOperator(task_id="finish_type", export=ref, job=job.to_json()).execute({})  # type: ignore[arg-type]
+    assert result["parquet"] == {"Observation": 300}
+    table = tmp_path / "out/parquet/Observation/run1"
+    parts = sorted(table.glob("part-*.parquet"))
+    assert len(parts) > 1 and sum(pq.read_metadata(p).num_rows for p in parts) == 300
+    assert finished_types(layout) == {"Observation": result}
+    assert not (table / "_SUCCESS").exists()  # the finalize task publishes

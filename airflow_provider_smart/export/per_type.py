@@ -3,8 +3,9 @@
 Types are independent: each has its own Parquet directory (``<parquet root>/<Type>/<label>/``), its own
 schema record (``<parquet root>/<Type>/_schema.json``, merged once, by the type's one writer) and its own
 Delta table, so one job per type runs in a process of its own (:mod:`.pool`) or in a mapped task without
-two writers ever sharing a table. A job takes only strings (URIs and settings): it travels to a child
-process or through an XCom.
+two writers ever sharing a table (a large type's shards have directories of their own until the task's
+process combines them: ``export/shards.py``). A job takes only strings (URIs and settings): it travels
+to a child process or through an XCom.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import multiprocessing
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
 J = TypeVar("J")
@@ -69,7 +69,11 @@ def run_jobs(
 ) -> list[R]:
     """``fn(job)`` for every job, in this process and ``min(workers, len(jobs)) - 1`` children, taking the
     jobs in order (put the largest first); results in the order of ``jobs``. ``fn`` must be a
-    module-level function and the jobs picklable."""
+    module-level function and the jobs picklable.
+
+    This process's share runs in a thread of its own, so the calling thread stays free to hand a child
+    its next job the moment it finishes one (with the job run in the calling thread, a child that
+    finished early waited idle until this process's job was done) and to run ``on_done``."""
     results: dict[int, R] = {}
 
     def finished(i: int, result: R) -> None:
@@ -84,51 +88,69 @@ def run_jobs(
         return [results[i] for i in range(len(jobs))]
     todo = deque(range(len(jobs)))
     running: dict[Future[R], int] = {}
+    mine: set[Future[R]] = set()  # the job this process runs, in its thread
     failure: BaseException | None = None
     context = multiprocessing.get_context("spawn")
     share = max(1, cpus // count)
-    with ProcessPoolExecutor(
-        max_workers=count - 1, mp_context=context, initializer=_share_cpus, initargs=(share,)
-    ) as pool:
+    with (
+        _own_cpu_share(share),
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="finish") as local,
+        ProcessPoolExecutor(
+            max_workers=count - 1, mp_context=context, initializer=_share_cpus, initargs=(share,)
+        ) as pool,
+    ):
 
         def fill() -> None:
+            if todo and not mine:  # this process takes the next job first: it has no start-up to pay
+                future = local.submit(fn, jobs[todo[0]])
+                running[future] = todo.popleft()
+                mine.add(future)
             with _children_skip_main():  # the first submit starts the children
-                while todo and len(running) < count - 1:
+                while todo and len(running) - len(mine) < count - 1:
                     i = todo.popleft()
                     running[pool.submit(fn, jobs[i])] = i
 
-        def collect(timeout: float | None) -> None:
-            nonlocal failure
-            done, _ = wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
+        fill()
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 i = running.pop(future)
+                mine.discard(future)
                 error = future.exception()
                 if error is not None:
                     failure = failure or error
+                elif failure is None:
+                    try:
+                        finished(i, future.result())
+                    except BaseException as exc:  # on_done failed (e.g. a combine): stop as for a job
+                        failure = exc
                 else:
-                    finished(i, future.result())
-
-        while failure is None and (todo or running):
-            if todo:
-                mine = todo.popleft()  # this process takes the next job; the children the ones after it
-                fill()
-                try:
-                    result = fn(jobs[mine])
-                except BaseException as exc:
-                    failure = exc
-                    break
-                finished(mine, result)
-                collect(0)
-            else:
-                collect(None)
+                    finished_after_failure(i, future, finished)
             if failure is None:
                 fill()
-        if failure is not None:
-            for future in running:
-                future.cancel()
-            # The running ones finish (each commits whole or not at all); what they committed is recorded.
-            for future, i in running.items():
-                if not future.cancelled() and future.exception() is None:
-                    finished(i, future.result())
-            raise failure
+            else:
+                for future in list(running):
+                    if future.cancel():
+                        running.pop(future)
+    if failure is not None:
+        raise failure
     return [results[i] for i in range(len(jobs))]
+
+
+def finished_after_failure(i: int, future: Future[R], finished: Callable[[int, R], None]) -> None:
+    """A job that ended after another failed: it committed whole, so it is still recorded."""
+    with contextlib.suppress(BaseException):
+        finished(i, future.result())
+
+
+@contextlib.contextmanager
+def _own_cpu_share(threads: int) -> Iterator[None]:
+    """This process's pyarrow thread pool sized to its share while the children run (put back after)."""
+    import pyarrow as pa
+
+    before = pa.cpu_count()
+    pa.set_cpu_count(max(1, threads))
+    try:
+        yield
+    finally:
+        pa.set_cpu_count(before)

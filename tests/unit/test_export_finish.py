@@ -21,6 +21,7 @@ from airflow_provider_smart.storage.export_state import ExportLayout
 from airflow_provider_smart.storage.paths import resolve_output
 
 TYPES = {"Patient": 3, "Observation": 12, "Encounter": 6}
+TT = "2024-01-01T00:00:00Z"
 
 
 def _line(rtype: str, i: int) -> str:
@@ -154,12 +155,18 @@ def test_a_finishing_child_imports_no_airflow_for_local_places(tmp_path: Path) -
     for rtype in ("Patient", "Observation"):
         source = tmp_path / f"{rtype}.ndjson"
         source.write_text(_line(rtype, 1) + "\n")
-        jobs.append(TypeJob(rtype, (f"file://{source}",), str(tmp_path), None, "run1", spec))
+        delta: dict[str, Any] = {
+            "options": {},
+            "output_conn_id": None,
+        }  # the Delta merge too: it stages Parquet locally
+        jobs.append(
+            TypeJob(rtype, (f"file://{source}",), str(tmp_path), None, "run1", spec, delta, transaction_time=TT)
+        )
     places = portable_places(jobs[0])
     assert places is not None and places.local
     fn = functools.partial(_finish_and_report, places=places)
     _, (result, modules) = run_jobs(fn, jobs, workers=2, cpus=2)
-    assert result["parquet"] == {"Observation": 1}
+    assert result["parquet"] == {"Observation": 1} and result["delta"]["results"]["Observation"]["rows"] == 1
     assert "airflow" not in modules and "airflow.sdk" not in modules
     # The table committed its part; its _SUCCESS marker waits for the export's publication.
     assert (tmp_path / "parquet/Observation/run1/part-00000.parquet").exists()

@@ -10,8 +10,8 @@ import pytest
 from airflow_provider_smart.sandbox.server import SandboxServer
 from tests.conftest import run_airflow
 from tests.integration.bulk_helpers import landed, store_view
-from tests.integration.test_delta_dag import _asset_events
 from tests.integration.test_attachments_operators import _generated_notes, _index
+from tests.integration.test_delta_dag import _asset_events
 from tests.sandbox_fixtures import SmartClient
 
 # Two `airflow dags test` runs in one test take minutes when the machine is busy.

@@ -1,20 +1,22 @@
 """Benchmark: the export's finishing step on one core and on two (``taskset``), with its per-type pool.
 
-Two measurements, each run in a child process pinned with ``taskset -c 0`` and then ``taskset -c 0,1``
+First the start-up of one pool child (spawned as the pool spawns it, handed the places the parent
+resolved, running a one-line job: its CPU seconds). Then two
+measurements, each run in a child process pinned with ``taskset -c 0`` and then ``taskset -c 0,1``
 (``max_finish_workers`` is left at its default, the CPUs the task may use, so the pinned child uses one
 process and then two):
 
 * ``parquet``: the ~1 GB 19-type corpus (synthea-100 replicated with ids rewritten, as
-  ``bench_parquet.py`` builds it) converted to Parquet by the finishing step's per-type jobs
-  (:func:`airflow_provider_smart.export.per_type.finish_type` through
-  :func:`airflow_provider_smart.export.pool.run_jobs`);
+  ``bench_parquet.py`` builds it) converted to Parquet by the finishing step's per-type jobs, large types
+  in shards (:func:`airflow_provider_smart.export.shards.finish_jobs`);
 * ``finish``: the finishing step of a sandbox export of the synthea-100 fixture with
   ``formats=("ndjson", "parquet", "delta")``: the export is downloaded once (fanned out, not pinned),
-  then each pinned child finishes a fresh copy of it (publish, Parquet, Delta, watermark).
+  then each pinned child finishes a fresh copy of it (Parquet, Delta, publish, watermark).
 
 Prints wall seconds, MB/s, CPU seconds (the child and its pool's processes: on a shared machine they
-tell more than the wall clock) and the load average before and after, then the ratios one core over
-two as one JSON line. Run on demand::
+tell more than the wall clock) and the load average before and after; then one ``SPEED-UP`` line per
+measurement (one core over two, wall clock; for Parquet also the critical path of CPU time and the
+per-core rate in MB of NDJSON per CPU-second), and all the ratios as one JSON line. Run on demand::
 
     .venv/bin/python benchmarks/bench_finish_parallel.py [--mb 1000] [--repeat 1] [--skip-finish]
 """
@@ -61,7 +63,7 @@ def peak_rss() -> float:
 def child_parquet(corpus: str, out: str) -> dict[str, Any]:
     from airflow_provider_smart.export.options import available_cpus
     from airflow_provider_smart.export.per_type import TypeJob, finish_type
-    from airflow_provider_smart.export.pool import run_jobs
+    from airflow_provider_smart.export.shards import finish_jobs
 
     files = sorted(Path(corpus).glob("*.ndjson"), key=lambda p: -p.stat().st_size)
     spec: dict[str, Any] = {"output": out, "output_conn_id": None, "options": {}}
@@ -76,8 +78,10 @@ def child_parquet(corpus: str, out: str) -> dict[str, Any]:
     )
     shutil.rmtree(warm)
     workers = available_cpus()
+    sizes = {str(p): p.stat().st_size for p in files}
     start, (own, kids) = time.perf_counter(), cpu_split()
-    run_jobs(finish_type, jobs, workers=workers, cpus=workers)
+    # As the finishing step does: places resolved here (a child imports no Airflow), large types in shards.
+    finish_jobs(jobs, workers=workers, cpus=workers, file_bytes=sizes, on_done=lambda job, result: None)
     own_after, kids_after = cpu_split()
     return {
         "seconds": time.perf_counter() - start,
@@ -113,6 +117,30 @@ def child_finish(ref_json: str) -> dict[str, Any]:
         "workers": options.workers,
         "rss": peak_rss(),
     }
+
+
+def child_startup(work: Path) -> float:
+    """CPU seconds of a finishing pool's child running a one-line job: spawned as the pool spawns it,
+    handed the places the parent resolved (so almost all of it is the child's start-up)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from airflow_provider_smart.export.per_type import TypeJob, finish_type
+    from airflow_provider_smart.export.places import portable_places
+    from airflow_provider_smart.export.pool import _children_skip_main
+
+    source = work / "startup" / "Patient.ndjson"
+    source.parent.mkdir(parents=True, exist_ok=True)
+    source.write_text('{"resourceType":"Patient","id":"s"}\n')
+    spec: dict[str, Any] = {"output": str(work / "startup" / "pq"), "output_conn_id": None, "options": {}}
+    job = TypeJob("Patient", (str(source),), str(source.parent), None, "startup", spec)
+    places = portable_places(job)
+    _, before = cpu_split()
+    with _children_skip_main(), ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(finish_type, job, places).result()
+    _, after = cpu_split()  # the child was waited for when the pool shut down
+    shutil.rmtree(source.parent)
+    return after - before
 
 
 def pinned(cores: str, *args: str) -> dict[str, Any]:
@@ -180,18 +208,24 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()}; CPUs of this process: {len(os.sched_getaffinity(0))}")
     ratios: dict[str, Any] = {}
     try:
+        startup = min(child_startup(work) for _ in range(3))
+        print(f"pool child start-up: {startup:.2f} CPU-s for a one-line job (best of 3)", flush=True)
+        ratios["child_startup_cpu_s"] = round(startup, 2)
         if not args.skip_parquet:
             corpus = work / "corpus"
             build_corpus(args.fixture, corpus, replicas_for(args.fixture, args.mb))
             size = sum(p.stat().st_size for p in corpus.glob("*.ndjson")) / 1e6
             walls: dict[str, list[float]] = {name: [] for name in PINS}
             paths: dict[str, list[float]] = {name: [] for name in PINS}
+            rates: list[float] = []  # CPU seconds of the one-core runs
             for _ in range(args.repeat):
                 for name, cores in PINS.items():
                     out = work / "parquet"
                     shutil.rmtree(out, ignore_errors=True)
                     got = pinned(cores, "--child", "parquet", str(corpus), str(out))
                     walls[name].append(got["seconds"])
+                    if name == "1 core":
+                        rates.append(got["cpu"])
                     # With one child, the longer of the two processes' CPU time is the step's critical path:
                     # its wall time on cores nobody else uses.
                     paths[name].append(max(got["cpu_here"], got["cpu_children"]))
@@ -206,6 +240,14 @@ def main() -> None:
             ratios["parquet_cpu_path_1_core_over_2_cores"] = round(min(paths["1 core"]) / min(paths["2 cores"]), 2)
             ratios["parquet_1_core_over_2_cores"] = round(min(walls["1 core"]) / min(walls["2 cores"]), 2)
             ratios["parquet_goal"] = 1.6
+            ratios["parquet_mb_per_cpu_s_1_core"] = round(size / min(rates), 1)
+            print(
+                f"SPEED-UP parquet {size:.0f} MB, 1 core -> 2 cores: {ratios['parquet_1_core_over_2_cores']:.2f}x wall "
+                f"(goal 1.6x; best of {args.repeat}), {ratios['parquet_cpu_path_1_core_over_2_cores']:.2f}x on the "
+                f"critical path of CPU time; PER-CORE RATE {ratios['parquet_mb_per_cpu_s_1_core']:.1f} MB of NDJSON "
+                "per CPU-second (1 core)",
+                flush=True,
+            )
             shutil.rmtree(corpus, ignore_errors=True)
         if not args.skip_finish:
             ref = landed_sandbox_export(args.fixture, work, args.finish_mb)
@@ -226,6 +268,11 @@ def main() -> None:
                         flush=True,
                     )
             ratios["finish_1_core_over_2_cores"] = round(min(finish_walls["1 core"]) / min(finish_walls["2 cores"]), 2)
+            print(
+                f"SPEED-UP finish (ndjson+parquet+delta) {nbytes:.0f} MB, 1 core -> 2 cores: "
+                f"{ratios['finish_1_core_over_2_cores']:.2f}x wall (best of {args.repeat})",
+                flush=True,
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"load average after: {os.getloadavg()}")

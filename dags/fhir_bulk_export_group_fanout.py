@@ -3,10 +3,11 @@
 The export task kicks off ``Group/<group_id>/$export``, waits in the triggerer, and returns the
 manifest's files in batches; ``download`` maps over the batches (each commits its files atomically and
 skips files already landed, so retries are cheap); ``plan_finish`` checks everything landed, reports the
-error files, publishes the NDJSON and returns one job per resource type; ``finish_type`` maps over them
-(each writes its type's Parquet table and merges its Delta table: the ``deltalake`` extra); ``finalize``
-runs only when every type finished: it advances the watermark and DELETEs the export. A failed type
-fails the run with the watermark kept and the export left on the server for a retry.
+error files and returns one job per resource type, publishing nothing yet; ``finish_type`` maps over
+them (each writes its type's Parquet table and merges its Delta table: the ``deltalake`` extra);
+``finalize`` runs only when every type finished: it publishes the export, advances the watermark and
+DELETEs it. A failed type fails the run with nothing published, the watermark kept and the export left
+on the server for a retry.
 
 Params: ``group_id`` (default ``grp-all``, a sandbox Group) and ``output`` (or the Variable
 ``fhir_bulk_output_dir``; default ``$AIRFLOW_HOME/fhir-output/bulk``).

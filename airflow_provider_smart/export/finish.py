@@ -1,15 +1,21 @@
 """Finishing an export after every file landed, as named steps run in order:
 
-1. :meth:`Finisher.publish`: check every file landed, report the error files, publish the NDJSON
-   (markers last); an error file over ``fail_on_severity`` cancels the export and publishes nothing;
-2. :meth:`Finisher.fetch_attachments`: the landed resources' attachments (if asked);
-3. :meth:`Finisher.convert_types`: Parquet and Delta, one job per resource type, in parallel processes
-   (or one mapped task per type, before this step); each finished type is recorded
-   (:func:`record_finished_type`), so a resumed finish redoes only the types that did not commit;
-4. :meth:`Finisher.complete`: the watermark, DELETE on the server, the summary in the state file.
+1. :meth:`Finisher.check`: check every file landed and report the error files; an error file over
+   ``fail_on_severity`` cancels the export and publishes nothing;
+2. :meth:`Finisher.convert_types`: Parquet and Delta, one job per resource type, in parallel processes
+   (or one mapped task per type, before the rest), reading the NDJSON where it landed, still unpublished;
+   each finished type is recorded (:func:`record_finished_type`), so a resumed finish redoes only the
+   types that did not commit. A Parquet table commits its parts but not its ``_SUCCESS`` marker yet;
+3. :meth:`Finisher.publish`: only once every type finished: the NDJSON to its visible place, each
+   directory's marker, the Parquet tables' markers, the export's own marker last;
+4. :meth:`Finisher.fetch_attachments`: the landed resources' attachments (if asked);
+5. :meth:`Finisher.complete`: the watermark, DELETE on the server, the summary in the state file.
 
-Every step before the watermark can fail and be retried: the watermark moves only after all of them,
-so the next export asks again for whatever a failed finish did not deliver.
+So a type that fails leaves the export unpublished (no ``_SUCCESS`` of the run anywhere, no Asset event),
+the watermark where it was and the export on the server; a retry finishes the rest. Every step before
+the watermark can fail and be retried: the watermark moves only after all of them, so the next export
+asks again for whatever a failed finish did not deliver. (A type's Delta table is current state, not a
+run: its merge commits when the type finishes, and merging the same run again changes nothing.)
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from airflow_provider_smart.export.options import FinishOptions, available_cpus, storage_uri
-from airflow_provider_smart.export.per_type import TypeJob, combine_delta, finish_type, plan_type_jobs
+from airflow_provider_smart.export.per_type import TypeJob, combine_delta, file_sizes, landed_path, plan_type_jobs
 from airflow_provider_smart.fhir.bulk.manifest import Manifest, plan_files
 from airflow_provider_smart.storage.atomic import atomic_write_json, is_hidden, read_json
 from airflow_provider_smart.storage.export_state import ExportLayout, utcnow_iso, write_watermark
@@ -35,8 +41,9 @@ log = logging.getLogger(__name__)
 FINISHED_TYPES = "finished_types"
 FINISHED_DIR = "finished"
 #: A process is started per this many bytes of NDJSON still to convert, up to ``max_finish_workers``:
-#: starting one costs about a CPU-second of imports, which converts some 90 MB, so a small export is
-#: finished in the task's own process.
+#: starting one costs about 0.4 CPU-s (spawn and imports, no Airflow: export/places.py), which converts
+#: some 35 MB, plus its share of the pool's bookkeeping, so a small export is finished in the task's own
+#: process.
 MIN_BYTES_PER_PROCESS = 64 << 20
 
 
@@ -94,10 +101,11 @@ class Finisher:
 
     def run(self) -> dict[str, Any]:
         """Every step in order; returns the export's summary."""
-        summary = self.publish()
+        summary = self.check()
+        summary.update(self.convert_types())
+        self.publish(summary)
         if self.options.attachments is not None:
             summary["attachments"] = self.fetch_attachments()
-        summary.update(self.convert_types())
         return self.complete(summary)
 
     @contextlib.contextmanager
@@ -105,15 +113,18 @@ class Finisher:
         with self.lease.kept_alive() if self.lease is not None else contextlib.nullcontext():
             yield
 
-    # -- 1. check and publish the NDJSON -------------------------------------------------------------
-    def publish(self) -> dict[str, Any]:
+    # -- 1. check ----------------------------------------------------------------------------------
+    def check(self) -> dict[str, Any]:
+        """Every file landed and the error files allow the export; returns the summary so far."""
         from airflow_provider_smart.fhir.bulk import sync
-        from airflow_provider_smart.storage.export_landing import ExportOutcomeError, finalize
+        from airflow_provider_smart.storage.export_landing import ExportOutcomeError, check_landed
 
         if self.lease is not None:
-            self.lease.check()  # publishing under a label another run has taken would mix two exports
+            self.lease.check()  # finishing under a label another run has taken would mix two exports
         try:
-            return finalize(self.layout, self.manifest, fail_on_severity=self.options.fail_on_severity, logger=self.log)
+            return check_landed(
+                self.layout, self.manifest, fail_on_severity=self.options.fail_on_severity, logger=self.log
+            )
         except ExportOutcomeError as exc:
             # The export is over on the server either way; a retry starts a new one.
             status_url = self.state.get("status_url")
@@ -124,23 +135,7 @@ class Finisher:
                 self.lease.release()
             raise
 
-    # -- 2. attachments ----------------------------------------------------------------------------
-    def fetch_attachments(self) -> dict[str, Any]:
-        """The attachments of every landed output file, under ``<root>/attachments/<label>/``, fetched with
-        the export's own client (its token decision and wait policy); only what did not land yet."""
-        from airflow_provider_smart.storage.attachments import (
-            AttachmentSettings,
-            attachments_destination,
-            land_attachments,
-        )
-
-        settings = AttachmentSettings.from_option(self.options.attachments) or AttachmentSettings()
-        sources = [self.layout.final_path(p) for p in plan_files(self.manifest) if p.kind == "output"]
-        destination = attachments_destination(self.layout.root, self.layout.label)
-        with self._lease_kept():
-            return land_attachments(self.client, sources, destination, settings, logger=self.log)
-
-    # -- 3. Parquet and Delta, per type ---------------------------------------------------------------
+    # -- 2. Parquet and Delta, per type ---------------------------------------------------------------
     def type_jobs(self) -> list[TypeJob]:
         """The per-type jobs of this export (all of them, finished or not)."""
         delta = self.options.delta
@@ -157,7 +152,7 @@ class Finisher:
     def _deletion_types(self) -> set[str]:
         from airflow_provider_smart.tables.deleted import read_deletions
 
-        files = [self.layout.final_path(p) for p in plan_files(self.manifest) if p.kind == "deleted"]
+        files = [landed_path(self.layout, p) for p in plan_files(self.manifest) if p.kind == "deleted"]
         return {d.resource_type for d in read_deletions(files)}
 
     def convert_types(self) -> dict[str, Any]:
@@ -165,7 +160,7 @@ class Finisher:
         returns the summary's ``parquet`` and ``delta`` entries (those asked for)."""
         if self.options.parquet is None and self.options.delta is None:
             return {}
-        from airflow_provider_smart.export.pool import run_jobs
+        from airflow_provider_smart.export.shards import finish_jobs
 
         jobs = self.type_jobs()
         finished = finished_types(self.layout)
@@ -182,7 +177,13 @@ class Finisher:
             self.layout.write_state(self.state)  # the parent is the state file's only writer
 
         with self._lease_kept():
-            run_jobs(finish_type, todo, workers=workers, cpus=available_cpus(), on_done=record)
+            finish_jobs(
+                todo,
+                workers=workers,
+                cpus=available_cpus(),
+                file_bytes=file_sizes(self.layout, self.manifest),
+                on_done=record,
+            )
         return self.summarize_types([finished[job.resource_type] for job in jobs])
 
     def summarize_types(self, results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -209,7 +210,45 @@ class Finisher:
             out["delta"] = combine_delta(result.get("delta") for result in results)
         return out
 
-    # -- 4. watermark, DELETE, summary --------------------------------------------------------------
+    # -- 3. publish ---------------------------------------------------------------------------------
+    def publish(self, summary: dict[str, Any]) -> None:
+        """Once every type finished: the NDJSON, its markers, the Parquet tables' markers, the export's
+        marker last (readers of the run start from it)."""
+        from airflow_provider_smart.storage.export_landing import publish_landed
+
+        if self.lease is not None:
+            self.lease.check()  # publishing under a label another run has taken would mix two exports
+        publish_landed(self.layout, self.manifest, summary, before_marker=self._mark_parquet_tables)
+
+    def _mark_parquet_tables(self) -> None:
+        if self.options.parquet is None:
+            return
+        from airflow_provider_smart.parquet.sink import parquet_root
+        from airflow_provider_smart.parquet.writer import mark_table_complete
+
+        spec = self.options.parquet
+        root = parquet_root(self.layout.root, spec.get("output"), spec.get("output_conn_id"))
+        for result in finished_types(self.layout).values():
+            for name, rows in (result.get("parquet") or {}).items():
+                mark_table_complete(root / safe_segment(name) / self.layout.label, name, int(rows))
+
+    # -- 4. attachments ----------------------------------------------------------------------------------
+    def fetch_attachments(self) -> dict[str, Any]:
+        """The attachments of every landed output file, under ``<root>/attachments/<label>/``, fetched with
+        the export's own client (its token decision and wait policy); only what did not land yet."""
+        from airflow_provider_smart.storage.attachments import (
+            AttachmentSettings,
+            attachments_destination,
+            land_attachments,
+        )
+
+        settings = AttachmentSettings.from_option(self.options.attachments) or AttachmentSettings()
+        sources = [self.layout.final_path(p) for p in plan_files(self.manifest) if p.kind == "output"]
+        destination = attachments_destination(self.layout.root, self.layout.label)
+        with self._lease_kept():
+            return land_attachments(self.client, sources, destination, settings, logger=self.log)
+
+    # -- 5. watermark, DELETE, summary --------------------------------------------------------------
     def complete(self, summary: dict[str, Any]) -> dict[str, Any]:
         from airflow_provider_smart.fhir.bulk import sync
 

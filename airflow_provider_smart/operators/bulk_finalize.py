@@ -15,8 +15,9 @@ if TYPE_CHECKING:
 
 
 class FhirBulkExportFinalizeOperator(ExportTaskBase):
-    """Finish a fanned-out export once every batch has landed: check, markers, Parquet and Delta (types
-    in parallel processes), attachments, watermark, DELETE.
+    """Finish a fanned-out export once every batch has landed: check, Parquet and Delta (the types no
+    mapped task finished, in parallel processes), publish (NDJSON, markers, Asset events), attachments,
+    watermark, DELETE.
 
     Use ``trigger_rule="none_failed"`` so it also runs when the export had no files (zero mapped tasks).
 

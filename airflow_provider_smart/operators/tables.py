@@ -22,71 +22,22 @@ from airflow_provider_smart.operators._assets import (
     static_uri,
 )
 from airflow_provider_smart.operators._lineage import lineage_on_complete, location_uris
-from airflow_provider_smart.storage.paths import resolve_output, safe_segment
+from airflow_provider_smart.storage.paths import resolve_output, safe_segment, storage_options_for
+from airflow_provider_smart.tables.landed import check_delta_options, merge_landed, require_deltalake
+from airflow_provider_smart.tables.location import TABLES_SUBDIR, tables_root
 from airflow_provider_smart.tables.runs import checked_source_layout
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
-TABLES_SUBDIR = "tables"
-_DELTA_OPTIONS = frozenset(
-    {"output", "conn_id", "storage_options", "decimal", "compact", "vacuum_retention_hours", "max_attempts", "buckets"}
-)
-
-
-def _require_deltalake() -> None:
-    try:
-        import deltalake  # noqa: F401
-    except ImportError:
-        raise ImportError(
-            "current-state Delta tables need the deltalake package: pip install 'airflow-provider-smart[delta]'"
-        ) from None
-
-
-def tables_root(output: ObjectStoragePath, tables: Any = None, conn_id: str | None = None) -> ObjectStoragePath:
-    """The tables root: ``tables`` or, by default, ``<output>/tables``."""
-    if tables is None or tables == "":
-        return output / TABLES_SUBDIR
-    return resolve_output(tables, conn_id)
-
-
-def storage_options_for(
-    root: ObjectStoragePath, conn_id: str | None, extra: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    """delta-rs ``storage_options`` for ``root``: credentials and endpoint from the Airflow connection.
-
-    S3 (``aws`` connections) is read here; for other stores pass ``storage_options`` (they win over what
-    is derived) or let delta-rs read the environment.
-    """
-    options: dict[str, str] = {}
-    if root.protocol in ("s3", "s3a") and conn_id:
-        from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-
-        hook = AwsBaseHook(aws_conn_id=conn_id, client_type="s3")
-        credentials = hook.get_credentials()
-        options["AWS_ACCESS_KEY_ID"] = credentials.access_key
-        options["AWS_SECRET_ACCESS_KEY"] = credentials.secret_key
-        if credentials.token:
-            options["AWS_SESSION_TOKEN"] = credentials.token
-        region = hook.conn_region_name or hook.conn_config.region_name
-        if region:
-            options["AWS_REGION"] = region
-        endpoint = hook.conn_config.endpoint_url
-        if endpoint:
-            options["AWS_ENDPOINT_URL"] = endpoint
-            if endpoint.startswith("http://"):
-                options["AWS_ALLOW_HTTP"] = "true"
-    options.update({str(k): str(v) for k, v in (extra or {}).items()})
-    return options
-
-
-def check_delta_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The ``delta_options`` of the search and export operators, checked (a typo is an error, not ignored)."""
-    chosen = dict(options or {})
-    unknown = sorted(set(chosen) - _DELTA_OPTIONS)
-    if unknown:
-        raise ValueError(f"unknown delta_options {unknown}; the options are {sorted(_DELTA_OPTIONS)}")
-    return chosen
+__all__ = [
+    "FhirDeltaMergeOperator",
+    "check_delta_options",
+    "emit_table_events",
+    "merge_landed_run",
+    "storage_options_for",
+    "tables_root",
+]
 
 
 def merge_landed_run(
@@ -114,57 +65,21 @@ def merge_landed_run(
     Each result carries what the merge rewrote: ``files_rewritten``/``bytes_rewritten`` (existing files
     replaced because they held a replaced or deleted row) and ``files_added``/``bytes_added``.
     """
-    _require_deltalake()
-    from airflow_provider_smart.tables.merge import DeltaTables
-    from airflow_provider_smart.tables.runs import find_landed_run
-
+    require_deltalake()
     opts = check_delta_options(options)
     conn_id = opts.get("conn_id") or output_conn_id
     root = tables_root(output, opts.get("output"), conn_id)
-    tables = DeltaTables(
-        root,
+    return merge_landed(
+        output,
+        label,
+        root=root,
         storage_options=storage_options_for(root, conn_id, opts.get("storage_options")),
-        decimal=opts.get("decimal", "float64"),
-        max_attempts=int(opts.get("max_attempts", 5)),
-        buckets=None if opts.get("buckets") is None else int(opts["buckets"]),
+        options=opts,
+        resource_types=resource_types,
+        transaction_time=transaction_time,
+        logger=logger,
+        source_layout=source_layout,
     )
-    if source_layout == "flat":
-        from airflow_provider_smart.tables.bulk_folder import read_bulk_folder
-
-        run = read_bulk_folder(output, transaction_time=transaction_time, label=label or None)
-    else:
-        run = find_landed_run(output, label, transaction_time=transaction_time)
-    results = tables.merge_run(run, resource_types=resource_types)
-    maintenance: dict[str, Any] = {}
-    retention = opts.get("vacuum_retention_hours")
-    for rtype, result in results.items():
-        if not result.committed:
-            continue
-        done: dict[str, Any] = {}
-        if opts.get("compact"):
-            metrics = tables.compact(rtype)
-            done["compacted_files"] = int(metrics.get("numFilesRemoved", 0))
-        if retention is not None:
-            done["vacuumed_files"] = len(tables.vacuum(rtype, retention_hours=int(retention)))
-        if done:
-            maintenance[rtype] = done
-    root_uri = f"{root.protocol or 'file'}://{root.path}".rstrip("/")
-    summary = {
-        "output": root_uri,
-        "source": f"{run.kind}:{run.label}",
-        "transaction_time": run.transaction_time,
-        "tables": {rtype: f"{root_uri}/{safe_segment(rtype)}" for rtype in sorted(results)},
-        "results": {rtype: results[rtype].to_json() for rtype in sorted(results)},
-        "maintenance": maintenance,
-        # Resources a table cannot hold (no id): refused, counted per type in results and in all here.
-        "without_id": sum(r.without_id for r in results.values()),
-    }
-    if logger is not None:
-        from airflow_provider_smart.reporting import delta_results_table
-
-        table = delta_results_table({rtype: results[rtype].to_json() for rtype in sorted(results)})
-        logger.info("Delta tables at %s merged from %s:\n%s", root_uri, summary["source"], table)
-    return summary
 
 
 class FhirDeltaMergeOperator(BaseOperator):

@@ -6,6 +6,7 @@ and touches single lines in Python only where something was found, so clean data
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
@@ -41,6 +42,44 @@ def iter_chunks(handle: IO[bytes], chunk_bytes: int) -> Iterator[bytes]:
                     return
                 block += b"\n"
         yield block  # type: ignore[misc]
+
+
+class LineRange:
+    """The lines of a seekable file that start in bytes ``[start, end)``, read as a file (``readinto`` and
+    ``readline``, what :func:`iter_chunks` uses).
+
+    Ranges that tile a file give every line to exactly one of them: a line belongs to the range its first
+    byte lies in, so a range skips the tail of a line the previous range started and finishes the line it
+    started itself past ``end``. Lets several writers share one large file.
+    """
+
+    def __init__(self, raw: IO[bytes], start: int, end: int) -> None:
+        self.raw = raw
+        self.end = end
+        raw.seek(max(0, start - 1))
+        if start > 0:
+            raw.readline()  # from the byte before ``start`` to the next line end: a line started before
+        self.pos = raw.tell()
+
+    def readinto(self, block: bytearray) -> int:
+        if self.pos >= self.end:
+            return 0
+        want = min(len(block), self.end - self.pos)
+        got = self.raw.readinto(memoryview(block)[:want])  # type: ignore[attr-defined]
+        self.pos += got or 0
+        return got or 0
+
+    def readline(self) -> bytes:
+        line = self.raw.readline()
+        self.pos += len(line)
+        return line
+
+
+def split_ranges(size: int, parts: int) -> list[tuple[int, int]]:
+    """``[start, end)`` byte ranges tiling a file of ``size`` bytes in ``parts`` about equal pieces."""
+    parts = max(1, min(parts, size or 1))
+    bounds = [size * i // parts for i in range(parts + 1)]
+    return list(itertools.pairwise(bounds))
 
 
 def drop_blank_lines(chunk: bytes) -> tuple[bytes, list[int] | None]:

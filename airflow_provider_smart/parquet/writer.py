@@ -45,6 +45,7 @@ from airflow_provider_smart.parquet.arrow import (
     unexpected_paths,
 )
 from airflow_provider_smart.parquet.chunks import (
+    LineRange,
     cut_lines,
     drop_blank_lines,
     iter_chunks,
@@ -535,14 +536,27 @@ class FhirParquetWriter:
         self._writer_for(resource_type)
 
     # -- inputs ----------------------------------------------------------------------------------
-    def write_ndjson(self, source: Any, resource_type: str | None = None) -> int:
+    def write_ndjson(
+        self, source: Any, resource_type: str | None = None, byte_range: tuple[int, int] | None = None
+    ) -> int:
         """Convert one NDJSON file (plain or gzipped). Returns the number of resources read.
 
         :param resource_type: the type the file should hold (Bulk Data files hold one type); lines of
             other types still land in their own tables.
+        :param byte_range: only the lines starting in these bytes ``[start, end)`` of a plain file (see
+            :class:`~airflow_provider_smart.parquet.chunks.LineRange`): writers sharing a large file.
         """
-        with open_ndjson(source) as handle:
-            return self._write_chunks(iter_chunks(handle, self.chunk_bytes), str(source), resource_type)
+        if byte_range is None:
+            with open_ndjson(source) as handle:
+                return self._write_chunks(iter_chunks(handle, self.chunk_bytes), str(source), resource_type)
+        with source.open("rb") if hasattr(source, "open") else open(source, "rb") as raw:
+            if raw.read(2) == b"\x1f\x8b":
+                raise ValueError(
+                    f"{source} is gzipped: a byte range of it cannot be read on its own; convert the file whole"
+                )
+            ranged = LineRange(raw, *byte_range)
+            where = f"{source} bytes {byte_range[0]}-{byte_range[1]}"
+            return self._write_chunks(iter_chunks(ranged, self.chunk_bytes), where, resource_type)  # type: ignore[arg-type]
 
     def write_lines(self, lines: Iterable[bytes | str], resource_type: str | None = None) -> int:
         """Convert NDJSON lines (each one resource) arriving from a stream."""
@@ -686,8 +700,12 @@ class FhirParquetWriter:
         if self.closed:
             raise RuntimeError("this FhirParquetWriter was already committed or aborted; make a new one")
 
-    def commit(self) -> dict[str, dict[str, Any]]:
-        """Finish every table; returns ``{resourceType: {"rows", "files", "schema"}}``."""
+    def commit(self, *, mark: bool = True) -> dict[str, dict[str, Any]]:
+        """Finish every table; returns ``{resourceType: {"rows", "files", "schema"}}``.
+
+        ``mark=False`` leaves out each table's ``_SUCCESS`` marker: the caller publishes the run later with
+        :func:`mark_table_complete` (an export's finishing step marks its tables together with the export).
+        """
         self._check_open()
         try:
             result: dict[str, dict[str, Any]] = {}
@@ -710,7 +728,8 @@ class FhirParquetWriter:
                     "schema": str(schema_path),
                     "columns": len(tw.record.root.children) + 1,
                 }
-                mark_complete(tw.directory, {"resourceType": rtype, "rows": tw.summary.rows})
+                if mark:
+                    mark_table_complete(tw.directory, rtype, tw.summary.rows)
                 # DEBUG: the operators log one table of every type's rows; how the rows were converted
                 # (fast chunks, exact lines) is for whoever tunes the converter.
                 log.debug(
@@ -741,6 +760,11 @@ class FhirParquetWriter:
             except Exception:
                 log.warning("could not clean %s", tw.directory, exc_info=True)
         self.closed = True
+
+
+def mark_table_complete(directory: Any, resource_type: str, rows: int) -> None:
+    """The ``_SUCCESS`` marker of one type's Parquet directory of a run (readers take the run from here)."""
+    mark_complete(directory, {"resourceType": resource_type, "rows": rows})
 
 
 def _without(count: int, dropped: list[int]) -> list[int]:

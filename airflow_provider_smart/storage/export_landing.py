@@ -215,7 +215,21 @@ def finalize(
     fail_on_severity: str | None = "error",
     logger: Any = None,
 ) -> dict[str, Any]:
-    """Check every file landed, report the OperationOutcome issues, then commit: publish, markers last.
+    """Check every file landed and the error files allow the export (:func:`check_landed`), then publish
+    it (:func:`publish_landed`); returns the summary."""
+    summary = check_landed(layout, manifest, fail_on_severity=fail_on_severity, logger=logger)
+    publish_landed(layout, manifest, summary)
+    return summary
+
+
+def check_landed(
+    layout: ExportLayout,
+    manifest: Manifest,
+    *,
+    fail_on_severity: str | None = "error",
+    logger: Any = None,
+) -> dict[str, Any]:
+    """Check every file landed and report the OperationOutcome issues; publishes nothing.
 
     Issues are read from ``error[]`` files and from ``output[]`` files of type OperationOutcome alike
     (:attr:`~airflow_provider_smart.fhir.bulk.manifest.PlannedFile.holds_outcomes`).
@@ -265,6 +279,19 @@ def finalize(
             f"{layout.export_dir / 'staging'} and the watermark did not move; pass fail_on_severity='fatal' "
             "or 'none' to accept such exports"
         )
+    return summary
+
+
+def publish_landed(
+    layout: ExportLayout,
+    manifest: Manifest,
+    summary: dict[str, Any],
+    *,
+    before_marker: Callable[[], None] | None = None,
+) -> None:
+    """Publish a checked export: every staged file to its visible place, each directory's ``_SUCCESS``,
+    then ``before_marker`` (e.g. the Parquet tables' markers), and the export's own marker last."""
+    planned = plan_files(manifest)
     layout.publish(planned)
     by_directory: dict[str, list[str]] = {}
     for p in planned:
@@ -279,8 +306,9 @@ def finalize(
                 "files": entries,
             },
         )
+    if before_marker is not None:
+        before_marker()
     mark_complete(layout.export_dir, summary)
-    return summary
 
 
 def _manifest_json(manifest: Manifest) -> dict[str, Any]:

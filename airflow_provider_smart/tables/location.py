@@ -17,6 +17,8 @@ from typing import Any
 from airflow_provider_smart.storage.paths import safe_segment
 
 SCHEMAS_DIR = "_schemas"
+#: The default tables root under an operator's output.
+TABLES_SUBDIR = "tables"
 _LOCAL = ("", "file", "local")
 
 
@@ -36,3 +38,12 @@ def delta_uri(root: Any, resource_type: str | None = None) -> str:
 
 def schema_path(root: Any, resource_type: str) -> Any:
     return root / SCHEMAS_DIR / f"{safe_segment(resource_type)}.json"
+
+
+def tables_root(output: Any, tables: Any = None, conn_id: str | None = None) -> Any:
+    """The tables root: ``tables`` or, by default, ``<output>/tables``."""
+    if tables is None or tables == "":
+        return output / TABLES_SUBDIR
+    from airflow_provider_smart.storage.paths import resolve_output
+
+    return resolve_output(tables, conn_id)

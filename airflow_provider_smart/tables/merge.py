@@ -255,7 +255,7 @@ class DeltaTables:
             if stored is not None:
                 (stage / rtype).mkdir(parents=True, exist_ok=True)
                 atomic_write_json(_local(stage / rtype / SCHEMA_FILE), stored)
-        writer = FhirParquetWriter(str(stage), _STAGE_RUN, decimal=self.decimal)
+        writer = FhirParquetWriter(_local(stage), _STAGE_RUN, decimal=self.decimal)
         with writer:
             for rtype in declare:
                 writer.declare(rtype)
@@ -546,10 +546,11 @@ class DeltaTables:
 
 
 def _local(path: Path) -> Any:
-    """A local path as an ObjectStoragePath (the storage helpers expect one)."""
-    from airflow_provider_smart.storage.paths import resolve_output
+    """A local path as a plain ``UPath`` (what the storage helpers take): no Airflow import for a merge
+    run by a finishing process (an ObjectStoragePath here cost a child ~3.5 CPU-s of imports)."""
+    from upath import UPath
 
-    return resolve_output(str(path))
+    return UPath(str(path))
 
 
 @dataclass

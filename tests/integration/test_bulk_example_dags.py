@@ -12,6 +12,7 @@ from tests.conftest import run_airflow
 from tests.integration.asset_helpers import active_asset_uris, run_scheduler_asset_pass
 from tests.integration.bulk_helpers import landed, store_view
 from tests.integration.test_attachments_operators import _generated_notes, _index
+from tests.integration.test_delta_dag import _asset_events
 from tests.sandbox_fixtures import SmartClient
 
 # Two `airflow dags test` runs in one test take minutes when the machine is busy.
@@ -85,6 +86,7 @@ def test_group_fanout_dag(airflow_db: Path, sandbox: SandboxServer, smart_client
         assert (out / "parquet" / rtype / label / "_SUCCESS").exists()
         assert (out / "_exports" / label / "finished" / f"{rtype}.json").exists()
     assert list((out / "_watermarks").glob("*.json"))
+    assert _asset_events(f"file://{out}")  # published: the finalize task's Asset events
     _assert_listed(out, {f"{layer}{t}" for layer in ("", "parquet/", "tables/") for t in got})
 
 
@@ -97,12 +99,18 @@ def test_group_fanout_dag_with_a_failed_type_keeps_the_watermark(
     output = _run(
         "fhir_bulk_export_group_fanout", {"output": str(out), "group_id": "grp-all"}, "2026-01-01", succeeds=False
     )
-    (label,) = _labels(out, "Patient")
+    (label,) = _labels(out, "_exports")
     state = json.loads((out / "_exports" / label / "state.json").read_text())
     assert state["phase"] != "complete", output[-3000:]
     assert not list((out / "_watermarks").glob("*.json"))  # the watermark did not move
     finished = {p.stem for p in (out / "_exports" / label / "finished").glob("*.json")}
     assert "Observation" not in finished and "Patient" in finished  # the other types did finish
     assert not (out / "parquet" / "Observation").is_dir()
+    # Nothing of the run is published: no marker readable, no NDJSON in a type's place, no Asset event.
+    assert not (out / "_exports" / label / "_SUCCESS").exists()
+    assert not [p.name for p in out.iterdir() if (p / label).exists() and p.name not in ("_exports", "parquet")]
+    assert not list(out.glob(f"parquet/*/{label}/_SUCCESS"))
+    assert (out / "parquet" / "Patient" / label).is_dir()  # its table committed, held back until published
+    assert not _asset_events(f"file://{out}")
     # No DELETE: the export stays on the server for a retry (get() raises for a deleted export).
     assert sandbox.state.bulk.jobs.get(state["status_url"].rstrip("/").rsplit("/", 1)[-1])

@@ -1,6 +1,6 @@
 """A worker killed in the middle of the finishing step (Parquet per type, in parallel processes), inline
-and fanned out: nothing partial is readable, the watermark stays, and the resumed finish converts only
-the types whose tables did not commit."""
+and fanned out: nothing of the run is published (no marker readable), the watermark stays, and the
+resumed finish converts only the types whose tables did not commit, then publishes everything."""
 
 from __future__ import annotations
 
@@ -87,14 +87,18 @@ def _kill_after_first_type(code: str, arg: str, state_file: Path) -> dict[str, A
 
 
 def _check_killed(out: Path, state: dict[str, Any], types: set[str]) -> tuple[str, tuple[int, int]]:
-    """What the kill left: no watermark, a complete export not recorded, the recorded type's table whole."""
+    """What the kill left: no watermark, nothing of the run published (no marker readable anywhere), the
+    recorded type's table committed whole (its parts, its marker held back for the publication)."""
     assert state["phase"] == "downloading"
     assert not (out / "_watermarks").exists() or not list((out / "_watermarks").iterdir())
     recorded = set(state[FINISHED_TYPES])
     assert recorded < types  # killed mid-finish: some types remain
+    assert not (out / "_exports" / LABEL / SUCCESS_MARKER).exists()
+    assert not [rtype for rtype in types if (out / rtype / LABEL).exists()]  # the NDJSON is still staged
+    assert not list(out.glob(f"parquet/*/{LABEL}/{SUCCESS_MARKER}"))
     first = sorted(recorded)[0]
     part = out / "parquet" / first / LABEL / "part-00000.parquet"
-    assert (part.parent / SUCCESS_MARKER).exists()
+    assert part.exists()
     return first, (part.stat().st_mtime_ns, part.stat().st_ino)
 
 
@@ -106,9 +110,11 @@ def _check_resumed(
     first, stat = kept
     part = out / "parquet" / first / LABEL / "part-00000.parquet"
     assert (part.stat().st_mtime_ns, part.stat().st_ino) == stat  # committed before the kill: not redone
+    assert (out / "_exports" / LABEL / SUCCESS_MARKER).exists()
     for rtype in expected:
         directory = out / "parquet" / rtype / LABEL
         assert (directory / SUCCESS_MARKER).exists()
+        assert (out / rtype / LABEL / SUCCESS_MARKER).exists()  # the NDJSON published with it
         assert not [p.name for p in directory.iterdir() if p.name.startswith("_tmp.")]  # leftovers cleared
     state = json.loads((out / "_exports" / LABEL / "state.json").read_text())
     assert state["phase"] == "complete" and set(state[FINISHED_TYPES]) == set(expected)

@@ -21,6 +21,7 @@ from airflow_provider_smart.storage.export_state import ExportLayout
 from airflow_provider_smart.storage.paths import resolve_output
 
 TYPES = {"Patient": 3, "Observation": 12, "Encounter": 6}
+TT = "2024-01-01T00:00:00Z"
 
 
 def _line(rtype: str, i: int) -> str:
@@ -120,6 +121,71 @@ def test_pool_runs_jobs_in_child_processes_and_leaves_none_behind() -> None:
     assert not multiprocessing.active_children()
 
 
+def _imported(_: int) -> list[str]:
+    import sys
+
+    return sorted(name for name in ("airflow", "airflow.sdk") if name in sys.modules)
+
+
+def test_pool_children_do_not_rerun_this_process_main_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a task, ``__main__`` is the ``airflow`` command: a spawned child re-running it imports all of
+    Airflow before its first job. The children skip it, and the parent's module is left as it was."""
+    import sys
+
+    script = tmp_path / "main_script.py"
+    ran = tmp_path / "ran"
+    script.write_text(f"open({str(ran)!r}, 'w').close()\n")
+    main = sys.modules["__main__"]
+    monkeypatch.setattr(main, "__file__", str(script), raising=False)
+    monkeypatch.setattr(main, "__spec__", None, raising=False)
+    run_jobs(_imported, [0, 1], workers=2, cpus=2)
+    assert not ran.exists(), "a child ran the parent's __main__ script"
+    assert main.__file__ == str(script) and main.__spec__ is None
+
+
+def test_a_finishing_child_imports_no_airflow_for_local_places(tmp_path: Path) -> None:
+    """The parent resolves the places; the child's job runs on plain local paths (no Airflow import, which
+    cost a child ~4 CPU-seconds before its first job)."""
+    import functools
+
+    from airflow_provider_smart.export.places import portable_places
+
+    spec: dict[str, Any] = {"output": None, "output_conn_id": None, "options": {}}
+    jobs = []
+    for rtype in ("Patient", "Observation"):
+        source = tmp_path / f"{rtype}.ndjson"
+        source.write_text(_line(rtype, 1) + "\n")
+        delta: dict[str, Any] = {
+            "options": {},
+            "output_conn_id": None,
+        }  # the Delta merge too: it stages Parquet locally
+        jobs.append(
+            TypeJob(rtype, (f"file://{source}",), str(tmp_path), None, "run1", spec, delta, transaction_time=TT)
+        )
+    places = portable_places(jobs[0])
+    assert places is not None and places.local
+    fn = functools.partial(_finish_and_report, places=places)
+    _, (result, modules) = run_jobs(fn, jobs, workers=2, cpus=2)
+    assert result["parquet"] == {"Observation": 1} and result["delta"]["results"]["Observation"]["rows"] == 1
+    assert "airflow" not in modules and "airflow.sdk" not in modules
+    # The table committed its part; its _SUCCESS marker waits for the export's publication.
+    assert (tmp_path / "parquet/Observation/run1/part-00000.parquet").exists()
+    assert not (tmp_path / "parquet/Observation/run1/_SUCCESS").exists()
+
+
+def _finish_and_report(job: TypeJob, places: Any) -> tuple[dict[str, Any], list[str]]:
+    import sys
+
+    return finish_type(job, places), [name for name in ("airflow", "airflow.sdk") if name in sys.modules]
+
+
+def test_places_on_an_object_store_are_resolved_by_the_child() -> None:
+    from airflow_provider_smart.export.places import portable_places
+
+    spec: dict[str, Any] = {"output": None, "output_conn_id": None, "options": {}}
+    assert portable_places(TypeJob("Patient", (), "s3://bucket/fhir", None, "run1", spec)) is None
+
+
 def test_pool_of_one_runs_in_this_process() -> None:
     assert run_jobs(_pid, [0, 1], workers=1, cpus=4) == [os.getpid(), os.getpid()]
 
@@ -156,7 +222,7 @@ def test_resumed_finish_redoes_only_the_types_that_did_not_commit(
     layout, manifest = landed_export(tmp_path)
     state = state_of(layout)
     finisher = Finisher(None, layout, state, manifest, parquet_options(max_workers=1))
-    finisher.publish()
+    finisher.check()
     # An earlier attempt committed Observation, then died: its table and its record are there.
     first = next(j for j in finisher.type_jobs() if j.resource_type == "Observation")
     recorded = finish_type(first)
@@ -180,6 +246,15 @@ def test_a_type_file_holding_another_type_fails_clearly_and_commits_nothing_of_i
     state = layout.read_state() or {}
     assert state["phase"] == "downloading"  # the watermark did not move; a retry finishes the rest
     assert "Patient" not in (state.get(FINISHED_TYPES) or []) and "Patient" not in finished_types(layout)
+    # Nothing of the run is published: the other types finished, but no marker of the run is readable.
+    assert set(finished_types(layout)) == {"Observation", "Encounter"}
+    out = tmp_path / "out"
+    assert not (out / "_exports/run1/_SUCCESS").exists()
+    published = [p.name for p in out.iterdir() if p.name in ("Patient", "Observation", "Encounter")]
+    assert not published  # no NDJSON in a type's visible place
+    assert not list((out / "parquet").glob("*/run1/_SUCCESS"))
+    assert (out / "parquet/Observation/run1/part-00000.parquet").exists()  # committed, kept for the retry
+    assert not (out / "_watermarks").exists()
 
 
 def test_finish_workers_option() -> None:
@@ -207,3 +282,88 @@ def test_small_exports_are_finished_in_this_process(tmp_path: Path, monkeypatch:
     layout, manifest = landed_export(tmp_path)
     Finisher(None, layout, state_of(layout), manifest, parquet_options(max_workers=4)).run()
     assert used == [1]  # a few kB: no process is worth starting
+
+
+# -- a large type in shards ------------------------------------------------------------------------------
+def test_a_large_type_is_written_in_shards_combined_into_one_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One large Observation file is cut into byte ranges written by two processes; the combine gives one
+    table: every row once, part names that never collide, one schema for every part (the shard that met
+    a field later is rewritten to it), the type's record grown once, no shard left."""
+    import pyarrow.parquet as pq
+
+    from airflow_provider_smart.export import shards
+
+    monkeypatch.setattr(finish, "MIN_BYTES_PER_PROCESS", 1)
+    monkeypatch.setattr(shards, "MIN_PIECE_BYTES", 1)
+    counts = {"Observation": 400, "Patient": 3}
+    layout, manifest = landed_export(tmp_path, counts)
+    # The second half of the Observations has a field the first half lacks: the shards' records differ.
+    obs = next(p for p in plan_files(manifest) if p.expected_type == "Observation")
+    lines = [
+        json.dumps({"resourceType": "Observation", "id": f"o-{i}", **({"status": "final"} if i >= 200 else {})})
+        for i in range(400)
+    ]
+    body = ("\n".join(lines) + "\n").encode()
+    layout.staged_path(obs).write_bytes(body)
+    layout.write_record(obs, {"kind": "output", "lines": 400, "bytes": len(body)})
+    summary = Finisher(None, layout, state_of(layout), manifest, parquet_options(max_workers=2)).run()
+    assert summary["parquet"]["counts"] == {"Observation": 400, "Patient": 3}
+    table = tmp_path / "out/parquet/Observation/run1"
+    parts = sorted(p.name for p in table.glob("*.parquet"))
+    assert len(parts) >= 2 and all(p.startswith("part-") for p in parts) and len(set(parts)) == len(parts)
+    schemas = {str(pq.read_schema(table / p)) for p in parts}
+    assert len(schemas) == 1 and "status" in schemas.pop()
+    ids = [i for p in parts for i in pq.read_table(table / p, columns=["id"]).column("id").to_pylist()]
+    assert sorted(ids) == sorted(f"o-{i}" for i in range(400))  # every row once
+    record = json.loads((tmp_path / "out/parquet/Observation/_schema.json").read_text())
+    assert "status" in record["fields"]
+    assert (table / "_SUCCESS").exists()  # published
+    assert not (tmp_path / "out/parquet/_shards").exists()
+    assert finished_types(layout)["Observation"]["parquet"] == {"Observation": 400}
+
+
+def test_split_for_pool_cuts_only_large_plain_types(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from airflow_provider_smart.export import shards
+
+    spec: dict[str, Any] = {"output": None, "output_conn_id": None, "options": {}}
+    mb = 1 << 20
+    big = TypeJob("Observation", ("file:///a.ndjson",), "/o", None, "r", spec, size=400 * mb)
+    small = TypeJob("Patient", ("file:///p.ndjson",), "/o", None, "r", spec, size=40 * mb)
+    out = shards.split_for_pool([big, small], 2, {"file:///a.ndjson": 400 * mb, "file:///p.ndjson": 40 * mb})
+    cut = [j for j in out if j.resource_type == "Observation"]
+    assert len(cut) == 4 and {j.shards for j in cut} == {4} and sorted(j.shard for j in cut) == [0, 1, 2, 3]
+    assert [r for j in cut for r in j.ranges] == [(i * 100 * mb, (i + 1) * 100 * mb) for i in range(4)]
+    assert all(j.delta is None for j in cut)  # the type's Delta merge runs once, after the combine
+    assert out[-1] == small and out[0].size >= out[-2].size  # largest first
+    gz = replace(big, files=("file:///a.ndjson.gz",))
+    assert shards.split_for_pool([gz, small], 2, {"file:///a.ndjson.gz": 400 * mb}) == [gz, small]  # stays whole
+    assert shards.split_for_pool([big, small], 1, {}) == [big, small]  # one process: nothing to balance
+
+
+def test_a_mapped_type_task_writes_a_large_type_in_shards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fan-out: the one task of a large type spreads it over the task's CPUs too, and records it once."""
+    import pyarrow.parquet as pq
+
+    from airflow_provider_smart.export import shards
+    from airflow_provider_smart.fhir.bulk.manifest import manifest_to_dict
+    from airflow_provider_smart.operators.bulk_common import fanout_reference
+    from airflow_provider_smart.operators.bulk_finish import FhirBulkFinishTypeOperator
+
+    monkeypatch.setattr(shards, "MIN_PIECE_BYTES", 1)
+    layout, manifest = landed_export(tmp_path, {"Observation": 300})
+    layout.write_state(dict(state_of(layout), manifest=manifest_to_dict(manifest)))
+    options = parquet_options(max_workers=2)
+    ref = fanout_reference(str(tmp_path / "out"), None, layout, manifest.transaction_time, options)
+    finisher = Finisher(None, layout, layout.read_state() or {}, manifest, options)
+    (job,) = finisher.type_jobs()
+    result = FhirBulkFinishTypeOperator(task_id="finish_type", export=ref, job=job.to_json()).execute({})  # type: ignore[arg-type]
+    assert result["parquet"] == {"Observation": 300}
+    table = tmp_path / "out/parquet/Observation/run1"
+    parts = sorted(table.glob("part-*.parquet"))
+    assert len(parts) > 1 and sum(pq.read_metadata(p).num_rows for p in parts) == 300
+    assert finished_types(layout) == {"Observation": result}
+    assert not (table / "_SUCCESS").exists()  # the finalize task publishes

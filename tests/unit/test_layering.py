@@ -1,4 +1,5 @@
-"""The import layering: ``transport/`` is the floor; ``auth/`` and ``fhir/`` build on it, never on each other.
+"""The import layering: ``transport/`` is the floor; ``auth/`` and ``fhir/`` build on it, never on each other;
+``tables/`` and ``export/`` sit below the Airflow faces.
 
 Every import counts, also those inside functions and under ``TYPE_CHECKING``: a circle hidden there is
 still a circle for the reader and for the next refactoring.
@@ -19,6 +20,10 @@ ALLOWED = {
     "auth": {"transport"},
     "fhir": {"transport"},
     "vendors": {"fhir", "transport"},
+    # The plain engines and the export's life below the operators: no Airflow face (operators, hooks,
+    # triggers) and no Airflow import of their own, so a finishing child process never pays for Airflow.
+    "tables": {"fhir", "lazy", "parquet", "reporting", "storage", "transport"},
+    "export": {"fhir", "parquet", "reporting", "storage", "tables", "transport"},
 }
 
 

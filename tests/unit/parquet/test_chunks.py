@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import io
 import json
+import random
 
-from airflow_provider_smart.parquet.chunks import drop_blank_lines, iter_chunks, null_lines, split_contained
+import pytest
+
+from airflow_provider_smart.parquet.chunks import (
+    LineRange,
+    drop_blank_lines,
+    iter_chunks,
+    null_lines,
+    split_contained,
+    split_ranges,
+)
 
 
 def test_chunks_end_at_line_ends_and_a_missing_final_newline_is_added() -> None:
@@ -57,3 +67,23 @@ def test_contained_in_another_layout_is_left_to_the_exact_path() -> None:
         assert split_contained(chunk, 1) is None
     assert split_contained(two_values, 1) is None
     assert split_contained(b'{"resourceType":"P","contained":[{"a":}]}\n', 1) is None  # not JSON
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_line_ranges_tiling_a_file_give_every_line_to_exactly_one_writer(seed: int) -> None:
+    """Ranges cut anywhere (mid-line, at a newline, on blank lines) give each line once, in order."""
+
+    rng = random.Random(seed)
+    data = b"".join(b"x" * rng.randint(0, 30) + b"\n" for _ in range(rng.randint(0, 40)))
+    got = b""
+    for start, end in split_ranges(len(data), rng.randint(1, 7)):
+        ranged = LineRange(io.BufferedReader(io.BytesIO(data)), start, end)  # type: ignore[arg-type]
+        got += b"".join(bytes(c) for c in iter_chunks(ranged, rng.randint(1, 50)))  # type: ignore[arg-type]
+    assert got == data
+
+
+def test_split_ranges_tile_the_file() -> None:
+
+    assert split_ranges(10, 3) == [(0, 3), (3, 6), (6, 10)]
+    assert split_ranges(2, 5) == [(0, 1), (1, 2)]  # never more pieces than bytes
+    assert split_ranges(0, 4) == [(0, 0)]

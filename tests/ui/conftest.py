@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +39,22 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def stop_session(proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """Stop ``proc`` and every process it started (it runs in a session of its own: ``start_new_session``).
+
+    Airflow's servers start children of their own (the scheduler its LocalExecutor workers and
+    ``serve-logs``, the API server its uvicorn workers); stopping only the parent leaves them running.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=timeout)
+    # Whatever is left of the session (children that ignore SIGTERM or outlive their parent).
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -80,12 +98,7 @@ def api_server(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             time.sleep(1)
         yield base
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=30)
+        stop_session(server)
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from tests.conftest import REPO, run_airflow
 from tests.integration.asset_helpers import active_asset_uris
 from tests.integration.bulk_helpers import store_view
 from tests.sandbox_fixtures import SmartClient
-from tests.ui.conftest import AIRFLOW_BIN
+from tests.ui.conftest import AIRFLOW_BIN, stop_session
 
 # `airflow dags test` plus the API server's start take minutes on a shared two-core machine.
 pytestmark = [pytest.mark.integration, pytest.mark.ui, pytest.mark.timeout(900)]
@@ -87,7 +87,13 @@ def _parse(dags: Path, static_root: Path) -> dict[str, str]:
 @contextmanager
 def _scheduler(env: dict[str, str], log_path: Path) -> Iterator[None]:
     """``airflow scheduler`` on this worker's DB, its asset pass every 2 s instead of every 60 s."""
-    full_env = {**os.environ, **env, "AIRFLOW__SCHEDULER__PARSING_CLEANUP_INTERVAL": "2"}
+    # Two executor workers, not the default 32: the test runs no task through the scheduler.
+    full_env = {
+        **os.environ,
+        **env,
+        "AIRFLOW__SCHEDULER__PARSING_CLEANUP_INTERVAL": "2",
+        "AIRFLOW__CORE__PARALLELISM": "2",
+    }
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [AIRFLOW_BIN, "scheduler"], stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
@@ -95,12 +101,7 @@ def _scheduler(env: dict[str, str], log_path: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        stop_session(proc)
 
 
 def _run_example(env: dict[str, str], out: Path, api_server: str) -> str:

@@ -16,8 +16,9 @@ operator with ``engine="python"``) runs on the first ``--evaluator-limit`` resou
 Each engine also runs over a corpus of one resource: that run is its fixed cost (DuckDB's import, a
 connection and the view's compilation are also timed alone), and the rows past it give its
 per-row rate. Rows are checked equal (operator table vs hand-written table, as multisets) and each goal is
-printed with PASS or MISS: operator >= 0.5x hand-written SQL, >= 10x the evaluator of this run, and >= 10x
-the issue's measurement of today's evaluator (41,764 rows/s on ``observations``).
+printed with PASS or MISS: operator >= 0.5x hand-written SQL, >= 10x the evaluator of this run, and, for
+``observations``, >= 10x the issue's measurement of today's evaluator (41,764 rows/s on that view; it
+gave no figure for ``patient_demographics``, whose Patients are ~3.5 times the size of an Observation).
 
 The baseline evaluates the same column expressions with ``fhirpathpy`` (the R4 model, so choice types
 resolve), one resource at a time, as a straightforward implementation would; ``getResourceKey()`` and
@@ -436,8 +437,9 @@ def sql_main(args: argparse.Namespace) -> int:
                 print(f"  rows equal (operator vs hand-written): {equal}")
                 print(_goal("operator / hand-written SQL", rates["duckdb"] / rates["hand"], 0.5))
                 print(_goal(f"operator / evaluator (from {form}, this run)", rates["duckdb"] / rates["python"], 10))
-                baseline = f"operator / issue's evaluator ({ISSUE_BASELINE:,} rows/s)"
-                print(_goal(baseline, rates["duckdb"] / ISSUE_BASELINE, 10))
+                if view_name == "observations":  # the one view the issue measured its evaluator on
+                    baseline = f"operator / issue's evaluator ({ISSUE_BASELINE:,} rows/s)"
+                    print(_goal(baseline, rates["duckdb"] / ISSUE_BASELINE, 10))
     return 0
 
 

@@ -460,7 +460,7 @@ def main() -> int:
     )
     parser.add_argument("--sql", action="store_true", help="measure the SQL engine (see the module doc)")
     parser.add_argument("--observations", type=int, default=1_000_000, help="--sql: Observations in the corpus")
-    parser.add_argument("--patients", type=int, default=100_000, help="--sql: Patients in the corpus")
+    parser.add_argument("--patients", type=int, default=500_000, help="--sql: Patients in the corpus")
     parser.add_argument(
         "--evaluator-limit", type=int, default=100_000, help="--sql: Observations/Patients the evaluator reads"
     )

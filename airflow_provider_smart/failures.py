@@ -14,7 +14,7 @@ export that succeeds, so those keep their retries.
 from __future__ import annotations
 
 from airflow_provider_smart.auth.errors import KeyLoadError, TokenRequestError
-from airflow_provider_smart.fhir.errors import FhirError, is_transient_outcome
+from airflow_provider_smart.fhir.errors import FhirError, OverLimitError, is_transient_outcome
 
 #: OAuth error codes that say the client itself is refused: the same request gets the same answer.
 REFUSED_AUTHORIZATION = frozenset({"invalid_client", "unauthorized_client", "invalid_scope", "unsupported_grant_type"})
@@ -30,7 +30,7 @@ def retry_cannot_fix(exc: BaseException) -> str | None:
     this is the sentence that goes after it.
     """
     from airflow_provider_smart.auth.settings import ConnectionSettingsError
-    from airflow_provider_smart.fhir.download import DownloadError, ExportTooLargeError
+    from airflow_provider_smart.fhir.download import DownloadError
     from airflow_provider_smart.fhir.http import RefusedRequestError
 
     if type(exc) is DownloadError and isinstance(exc.__cause__, Exception):
@@ -40,10 +40,11 @@ def retry_cannot_fix(exc: BaseException) -> str | None:
         return "the client refuses to send this request (its message says why); no retry changes that"
     if isinstance(exc, KeyLoadError | ConnectionSettingsError):
         return "the connection's key or settings are unusable; fix the connection, then clear the task"
-    if isinstance(exc, ExportTooLargeError):
+    if isinstance(exc, OverLimitError):
         return (
-            "the export holds more than the operator's max_export_bytes; narrow it (types, _since) or raise "
-            "the limit, then clear the task"
+            "the export breaks a limit of the operator's download_limits (the message names it), and a new "
+            "export of the same request breaks it again; raise that limit or narrow the export (types, "
+            "_since), then clear the task"
         )
     if isinstance(exc, TokenRequestError) and exc.error in REFUSED_AUTHORIZATION:
         return (

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from airflow_provider_smart.fhir.bulk.manifest import Manifest, parse_manifest, plan_files
-from airflow_provider_smart.fhir.bulk.status import ExportComplete
+from airflow_provider_smart.fhir.bulk.status import ExportComplete, ExportFailed
 from airflow_provider_smart.storage.export_state import ExportLayout, ExportStateError
 from airflow_provider_smart.transport.sanitize import safe_text
 from airflow_provider_smart.transport.urls import redact_url
@@ -19,9 +19,11 @@ log = logging.getLogger(__name__)
 def refetch_manifest(client: Any, status_url: str, *, logger: Any = None, limits: Any = None) -> Manifest:
     """A fresh manifest from the status URL (new file URLs after a 410 Gone), read under ``limits`` (the
     ``download_limits`` as :class:`StreamLimits`: the manifest's caps)."""
-    from airflow_provider_smart.fhir.bulk.sync import ExportFailedError, fetch_manifest, poll_once
+    from airflow_provider_smart.fhir.bulk.sync import ExportFailedError, failed_error, fetch_manifest, poll_once
 
     result = poll_once(client, status_url, limits=limits)
+    if isinstance(result, ExportFailed) and result.over_limit:
+        raise failed_error(result, "could not fetch the manifest again for fresh file URLs: ")
     if not isinstance(result, ExportComplete):
         message = getattr(result, "message", type(result).__name__)
         raise ExportFailedError(f"could not fetch the manifest again for fresh file URLs: {message}")

@@ -23,6 +23,7 @@ import urllib3
 
 from airflow_provider_smart.fhir.bulk.body import (
     BodyError,
+    BodyTooLargeError,
     BodyTooSlowError,
     BodyTruncatedError,
     StreamLimits,
@@ -31,7 +32,7 @@ from airflow_provider_smart.fhir.bulk.body import (
 from airflow_provider_smart.fhir.bulk.lines import LineChecker, NdjsonCheckError, NdjsonStream, prepare_checks
 from airflow_provider_smart.fhir.bulk.manifest import PlannedFile
 from airflow_provider_smart.fhir.bulk.outcomes import OutcomeSummary
-from airflow_provider_smart.fhir.errors import FhirError, describe_error_body
+from airflow_provider_smart.fhir.errors import FhirError, OverLimitError, describe_error_body
 from airflow_provider_smart.fhir.http import RefusedRequestError
 from airflow_provider_smart.transport.bodies import read_limited
 from airflow_provider_smart.transport.retry import (
@@ -74,8 +75,12 @@ class FileExpiredError(DownloadError):
     """The server answered 410 Gone: the file URL expired."""
 
 
-class ExportTooLargeError(DownloadError):
+class ExportTooLargeError(DownloadError, OverLimitError):
     """The files of one download step hold more content than ``max_export_bytes``: not retried."""
+
+
+class FileTooLargeError(DownloadError, OverLimitError):
+    """One file holds more content than ``max_file_bytes``: not retried."""
 
 
 class _ExportBytes:
@@ -404,6 +409,8 @@ class BulkDownloader:
             return DownloadError(str(exc))
         if isinstance(exc, BodyTruncatedError | BodyTooSlowError):
             return _RetryableError(f"{exc} after {nbytes} bytes")
+        if isinstance(exc, BodyTooLargeError):
+            return FileTooLargeError(f"{source}: {exc}")
         if isinstance(exc, BodyError):
             return DownloadError(f"{source}: {exc}")
         transport = requests.RequestException, urllib3.exceptions.HTTPError

@@ -21,6 +21,11 @@ __all__ = [
 _MAX_BODY_IN_MESSAGE = 500
 
 
+class OverLimitError(Exception):
+    """A bound from the settings was exceeded (the message names the setting): the same request, sent again,
+    exceeds it again, so no retry can help (``failures.retry_cannot_fix``)."""
+
+
 class FhirError(Exception):
     """A FHIR server answered with an error. The message is safe to log: it never holds a token."""
 

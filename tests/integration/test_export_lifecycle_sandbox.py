@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from airflow_provider_smart.fhir.bulk.manifest import ManifestError
-from airflow_provider_smart.fhir.bulk.sync import ExportFailedError
-from airflow_provider_smart.fhir.download import DownloadError
+from airflow_provider_smart.fhir.bulk.manifest import ManifestError, ManifestTooLargeError
+from airflow_provider_smart.fhir.bulk.sync import ManifestPageTooLargeError
+from airflow_provider_smart.fhir.download import DownloadError, ExportTooLargeError, FileTooLargeError
 from airflow_provider_smart.fhir.instants import WatermarkError
 from airflow_provider_smart.operators.bulk_export import FhirBulkExportOperator
 from airflow_provider_smart.operators.search import FhirSearchOperator
@@ -120,8 +120,8 @@ def test_outcomes_listed_under_output_fail_the_run_like_error_files_and_keep_the
 @pytest.mark.parametrize(
     ("limit", "words", "error"),
     [
-        ({"max_manifest_files": 1}, "more than max_manifest_files=1 files", ManifestError),
-        ({"max_manifest_bytes": 200}, "larger than max_manifest_bytes=200 bytes", ExportFailedError),
+        ({"max_manifest_files": 1}, "more than max_manifest_files=1 files", ManifestTooLargeError),
+        ({"max_manifest_bytes": 200}, "larger than max_manifest_bytes=200 bytes", ManifestPageTooLargeError),
     ],
 )
 def test_a_manifest_over_its_caps_fails_naming_the_setting(
@@ -134,8 +134,10 @@ def test_a_manifest_over_its_caps_fails_naming_the_setting(
 ) -> None:
     bulk_server()
     out = tmp_path / "out"
-    with pytest.raises(error, match=words) as info:
-        run_deferred(export_op(out, download_limits=limit, deferrable=deferrable), context())
+    # A limit from the settings: the same request breaks it again, so the task fails without its retries.
+    with pytest.raises(AirflowFailException, match=words) as info:
+        run_deferred(export_op(out, download_limits=limit, deferrable=deferrable, retries=2), context())
+    assert isinstance(info.value.__cause__, error) and "No retry" in str(info.value)
     assert "download_limits" in str(info.value)
     assert not visible_files(out) and not list(out.glob("_watermarks/*.json"))
 
@@ -143,12 +145,12 @@ def test_a_manifest_over_its_caps_fails_naming_the_setting(
 @pytest.mark.parametrize(
     ("limits", "words", "error"),
     [
-        ({"max_file_bytes": 4 << 20}, "more than max_file_bytes=4194304 bytes", DownloadError),
+        ({"max_file_bytes": 4 << 20}, "more than max_file_bytes=4194304 bytes", FileTooLargeError),
         # No export of the same request is smaller: the task fails without its retries.
         (
             {"max_file_bytes": None, "max_export_bytes": 8 << 20},
             "more than max_export_bytes=8388608 bytes",
-            AirflowFailException,
+            ExportTooLargeError,
         ),
     ],
 )
@@ -160,8 +162,10 @@ def test_endless_files_stop_at_the_byte_caps_and_keep_the_watermark(
     first, _ = run_deferred(export_op(out, since="watermark"), context("scheduled__1"))
     # Every data file never ends (the sandbox gives up after 256 MiB per request, so a regression ends).
     server.state.bulk.faults.endless_files = 256 << 20
-    with pytest.raises(error, match=words):
+    with pytest.raises(AirflowFailException, match=words) as info:  # a limit: no retry can help
         run_deferred(export_op(out, download_limits=limits), context("scheduled__2"))  # a full export
+    cause = info.value.__cause__
+    assert isinstance(cause, error) or isinstance(cause.__cause__, error), cause  # one file, or "N of M failed"
     assert not any("scheduled__2" in f for f in visible_files(out))
     assert not list((out / "_exports/scheduled__2/staging").rglob("*.ndjson"))  # no endless file committed
     assert watermark_kept(first)

@@ -100,7 +100,7 @@ def test_a_page_of_tiny_entries_under_the_byte_cap_is_refused_at_the_file_cap() 
     # About 300,000 entries in 16 MB: under the page cap, over the 100,000-file cap.
     with answering(serve_manifest(300_000, "/f/{n}")) as server:  # type: ignore[arg-type]
         outcome, peak_kib = run_child(server.url, {})
-    assert outcome.startswith("REFUSED ManifestError") and "max_manifest_files=100000" in outcome
+    assert outcome.startswith("REFUSED ManifestTooLargeError") and "max_manifest_files=100000" in outcome
     # Measured 181 MiB: the page is parsed once, its entries counted before any is turned into a file.
     assert peak_kib < 384 * 1024, f"peak {peak_kib / 1024:.0f} MiB"
 

@@ -7,8 +7,9 @@ import pytest
 from airflow_provider_smart.auth.errors import DiscoveryError, KeyLoadError, TokenRequestError
 from airflow_provider_smart.auth.settings import ConnectionSettingsError
 from airflow_provider_smart.failures import retry_cannot_fix
-from airflow_provider_smart.fhir.bulk.manifest import ManifestError
-from airflow_provider_smart.fhir.download import DownloadError, ExportTooLargeError
+from airflow_provider_smart.fhir.bulk.manifest import ManifestError, ManifestTooLargeError
+from airflow_provider_smart.fhir.bulk.sync import ExportFailedError, ManifestPageTooLargeError
+from airflow_provider_smart.fhir.download import DownloadError, ExportTooLargeError, FileTooLargeError
 from airflow_provider_smart.fhir.errors import FhirError, TransientFhirError
 from airflow_provider_smart.fhir.http import RefusedRequestError
 from airflow_provider_smart.fhir.instants import WatermarkError
@@ -38,6 +39,9 @@ def _aggregate(first: Exception) -> DownloadError:
         RefusedRequestError("redirect to another origin refused"),
         _aggregate(RefusedRequestError("Patient.00000: loopback address refused")),
         ExportTooLargeError("the files hold more than max_export_bytes"),
+        FileTooLargeError("Patient.00000: more than max_file_bytes=4194304 bytes"),
+        ManifestTooLargeError("the manifest lists more than max_manifest_files=1 files"),
+        ManifestPageTooLargeError("a manifest page larger than max_manifest_bytes=200 bytes", status=200),
     ],
     ids=lambda e: type(e).__name__ + ":" + str(getattr(e, "error", None) or getattr(e, "status", None)),
 )
@@ -64,6 +68,7 @@ def test_failures_no_retry_can_fix(exc: BaseException) -> None:
         DownloadError("Patient.00000: gave up after 5 attempts"),
         # This export cannot be rescued (it is cancelled), but a new one, on a retry, may well succeed.
         ManifestError("output[0].url is not a URL"),
+        ExportFailedError("the export failed on the server", status=500),
         ExportOutcomeError("error files hold 3 issues of severity error"),
         WatermarkError("transactionTime is in the future"),
     ],

@@ -83,6 +83,10 @@ class BodyError(Exception):
     """The body broke a bound or could not be decoded; the message says which and how to change it."""
 
 
+class BodyTooLargeError(BodyError):
+    """The content passed ``max_file_bytes``."""
+
+
 class BodyTruncatedError(BodyError):
     """A compressed stream ended before its end marker (a cut connection): worth another attempt."""
 
@@ -112,7 +116,7 @@ def iter_body(
     for chunk in chunks:
         total += len(chunk)
         if limits.max_file_bytes is not None and total > limits.max_file_bytes:
-            raise BodyError(
+            raise BodyTooLargeError(
                 f"more than max_file_bytes={limits.max_file_bytes} bytes of content; raise that limit in the "
                 "download settings if files this big are expected"
             )

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from airflow_provider_smart.fhir.errors import OverLimitError
 from airflow_provider_smart.fhir.names import UnsafeNameError, checked_resource_type
 from airflow_provider_smart.transport.sanitize import safe_text
 from airflow_provider_smart.transport.urls import resolve
@@ -21,6 +22,10 @@ OUTCOME_TYPE = "OperationOutcome"
 
 class ManifestError(ValueError):
     """The status endpoint's manifest is not usable; the message says what is wrong."""
+
+
+class ManifestTooLargeError(ManifestError, OverLimitError):
+    """The manifest lists more files than ``max_manifest_files``: not retried."""
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,8 @@ class ExportFailed:
     message: str
     status: int
     outcome: dict[str, Any] | None = None
+    #: The answer broke a bound from the settings (a manifest page over ``max_manifest_bytes``).
+    over_limit: bool = False
 
     @property
     def gone(self) -> bool:

@@ -14,7 +14,13 @@ import requests
 
 from airflow_provider_smart.fhir.bulk.body import StreamLimits
 from airflow_provider_smart.fhir.bulk.kickoff import ExportRequest, build_kickoff
-from airflow_provider_smart.fhir.bulk.manifest import Manifest, ManifestError, merge_pages, parse_manifest
+from airflow_provider_smart.fhir.bulk.manifest import (
+    Manifest,
+    ManifestError,
+    ManifestTooLargeError,
+    merge_pages,
+    parse_manifest,
+)
 from airflow_provider_smart.fhir.bulk.status import (
     ExportComplete,
     ExportFailed,
@@ -28,7 +34,7 @@ from airflow_provider_smart.fhir.bulk.status import (
     interpret_status,
 )
 from airflow_provider_smart.fhir.client import FhirClient
-from airflow_provider_smart.fhir.errors import FhirError
+from airflow_provider_smart.fhir.errors import FhirError, OverLimitError
 from airflow_provider_smart.transport.bodies import MAX_ERROR_BODY, read_bounded, read_limited
 from airflow_provider_smart.transport.retry import DEFAULT_MAX_RETRY_AFTER, log_wait
 from airflow_provider_smart.transport.sanitize import safe_text
@@ -50,6 +56,16 @@ MAX_MANIFEST_BODY = StreamLimits().max_manifest_bytes
 
 class ExportFailedError(FhirError):
     """The export failed on the server, or the server no longer knows it."""
+
+
+class ManifestPageTooLargeError(ExportFailedError, OverLimitError):
+    """A manifest page is larger than ``max_manifest_bytes``: not retried."""
+
+
+def failed_error(result: ExportFailed, prefix: str = "") -> ExportFailedError:
+    """The exception for a failed status answer (a bound from the settings keeps its kind)."""
+    kind = ManifestPageTooLargeError if result.over_limit else ExportFailedError
+    return kind(prefix + result.message, status=result.status, outcome=result.outcome)
 
 
 class ExportTimeoutError(FhirError):
@@ -129,6 +145,7 @@ def poll_once(
             "bytes; refusing to read it. Raise download_limits={'max_manifest_bytes': ...} if the server's "
             "manifests are this big (memory grows with it: about 20 times the page's size)",
             response.status_code,
+            over_limit=True,
         )
     return interpret_status(
         response.status_code,
@@ -168,7 +185,7 @@ def wait_for_export(
         if isinstance(result, ExportComplete):
             return result
         if isinstance(result, ExportFailed):
-            raise ExportFailedError(result.message, status=result.status, outcome=result.outcome)
+            raise failed_error(result)
         if isinstance(result, ExportPending):
             errors = 0
             pending += 1
@@ -232,7 +249,7 @@ def _count_files(page: Any, listed: int, limits: StreamLimits) -> int:
     if isinstance(page, dict):
         listed += sum(len(v) for k in ("output", "error", "outcome", "deleted") if isinstance(v := page.get(k), list))
     if listed > limits.max_manifest_files:
-        raise ManifestError(
+        raise ManifestTooLargeError(
             f"the manifest lists more than max_manifest_files={limits.max_manifest_files} files; refusing it before "
             "reading them all. Raise download_limits={'max_manifest_files': ...} if the server's exports are "
             "this big, or export fewer types or a shorter _since window per run"
@@ -281,7 +298,7 @@ def _fetch_page(
         if isinstance(result, ExportComplete):
             return result.manifest
         if isinstance(result, ExportFailed):
-            raise ExportFailedError(f"manifest page: {result.message}", status=result.status)
+            raise failed_error(result, "manifest page: ")
         if not isinstance(result, ExportPending):
             errors += 1
             if errors > policy.max_transient_errors:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +68,30 @@ def start_worker(code: str, *args: str) -> subprocess.Popen[bytes]:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 180, worker: Any = None) -> None:
+    """Poll ``predicate``; a worker process that ends first fails at once (its start takes seconds to
+    tens of seconds on a loaded machine, hence the long timeout)."""
+    deadline = time.time() + timeout
+    while not predicate():
+        assert worker is None or worker.poll() is None, f"the worker ended early with exit code {worker.poll()}"
+        assert time.time() < deadline, f"timed out after {timeout:.0f}s"
+        time.sleep(0.05)
+
+
+def kill_worker_when(worker: subprocess.Popen[bytes], predicate: Callable[[], bool], *, settle: float = 0) -> None:
+    """SIGKILL ``worker`` (from :func:`start_worker`) once ``predicate`` holds (``settle`` seconds later), as a
+    lost Airflow worker dies; it never outlives the call, whatever fails."""
+    try:
+        wait_for(predicate, worker=worker)
+        time.sleep(settle)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(30)
 
 
 def context(run_id: str = "manual__run1", **extra: Any) -> dict[str, Any]:

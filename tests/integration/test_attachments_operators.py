@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import signal
-import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -29,6 +27,7 @@ from tests.integration.bulk_helpers import (
     context,
     export_operator,
     kickoffs,
+    kill_worker_when,
     run_deferred,
     start_worker,
 )
@@ -240,19 +239,7 @@ def test_a_run_killed_mid_attachments_resumes_without_fetching_again(server: San
     out = tmp_path / "out"
     records = out / "attachments" / LABEL / "_records"
     server.state.faults.slow("/fhir/Binary/*", delay=0.7)  # slow notes: the kill comes between two of them
-    worker = start_worker(_WORKER, str(out))
-    try:
-        deadline = time.time() + 180
-        while len(committed_records(records)) < 3:
-            assert worker.poll() is None, "the worker ended before it was killed"
-            assert time.time() < deadline, "timed out waiting for the first attachments"
-            time.sleep(0.05)
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(30)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait(30)
+    kill_worker_when(start_worker(_WORKER, str(out)), lambda: len(committed_records(records)) >= 3)
     fetched = [json.loads(p.read_text()) for p in committed_records(records)]
     settled = len([r for r in fetched if r["status"] == "landed"])  # the inline ones needed no request
     assert 1 <= settled < total

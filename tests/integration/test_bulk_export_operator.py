@@ -5,7 +5,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -38,10 +37,12 @@ from tests.integration.bulk_helpers import (
     context,
     export_operator,
     kickoffs,
+    kill_worker_when,
     landed,
     run_deferred,
     start_worker,
     store_view,
+    wait_for,
 )
 from tests.sandbox_fixtures import SmartClient
 
@@ -287,29 +288,11 @@ run_deferred(op, context())
 """
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float = 180, worker: Any = None) -> None:
-    """Poll ``predicate``; a worker process that ends first fails at once (its start takes seconds to
-    tens of seconds on a loaded machine, hence the long timeout)."""
-    deadline = time.time() + timeout
-    while not predicate():
-        assert worker is None or worker.poll() is None, f"the worker ended early with exit code {worker.poll()}"
-        assert time.time() < deadline, f"timed out after {timeout:.0f}s"
-        time.sleep(0.05)
-
-
 def test_worker_killed_while_pending_reattaches_on_retry(bulk_server: Callable[..., Any], tmp_path: Path) -> None:
     server, _ = bulk_server(seconds_to_complete=4, polls_to_complete=1)
     out = tmp_path / "out"
     state_file = out / "_exports/manual__run1/state.json"
-    worker = start_worker(_WORKER, str(out))
-    try:
-        _wait_for(state_file.exists, worker=worker)
-        time.sleep(0.5)
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(30)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
+    kill_worker_when(start_worker(_WORKER, str(out)), state_file.exists, settle=0.5)
     assert json.loads(state_file.read_text())["phase"] == "pending"
     run_deferred(export_op(tmp_path, deferrable=False), context())
     assert kickoffs(server) == 1
@@ -323,15 +306,8 @@ def test_run_killed_mid_download_resumes_with_only_the_missing_files(
     out = tmp_path / "out"
     # Files are slow to serve: the worker is killed after a few have been committed.
     server.state.faults.slow(FHIR_FILE_PATHS, delay=1.5)
-    worker = start_worker(_WORKER, str(out))
     records = out / "_exports/manual__run1/files"
-    try:
-        _wait_for(lambda: len(committed_records(records)) >= 3, worker=worker)
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(30)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
+    kill_worker_when(start_worker(_WORKER, str(out)), lambda: len(committed_records(records)) >= 3)
     # Only committed records count: files finish together, so the kill may leave _tmp. records too.
     committed = {p.stem for p in committed_records(records)}
     total_files = sum(-(-len(v) // 10) for v in store_view(server).values())
@@ -486,8 +462,8 @@ def test_on_kill_cancels_the_pending_export(bulk_server: Callable[..., Any], tmp
     thread = threading.Thread(target=run)
     thread.start()
     state_file = tmp_path / "out/_exports/manual__run1/state.json"
-    _wait_for(state_file.exists)
-    _wait_for(lambda: op._active is not None)
+    wait_for(state_file.exists)
+    wait_for(lambda: op._active is not None)
     op.on_kill()
     thread.join(60)
     assert not thread.is_alive(), "the polling loop kept running after the export was cancelled"

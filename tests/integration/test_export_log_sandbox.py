@@ -246,24 +246,17 @@ def test_a_failed_download_logs_download_error(bulk_server: Callable[..., Any], 
 def test_a_worker_killed_mid_download_leaves_a_valid_log_the_resume_continues(
     bulk_server: Callable[..., Any], tmp_path: Path
 ) -> None:
-    import signal
 
     from airflow_provider_smart.sandbox.bulk_runtime import FHIR_FILE_PATHS
     from airflow_provider_smart.storage.export_log import read_log
-    from tests.integration.bulk_helpers import committed_records, start_worker
-    from tests.integration.test_bulk_export_operator import _WORKER, _wait_for
+    from tests.integration.bulk_helpers import committed_records, kill_worker_when, start_worker
+    from tests.integration.test_bulk_export_operator import _WORKER
 
     server, _ = bulk_server(max_file_resources=3, seconds_to_complete=0)
     out = tmp_path / "out"
     server.state.faults.slow(FHIR_FILE_PATHS, delay=1.0)
-    worker = start_worker(_WORKER, str(out))
-    try:
-        _wait_for(lambda: len(committed_records(out / "_exports/manual__run1/files")) >= 2, worker=worker)
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(30)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
+    files = out / "_exports/manual__run1/files"
+    kill_worker_when(start_worker(_WORKER, str(out)), lambda: len(committed_records(files)) >= 2)
     log = out / "_exports/manual__run1/log.ndjson"
     before = read_log(log)  # whole lines only (a torn tail, if the kill left one, is not a line)
     assert before[0]["eventId"] == "kickoff" and named(before, "status_progress")
